@@ -1,0 +1,12 @@
+"""scanside: diffusion enhancement of medical images next to the scanner."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("scanside")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+from .runtime import Pipeline  # noqa: E402
+
+__all__ = ["Pipeline", "__version__"]

@@ -1,0 +1,124 @@
+"""``scanside export``: a diffusers checkpoint in, an engine directory out."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Optional
+
+from tqdm.auto import tqdm
+
+from scanside.errors import InputError
+from scanside.runtime.artifacts import (
+    MANIFEST, TOKENIZER, Component, Conditioning, Manifest, Precision, sha256_file,
+)
+
+from . import checkpoint as ckpt
+from .onnx import OPSET, ParityError, parity, to_onnx, wrap
+from .specs import COMPONENTS, ModelShape, build_specs, sample_bindings
+
+log = logging.getLogger(__name__)
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("scanside", "torch", "diffusers", "transformers", "onnx", "onnxruntime"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def conditioning_of(shape: ModelShape, model_dir: Path) -> Conditioning:
+    if shape.unet_in_channels == shape.latent_channels:
+        return Conditioning.TEXT
+    if shape.unet_in_channels == 2 * shape.latent_channels:
+        return Conditioning.CONCAT
+    raise InputError(
+        f"{model_dir / 'unet' / 'config.json'}: in_channels={shape.unet_in_channels}; scanside "
+        f"runs UNets with {shape.latent_channels} (text/img2img) or "
+        f"{2 * shape.latent_channels} (image-conditioned) input channels"
+    )
+
+
+def check_size(height: int, width: int, factor: int) -> None:
+    for name, value in (("--height", height), ("--width", width)):
+        if value < 8 * factor or value % factor:
+            raise InputError(f"{name}: {value} is not a multiple of {factor} that is at least "
+                             f"{8 * factor}; use e.g. 512")
+
+
+def staging_dir(out: Path, overwrite: bool) -> Path:
+    if out.exists() and not overwrite:
+        raise InputError(f"{out}: already exists; choose another --out or pass --overwrite")
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def publish(staging: Path, out: Path) -> None:
+    """Swap the finished directory in, so a crash never leaves a half-written engine."""
+    old = out.with_name(out.name + ".old")
+    if out.exists():
+        out.rename(old)
+    staging.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional[int] = None,
+                 width: Optional[int] = None, dynamic: bool = False, opset: int = OPSET,
+                 concat_scale: float = 1.0, overwrite: bool = False,
+                 progress: bool = False) -> Manifest:
+    """Export every component of ``model_dir`` to ONNX in ``out``; returns the manifest."""
+    model_dir, out = Path(model_dir), Path(out)
+    ckpt.check_folder(model_dir)
+    if opset < 17:
+        raise InputError(f"--opset: {opset} is below 17, the first with LayerNormalization; use 17+")
+    checkpoint = ckpt.load(model_dir)
+    shape = ModelShape.from_configs(checkpoint.configs)
+    default = int(checkpoint.vae.config.sample_size)
+    height, width = height or default, width or default
+    check_size(height, width, shape.vae_factor)
+    conditioning = conditioning_of(shape, model_dir)
+    specs = build_specs(shape, height, width, dynamic)
+    staging = staging_dir(out, overwrite)
+    components = {}
+    for name in tqdm(COMPONENTS, desc="export", disable=not progress):
+        spec = specs[name]
+        module = wrap(name, checkpoint)
+        bindings = {**sample_bindings(spec, height, width, shape.vae_factor),
+                    "vocab": shape.vocab_size}
+        feeds = spec.dummy_inputs(bindings)
+        path = staging / f"{name}.onnx"
+        to_onnx(module, spec, feeds, path, opset)
+        # Held-out inputs for the parity check: another seed than the trace's.
+        diff, tolerance = parity(path, module, spec, spec.dummy_inputs(bindings, seed=1))
+        log.info("%s: ORT vs torch max abs diff %.3g (tolerance %.3g)", name, diff, tolerance)
+        if not diff <= tolerance:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise ParityError(f"{name}: ONNX Runtime differs from torch by {diff:.3g}, above "
+                              f"the tolerance {tolerance:.3g}; the export is wrong, not saved")
+        files = [path] + ([path.with_name(path.name + ".data")]
+                          if path.with_name(path.name + ".data").exists() else [])
+        components[name] = Component(name, path.name, sha256_file(path),
+                                     sum(f.stat().st_size for f in files), spec, diff, tolerance)
+    manifest = Manifest(
+        source_hash=ckpt.folder_hash(model_dir), precision=Precision.FP32, opset=opset,
+        height=height, width=width, dynamic=dynamic, image_channels=shape.image_channels,
+        vae_factor=shape.vae_factor,
+        vae_scaling_factor=float(checkpoint.vae.config.scaling_factor),
+        conditioning=conditioning, concat_scale=concat_scale,
+        scheduler_config=checkpoint.scheduler_config, components=components,
+        versions=library_versions(),
+    )
+    (staging / TOKENIZER).write_text(json.dumps(checkpoint.tokenizer.to_json(), ensure_ascii=False),
+                                     encoding="utf-8")
+    (staging / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2), encoding="utf-8")
+    publish(staging, out)
+    return manifest

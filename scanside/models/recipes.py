@@ -1,0 +1,153 @@
+"""Model recipes: Stable-Diffusion-architecture checkpoints built offline from a config.
+
+Each recipe writes diffusers' folder format exactly as a real checkpoint is laid out
+(model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/), so export reads it
+through the same code path as a downloaded one. Weights are seeded random: the images they
+make are noise, which is all a parity test or a latency benchmark needs.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scanside.errors import InputError
+
+log = logging.getLogger(__name__)
+CLIP_VOCAB = Path(__file__).resolve().parent / "data" / "clip-tokenizer"
+
+# Stable Diffusion 1.5's scheduler_config.json.
+SD15_SCHEDULER = {
+    "_class_name": "PNDMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085, "num_train_timesteps": 1000, "set_alpha_to_one": False,
+    "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None, "clip_sample": False,
+}
+
+
+class RecipeName(str, enum.Enum):
+    TINY = "tiny"
+    TINY_CONCAT = "tiny-concat"
+    SD15_SHAPED = "sd15-shaped"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    unet: dict[str, Any]
+    vae: dict[str, Any]
+    text: dict[str, Any]
+    real_vocab: bool  # the real CLIP vocabulary, else a small generated one
+    sample_size: int  # default image size in pixels
+    scheduler: dict[str, Any] = field(default_factory=lambda: dict(SD15_SCHEDULER))
+
+
+def tiny_unet(in_channels: int) -> dict[str, Any]:
+    # Two resolutions, one cross-attention level: every block type SD uses, in seconds.
+    return dict(
+        sample_size=8, in_channels=in_channels, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+        attention_head_dim=8, norm_num_groups=32,
+    )
+
+
+# Four VAE levels keep SD's 8x latent factor; eight groups divide the small channel counts.
+TINY_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+    block_out_channels=(16, 16, 32, 32), down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8, sample_size=64,
+)
+TINY_TEXT = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                 num_hidden_layers=2, max_position_embeddings=77, hidden_act="quick_gelu")
+
+RECIPES = {
+    RecipeName.TINY: Recipe(tiny_unet(4), TINY_VAE, TINY_TEXT, real_vocab=False, sample_size=64),
+    RecipeName.TINY_CONCAT: Recipe(tiny_unet(8), TINY_VAE, TINY_TEXT, real_vocab=False,
+                                   sample_size=64),
+    # SD 1.5's sizes: UNet 859.5 M, VAE 83.7 M, CLIP ViT-L/14 text encoder 123.1 M parameters.
+    RecipeName.SD15_SHAPED: Recipe(
+        unet=dict(sample_size=64, cross_attention_dim=768),
+        vae=dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+                 block_out_channels=(128, 256, 512, 512),
+                 down_block_types=("DownEncoderBlock2D",) * 4,
+                 up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512),
+        text=dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+                  num_hidden_layers=12, max_position_embeddings=77, hidden_act="quick_gelu",
+                  projection_dim=768),
+        real_vocab=True, sample_size=512,
+    ),
+}
+
+
+def recipe(name: "str | RecipeName") -> Recipe:
+    try:
+        return RECIPES[RecipeName(name)]
+    except ValueError:
+        names = ", ".join(r.value for r in RecipeName)
+        raise InputError(f"model recipe {name!r} is unknown; choose one of {names}") from None
+
+
+def write_tokenizer(folder: Path, real_vocab: bool) -> int:
+    from .vocab import write_vocab
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if real_vocab:
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copyfile(CLIP_VOCAB / name, folder / name)
+        size = len(json.loads((folder / "vocab.json").read_text(encoding="utf-8")))
+    else:
+        size = write_vocab(folder)
+    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+               "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
+    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+    config = {**special, "model_max_length": 77, "tokenizer_class": "CLIPTokenizer"}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    return size
+
+
+def build_components(spec: Recipe, vocab_size: int, seed: int) -> dict[str, Any]:
+    """The torch modules of a recipe, with weights drawn from ``seed``."""
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    text_config = CLIPTextConfig(vocab_size=vocab_size, bos_token_id=vocab_size - 2,
+                                 eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+                                 **spec.text)
+    return {
+        "unet": UNet2DConditionModel(**spec.unet),
+        "vae": AutoencoderKL(**spec.vae),
+        "text_encoder": CLIPTextModel(text_config),
+        "scheduler": PNDMScheduler.from_config(spec.scheduler),
+    }
+
+
+def build(name: "str | RecipeName", out_dir: Path, seed: int = 0) -> Path:
+    """Write recipe ``name`` to ``out_dir`` in diffusers' folder format; returns ``out_dir``."""
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    spec = recipe(name)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise InputError(f"{out_dir}: folder exists and is not empty; choose a new OUT_DIR")
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    vocab_size = write_tokenizer(staging / "tokenizer", spec.real_vocab)
+    parts = build_components(spec, vocab_size, seed)
+    tokenizer = CLIPTokenizer.from_pretrained(staging / "tokenizer")
+    pipe = StableDiffusionPipeline(**parts, tokenizer=tokenizer, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(staging)
+    if spec.real_vocab:  # the CLIP vocabulary travels with its licence notice
+        shutil.copyfile(CLIP_VOCAB / "README.md", staging / "tokenizer" / "README.md")
+    if out_dir.exists():
+        out_dir.rmdir()
+    staging.rename(out_dir)  # a crash never leaves a half-written model behind the real name
+    log.info("built %s model (seed %d) in %s", RecipeName(name).value, seed, out_dir)
+    return out_dir

@@ -1,0 +1,168 @@
+"""manifest.json: what an engine directory holds, and the checks before anything runs.
+
+Like llm.c's checkpoints, the manifest carries a magic string and a format version; a
+mismatch says which command rebuilds the directory instead of failing somewhere inside a run.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from scanside.errors import EngineError
+
+from .iospec import IOSpec
+
+MAGIC = "scanside-engine"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TOKENIZER = "tokenizer.json"
+COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
+
+
+class Precision(str, enum.Enum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+
+
+class Conditioning(str, enum.Enum):
+    TEXT = "text"  # img2img (SDEdit) and text-to-image on a plain UNet
+    CONCAT = "concat"  # the image's latent sits beside the noisy latent at every step
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    file: str
+    sha256: str
+    bytes: int  # the .onnx file plus its external data
+    spec: IOSpec
+    parity_max_abs_diff: float
+    parity_tolerance: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "sha256": self.sha256, "bytes": self.bytes,
+                "iospec": self.spec.to_json(),
+                "parity": {"max_abs_diff": self.parity_max_abs_diff,
+                           "tolerance": self.parity_tolerance}}
+
+    @classmethod
+    def from_json(cls, name: str, data: Mapping[str, Any]) -> "Component":
+        return cls(name, data["file"], data["sha256"], int(data["bytes"]),
+                   IOSpec.from_json(data["iospec"]), float(data["parity"]["max_abs_diff"]),
+                   float(data["parity"]["tolerance"]))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    source_hash: str
+    precision: Precision
+    opset: int
+    height: int
+    width: int
+    dynamic: bool
+    image_channels: int
+    vae_factor: int
+    vae_scaling_factor: float
+    conditioning: Conditioning
+    concat_scale: float  # multiplies the conditioning latent (instruct-pix2pix: 1.0)
+    scheduler_config: Mapping[str, Any]
+    components: Mapping[str, Component]
+    versions: Mapping[str, str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "magic": MAGIC, "format_version": FORMAT_VERSION, "source_hash": self.source_hash,
+            "precision": self.precision.value, "opset": self.opset,
+            "image": {"height": self.height, "width": self.width, "dynamic": self.dynamic,
+                      "channels": self.image_channels, "vae_factor": self.vae_factor},
+            "vae_scaling_factor": self.vae_scaling_factor,
+            "conditioning": {"mode": self.conditioning.value, "concat_scale": self.concat_scale},
+            "scheduler_config": dict(self.scheduler_config),
+            "components": {n: c.to_json() for n, c in self.components.items()},
+            "versions": dict(self.versions),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "Manifest":
+        image, cond = data["image"], data["conditioning"]
+        return cls(
+            source_hash=data["source_hash"], precision=Precision(data["precision"]),
+            opset=int(data["opset"]), height=int(image["height"]), width=int(image["width"]),
+            dynamic=bool(image["dynamic"]), image_channels=int(image["channels"]),
+            vae_factor=int(image["vae_factor"]),
+            vae_scaling_factor=float(data["vae_scaling_factor"]),
+            conditioning=Conditioning(cond["mode"]), concat_scale=float(cond["concat_scale"]),
+            scheduler_config=data["scheduler_config"],
+            components={n: Component.from_json(n, c) for n, c in data["components"].items()},
+            versions=data["versions"],
+        )
+
+
+def rebuild_hint(engine_dir: Path) -> str:
+    return f"rebuild it with `scanside export MODEL_DIR --out {engine_dir}`"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def component_files(engine_dir: Path, component: Component) -> list[Path]:
+    onnx_file = engine_dir / component.file
+    data_file = onnx_file.with_name(onnx_file.name + ".data")
+    return [onnx_file] + ([data_file] if data_file.exists() else [])
+
+
+def read_manifest(engine_dir: "str | Path", verify: bool = False) -> Manifest:
+    """Read and check ENGINE_DIR/manifest.json; with ``verify``, re-hash every component."""
+    engine_dir = Path(engine_dir)
+    path = engine_dir / MANIFEST
+    if not engine_dir.is_dir():
+        raise EngineError(f"{engine_dir}: no such engine directory; create one with "
+                          f"`scanside export MODEL_DIR --out {engine_dir}`")
+    if not path.is_file():
+        raise EngineError(f"{engine_dir}: no {MANIFEST}, so this is not a scanside engine "
+                          f"directory; {rebuild_hint(engine_dir)}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EngineError(f"{path}: unreadable ({exc}); {rebuild_hint(engine_dir)}") from exc
+    if not isinstance(data, dict) or data.get("magic") != MAGIC:
+        raise EngineError(f"{path}: not a scanside manifest (magic {data.get('magic') if isinstance(data, dict) else None!r}, "
+                          f"expected {MAGIC!r}); {rebuild_hint(engine_dir)}")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise EngineError(f"{path}: format version {data.get('format_version')!r}, this scanside "
+                          f"reads version {FORMAT_VERSION}; {rebuild_hint(engine_dir)}")
+    try:
+        manifest = Manifest.from_json(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise EngineError(f"{path}: malformed entry {exc}; {rebuild_hint(engine_dir)}") from exc
+    check_components(engine_dir, manifest, verify)
+    return manifest
+
+
+def check_components(engine_dir: Path, manifest: Manifest, verify: bool) -> None:
+    missing = sorted(set(COMPONENTS) - set(manifest.components))
+    if missing:
+        raise EngineError(f"{engine_dir / MANIFEST}: component(s) {missing} missing; "
+                          f"{rebuild_hint(engine_dir)}")
+    for component in manifest.components.values():
+        files = component_files(engine_dir, component)
+        if not files[0].is_file():
+            raise EngineError(f"{files[0]}: missing; {rebuild_hint(engine_dir)}")
+        size = sum(f.stat().st_size for f in files)
+        if size != component.bytes:
+            raise EngineError(f"{files[0]}: {size} bytes, the manifest says {component.bytes}; "
+                              f"the file was changed or truncated; {rebuild_hint(engine_dir)}")
+        if verify and sha256_file(files[0]) != component.sha256:
+            raise EngineError(f"{files[0]}: content hash differs from the manifest; "
+                              f"{rebuild_hint(engine_dir)}")

@@ -1,0 +1,95 @@
+"""Images at the runtime's edge: validation, [0, 1] <-> [-1, 1], padding to the engine size.
+
+An image is (H, W) grayscale or (H, W, C) with C = 1 or the model's channel count. Floats are
+taken as [0, 1]; uint8 and uint16 are scaled by their maximum. Grayscale images are repeated
+into a colour VAE's channels and its output averaged back, so the caller gets the shape it gave.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from scanside.errors import InputError
+
+INTEGER_SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    pixels: np.ndarray  # (1, C, H', W') float32 in [-1, 1], padded
+    height: int  # the caller's size, to crop back to
+    width: int
+    gray: bool  # the caller gave one channel
+
+
+def to_unit_float(image: np.ndarray, argument: str) -> np.ndarray:
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"{argument}: expected a numpy array, got {type(image).__name__}")
+    if image.dtype in INTEGER_SCALES:
+        return image.astype(np.float32) / np.float32(INTEGER_SCALES[image.dtype])
+    if image.dtype.kind != "f":
+        raise InputError(
+            f"{argument}: dtype {image.dtype} is not supported; give float values in [0, 1] "
+            "or uint8/uint16 pixels"
+        )
+    image = image.astype(np.float32)
+    if not np.isfinite(image).all():
+        raise InputError(f"{argument}: contains NaN or infinity; clean the image first")
+    lo, hi = float(image.min(initial=0)), float(image.max(initial=0))
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        raise InputError(
+            f"{argument}: float values span [{lo:.4g}, {hi:.4g}], expected [0, 1]; "
+            "scale the image (for DICOM use scanside.dicom, which applies the window)"
+        )
+    return np.clip(image, 0, 1)
+
+
+def padded_size(height: int, width: int, engine_hw: tuple[int, int] | None, factor: int):
+    """The size the engine runs: its static size, else the next multiple of the VAE factor."""
+    if engine_hw is not None:
+        return engine_hw
+    return -(-height // factor) * factor, -(-width // factor) * factor
+
+
+def prepare(image: np.ndarray, channels: int, engine_hw: tuple[int, int] | None,
+            factor: int, argument: str = "image") -> Prepared:
+    """Validate ``image`` and lay it out as the VAE encoder's input."""
+    if not isinstance(image, np.ndarray) or image.ndim not in (2, 3):
+        shape = getattr(image, "shape", None)
+        raise InputError(f"{argument}: shape {shape} is not (H, W) or (H, W, C); "
+                         "give a 2-D grayscale or an H x W x C array")
+    if image.ndim == 3 and image.shape[2] not in (1, channels):
+        raise InputError(f"{argument}: {image.shape[2]} channels, the model takes 1 or {channels}")
+    h, w = image.shape[:2]
+    target_h, target_w = padded_size(h, w, engine_hw, factor)
+    if h > target_h or w > target_w or min(h, w) < 8:
+        raise InputError(
+            f"{argument}: {h}x{w} pixels does not fit the engine's {target_h}x{target_w} "
+            "(and images need at least 8x8); export the engine at this size with "
+            "`scanside export --height H --width W` or with --dynamic"
+        )
+    pixels = to_unit_float(image, argument)
+    gray = pixels.ndim == 2 or pixels.shape[2] == 1
+    pixels = pixels.reshape(h, w, -1)  # (H, W, C')
+    pad = ((0, target_h - h), (0, target_w - w), (0, 0))
+    # Reflection keeps the border's statistics (no black frame for the model to "enhance");
+    # symmetric padding takes over where the pad is wider than the image.
+    mode = "reflect" if target_h - h < h and target_w - w < w else "symmetric"
+    pixels = np.pad(pixels, pad, mode=mode)
+    if gray:
+        pixels = np.repeat(pixels, channels, axis=2)
+    chw = pixels.transpose(2, 0, 1)[None]  # (1, C, H', W')
+    return Prepared((chw * 2 - 1).astype(np.float32), h, w, gray)
+
+
+def finish(decoded: np.ndarray, prepared: Prepared) -> np.ndarray:
+    """(1, C, H', W') decoder output in [-1, 1] -> the caller's (H, W[, C]) in [0, 1]."""
+    image = np.clip(decoded[0] / 2 + 0.5, 0, 1)  # (C, H', W')
+    image = image[:, : prepared.height, : prepared.width].transpose(1, 2, 0)  # (H, W, C)
+    return image.mean(axis=2) if prepared.gray else image
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)

@@ -1,0 +1,219 @@
+"""The scheduler loop over the exported engines: text-to-image and image enhancement.
+
+Randomness comes from one noise source, drawn in the order diffusers draws from its generator,
+so a caller who feeds diffusers' draws reproduces diffusers' pixels:
+  enhance (img2img):  VAE posterior sample, then the start noise, then each stochastic step
+  enhance (concat):   the start noise (or the pure-noise latents at strength 1), then each step
+  generate:           the initial latents, then each stochastic step
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from scanside.errors import InputError
+
+from . import images, schedulers
+from .artifacts import COMPONENTS, TOKENIZER, Conditioning, Manifest, read_manifest
+from .engines import Backend, Engine, open_engine
+from .schedulers import Plan, SchedulerName
+from .tokenizer import ClipTokenizer
+
+log = logging.getLogger(__name__)
+
+NoiseSource = Callable[[tuple[int, ...]], np.ndarray]
+Noise = Union[np.ndarray, NoiseSource, None]
+
+# diffusers scheduler classes -> scanside's names, for "the model's own scheduler".
+DIFFUSERS_NAMES = {
+    "DDIMScheduler": SchedulerName.DDIM, "EulerDiscreteScheduler": SchedulerName.EULER,
+    "EulerAncestralDiscreteScheduler": SchedulerName.EULER_A,
+    "DPMSolverMultistepScheduler": SchedulerName.DPMPP_2M, "LCMScheduler": SchedulerName.LCM,
+    "PNDMScheduler": SchedulerName.PNDM,
+}
+
+
+def seeded_noise(seed: int) -> NoiseSource:
+    """Standard normal float32 draws from numpy's PCG64; any int is a seed, 0 included."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"seed: {seed!r} is not a non-negative integer; use e.g. seed=0")
+    rng = np.random.default_rng(int(seed))
+    return lambda shape: rng.standard_normal(shape, dtype=np.float32)
+
+
+def noise_source(noise: Noise, seed: int, argument: str) -> tuple[Optional[np.ndarray], NoiseSource]:
+    """(fixed first draw or None, source for every other draw)."""
+    if callable(noise):
+        return None, lambda shape: np.asarray(noise(shape), dtype=np.float32)
+    if noise is not None and not isinstance(noise, np.ndarray):
+        raise InputError(f"{argument}: expected an array or a callable, got {type(noise).__name__}")
+    return noise, seeded_noise(seed)
+
+
+def fixed_draw(fixed: Optional[np.ndarray], draw: NoiseSource, shape: tuple[int, ...],
+               argument: str) -> np.ndarray:
+    if fixed is None:
+        return draw(shape)
+    if fixed.shape != shape or fixed.dtype.kind != "f":
+        raise InputError(f"{argument}: shape {fixed.shape} dtype {fixed.dtype}, expected "
+                         f"float {shape} for this engine")
+    return fixed.astype(np.float32)
+
+
+@dataclass
+class Pipeline:
+    """Stable-Diffusion-style inference over one engine directory; torch-free."""
+
+    engine_dir: Path
+    manifest: Manifest
+    tokenizer: ClipTokenizer
+    engines: dict[str, Engine]
+    backend: Backend
+    _embeddings: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def load(cls, engine_dir: Union[str, Path], backend: Union[str, Backend] = "cpu", *,
+             threads: Optional[int] = None, verify: bool = False) -> "Pipeline":
+        """Open ENGINE_DIR (see ``scanside export``) on ``backend`` ("cpu" or "cuda")."""
+        engine_dir = Path(engine_dir)
+        backend = Backend.parse(backend)
+        manifest = read_manifest(engine_dir, verify=verify)
+        tokenizer = ClipTokenizer.from_json(
+            json.loads((engine_dir / TOKENIZER).read_text(encoding="utf-8")),
+            str(engine_dir / TOKENIZER),
+        )
+        engines = {
+            name: open_engine(engine_dir / manifest.components[name].file,
+                              manifest.components[name].spec, backend, threads)
+            for name in COMPONENTS
+        }
+        return cls(engine_dir, manifest, tokenizer, engines, backend)
+
+    # -- building blocks ------------------------------------------------------------------
+    def embed(self, prompt: str) -> np.ndarray:
+        """(1, 77, D) text embedding, computed once per prompt for the pipeline's life."""
+        if not isinstance(prompt, str):
+            raise InputError(f"prompt: expected a string, got {type(prompt).__name__}")
+        if prompt not in self._embeddings:
+            ids = self.tokenizer([prompt])  # (1, 77) int32
+            out = self.engines["text_encoder"].run({"input_ids": ids})
+            self._embeddings[prompt] = out["last_hidden_state"]
+        return self._embeddings[prompt]
+
+    def plan(self, scheduler: Union[str, SchedulerName, None], steps: int, strength: float) -> Plan:
+        if scheduler is None:
+            own = self.manifest.scheduler_config.get("_class_name", "DDIMScheduler")
+            scheduler = DIFFUSERS_NAMES.get(own, SchedulerName.DDIM)
+        return schedulers.make_plan(scheduler, self.manifest.scheduler_config, steps, strength)
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int, int]:
+        f = self.manifest.vae_factor
+        return (1, self.manifest.components["unet"].spec.outputs[0].shape[1], height // f, width // f)
+
+    def encode(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = self.engines["vae_encoder"].run({"image": pixels})
+        return out["latent_mean"], out["latent_std"]  # (1, 4, h, w) each
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        scaled = latents / np.float32(self.manifest.vae_scaling_factor)
+        return self.engines["vae_decoder"].run({"latent": scaled})["image"]  # (1, C, H, W)
+
+    def check_guidance(self, guidance: float) -> None:
+        if not isinstance(guidance, (int, float)) or not np.isfinite(guidance) or guidance < 0:
+            raise InputError(f"guidance: {guidance!r} is not a number >= 0; use 1 for none, "
+                             "or 5-8 for classifier-free guidance")
+
+    def denoise(self, plan: Plan, latents: np.ndarray, prompt: str, negative_prompt: str,
+                guidance: float, draw: NoiseSource, condition: Optional[np.ndarray],
+                progress: bool) -> np.ndarray:
+        """The loop: UNet (both guidance halves in one call), guidance, scheduler step."""
+        module = schedulers.module_for(plan.algorithm)
+        guided = guidance > 1.0
+        text = self.embed(prompt)
+        if guided:
+            text = np.concatenate([self.embed(negative_prompt), text])  # (2, 77, D)
+        state: tuple = ()
+        for i in tqdm(plan.indices, desc="denoise", disable=not progress, leave=False):
+            x = latents / plan.input_divisors[i]  # (1, 4, h, w)
+            if condition is not None:
+                x = np.concatenate([x, condition], axis=1)  # (1, 8, h, w)
+            if guided:
+                x = np.concatenate([x, x])  # (2, C, h, w)
+            timestep = plan.timesteps[i : i + 1]  # (1,) float32
+            out = self.engines["unet"].run(
+                {"sample": x, "timestep": timestep, "encoder_hidden_states": text}
+            )["out_sample"]
+            if guided:
+                e_uncond, e_text = out[:1], out[1:]
+                out = e_uncond + guidance * (e_text - e_uncond)
+            noise = draw(latents.shape) if plan.draws_noise[i] else None
+            latents, state = module.step(plan, i, latents, out, state, noise)
+        return latents
+
+    # -- public API -----------------------------------------------------------------------
+    def generate(self, prompt: str, *, steps: int = 20, guidance: float = 7.5, seed: int = 0,
+                 scheduler: Union[str, SchedulerName, None] = None,
+                 negative_prompt: Optional[str] = None, latents: Noise = None,
+                 height: Optional[int] = None, width: Optional[int] = None,
+                 progress: bool = False) -> np.ndarray:
+        """Text to image: (H, W, C) float32 in [0, 1]."""
+        if self.manifest.conditioning is Conditioning.CONCAT:
+            raise InputError("generate: this engine's UNet is image-conditioned; use enhance()")
+        self.check_guidance(guidance)
+        height, width = self.image_size(height, width)
+        plan = self.plan(scheduler, steps, 1.0)
+        fixed, draw = noise_source(latents, seed, "latents")
+        x = fixed_draw(fixed, draw, self.latent_shape(height, width), "latents")
+        x = x * np.float32(plan.init_noise_sigma)
+        x = self.denoise(plan, x, prompt, negative_prompt or "", guidance, draw, None, progress)
+        return images.finish(self.decode(x), images.Prepared(x, height, width, gray=False))
+
+    def enhance(self, image: np.ndarray, *, prompt: str = "", strength: float = 0.3,
+                steps: int = 20, guidance: float = 1.0, seed: int = 0,
+                scheduler: Union[str, SchedulerName, None] = None,
+                negative_prompt: Optional[str] = None, noise: Noise = None,
+                progress: bool = False) -> np.ndarray:
+        """Enhance ``image`` ((H, W) or (H, W, C), [0, 1] floats or uint8/16) -> same layout.
+
+        Plain UNets run img2img (SDEdit): the image's latent is noised to ``strength`` and
+        denoised. Image-conditioned UNets also see the image's latent at every step.
+        """
+        self.check_guidance(guidance)
+        fixed_hw = None if self.manifest.dynamic else (self.manifest.height, self.manifest.width)
+        prepared = images.prepare(image, self.manifest.image_channels, fixed_hw,
+                                  self.manifest.vae_factor)
+        plan = self.plan(scheduler, steps, strength)
+        module = schedulers.module_for(plan.algorithm)
+        fixed, draw = noise_source(noise, seed, "noise")
+        mean, std = self.encode(prepared.pixels)
+        sf = np.float32(self.manifest.vae_scaling_factor)
+        condition = None
+        if self.manifest.conditioning is Conditioning.CONCAT:
+            condition = mean * np.float32(self.manifest.concat_scale)
+            x0 = mean * sf
+        else:
+            x0 = (mean + std * draw(mean.shape)) * sf  # a sample of the VAE posterior
+        start_noise = fixed_draw(fixed, draw, x0.shape, "noise")
+        if condition is not None and plan.start == 0:
+            x = start_noise * np.float32(plan.init_noise_sigma)  # strength 1: from pure noise
+        else:
+            x = module.add_noise(plan, x0, start_noise).astype(np.float32)
+        x = self.denoise(plan, x, prompt, negative_prompt or "", guidance, draw, condition, progress)
+        return images.finish(self.decode(x), prepared)
+
+    def image_size(self, height: Optional[int], width: Optional[int]) -> tuple[int, int]:
+        m = self.manifest
+        height, width = height or m.height, width or m.width
+        if not m.dynamic and (height, width) != (m.height, m.width):
+            raise InputError(f"height/width: {height}x{width}, this engine was exported for "
+                             f"{m.height}x{m.width}; re-export with --height/--width or --dynamic")
+        if height % m.vae_factor or width % m.vae_factor:
+            raise InputError(f"height/width: {height}x{width} is not a multiple of {m.vae_factor}")
+        return height, width
