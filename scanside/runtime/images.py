@@ -37,11 +37,11 @@ def to_unit_float(image: np.ndarray, argument: str) -> np.ndarray:
     image = image.astype(np.float32)
     if not np.isfinite(image).all():
         raise InputError(f"{argument}: contains NaN or infinity; clean the image first")
-    lo, hi = float(image.min(initial=0)), float(image.max(initial=0))
+    lo, hi = float(image.min()), float(image.max())
     if lo < -1e-3 or hi > 1 + 1e-3:
         raise InputError(
             f"{argument}: float values span [{lo:.4g}, {hi:.4g}], expected [0, 1]; "
-            "scale the image (for DICOM use scanside.dicom, which applies the window)"
+            "scale it to [0, 1] first (or give uint8/uint16 pixels)"
         )
     return np.clip(image, 0, 1)
 
@@ -90,6 +90,3 @@ def finish(decoded: np.ndarray, prepared: Prepared) -> np.ndarray:
     image = image[:, : prepared.height, : prepared.width].transpose(1, 2, 0)  # (H, W, C)
     return image.mean(axis=2) if prepared.gray else image
 
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)

@@ -1,0 +1,243 @@
+"""The ``scanside`` command. The only place exceptions become exit codes:
+0 success, 1 a failure inside scanside, 2 bad input (the message says which and how to fix it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from scanside import __version__
+from scanside.errors import InputError, ScansideError
+
+log = logging.getLogger("scanside")
+# Packages only the export side needs: their absence is a missing extra, not a bug.
+EXPORT_PACKAGES = {"torch", "diffusers", "transformers", "onnx", "onnxscript", "safetensors"}
+
+
+# -- argument helpers ---------------------------------------------------------------------
+def strength_arg(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{value} is outside (0, 1]; e.g. 0.3")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer; e.g. 20")
+    return value
+
+
+def add_sampling(p: argparse.ArgumentParser, guidance: float, strength: bool) -> None:
+    from scanside.runtime.schedulers import SchedulerName
+
+    p.add_argument("--engine", required=True, type=Path, help="engine directory from `scanside export`")
+    p.add_argument("--prompt", default="", help="text prompt (default: empty)")
+    p.add_argument("--negative-prompt", default=None, help="what guidance steers away from")
+    p.add_argument("--steps", type=positive_int, default=20, help="scheduler steps (default 20)")
+    p.add_argument("--guidance", type=float, default=guidance,
+                   help=f"classifier-free guidance scale; 1 turns it off (default {guidance})")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--scheduler", default=None, choices=[s.value for s in SchedulerName],
+                   help="default: the model's own scheduler")
+    p.add_argument("--backend", default="cpu", choices=["cpu", "cuda"])
+    if strength:
+        p.add_argument("--strength", type=strength_arg, default=0.3,
+                       help="how far to noise the input, in (0, 1] (default 0.3)")
+
+
+# -- commands -----------------------------------------------------------------------------
+def cmd_export(args: argparse.Namespace) -> int:
+    from scanside.export import export_model
+
+    manifest = export_model(args.model_dir, args.out, height=args.height, width=args.width,
+                            dynamic=args.dynamic, opset=args.opset,
+                            concat_scale=args.concat_scale, overwrite=args.overwrite,
+                            progress=True)
+    worst = max(c.parity_max_abs_diff for c in manifest.components.values())
+    print(f"exported {args.model_dir} -> {args.out} ({manifest.height}x{manifest.width}, "
+          f"{manifest.precision.value}); ORT vs torch max abs diff {worst:.2g}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from scanside import Pipeline
+    import numpy as np
+
+    from scanside.files import refuse_existing, write_image
+
+    if args.out.suffix.lower() not in (".png", ".npy"):
+        raise InputError(f"--out: {args.out} must end in .png or .npy")
+    refuse_existing(args.out, args.overwrite)
+    pipe = Pipeline.load(args.engine, args.backend)
+    image = pipe.generate(args.prompt, steps=args.steps, guidance=args.guidance, seed=args.seed,
+                          scheduler=args.scheduler, negative_prompt=args.negative_prompt,
+                          progress=True)
+    write_image(args.out, image, np.dtype(np.uint8), overwrite=args.overwrite)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def output_for(source: Path, out: Path, single: bool) -> Path:
+    if single and out.suffix.lower() in (".png", ".npy"):
+        return out
+    return out / f"{source.stem}_enhanced{source.suffix.lower()}"
+
+
+def cmd_enhance(args: argparse.Namespace) -> int:
+    from scanside import Pipeline
+    from scanside.files import read_image, refuse_existing, write_image
+
+    single = len(args.inputs) == 1
+    if not (single and args.out.suffix.lower() in (".png", ".npy")):
+        args.out.mkdir(parents=True, exist_ok=True)
+    pipe = Pipeline.load(args.engine, args.backend)
+    failures: list[tuple[Path, str]] = []
+    written, started = 0, time.perf_counter()
+    for source in args.inputs:
+        try:
+            target = output_for(source, args.out, single)
+            if target.resolve() == source.resolve():
+                raise InputError(f"{target}: output would replace the input; choose another --out")
+            refuse_existing(target, args.overwrite)
+            image = read_image(source)
+            result = pipe.enhance(image, prompt=args.prompt, strength=args.strength,
+                                  steps=args.steps, guidance=args.guidance, seed=args.seed,
+                                  scheduler=args.scheduler, negative_prompt=args.negative_prompt,
+                                  progress=True)
+            write_image(target, result, image.dtype, overwrite=args.overwrite)
+            written += 1
+            print(f"{source} -> {target}")
+        except InputError as exc:  # a bad file does not stop the batch
+            failures.append((source, str(exc)))
+    return summarise(written, failures, time.perf_counter() - started)
+
+
+def summarise(written: int, failures: list[tuple[Path, str]], seconds: float) -> int:
+    per_image = f", {seconds / written:.2f} s per image" if written else ""
+    print(f"{written} written, {len(failures)} failed{per_image}")
+    for source, reason in failures:
+        print(f"  failed: {source}: {reason}", file=sys.stderr)
+    return 2 if failures else 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from scanside.runtime.artifacts import read_manifest
+
+    manifest = read_manifest(args.engine_dir, verify=args.verify)
+    if args.json:
+        print(json.dumps(manifest.to_json(), indent=2))
+        return 0
+    m = manifest
+    size = "dynamic H/W" if m.dynamic else f"{m.height}x{m.width}"
+    print(f"engine      {args.engine_dir}")
+    print(f"precision   {m.precision.value}   opset {m.opset}   image {size}, {m.image_channels} channel(s)")
+    print(f"conditioning {m.conditioning.value}   VAE factor {m.vae_factor}, scaling {m.vae_scaling_factor}")
+    print(f"scheduler   {m.scheduler_config.get('_class_name', '?')}   source {m.source_hash[:16]}")
+    print("component     file                  MB     ORT-vs-torch max|diff|  tolerance")
+    for c in m.components.values():
+        print(f"{c.name:13} {c.file:20} {c.bytes / 1e6:7.1f}  {c.parity_max_abs_diff:20.3g}  {c.parity_tolerance:9.3g}")
+    print("built with  " + ", ".join(f"{k} {v}" for k, v in m.versions.items()))
+    if args.verify:
+        print("hashes      verified")
+    return 0
+
+
+def cmd_models_build(args: argparse.Namespace) -> int:
+    from scanside.models import build
+
+    build(args.recipe, args.out_dir, seed=args.seed)
+    print(f"built {args.recipe} model in {args.out_dir}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from scanside.demo import run_demo
+
+    run_demo(args.workdir)
+    return 0
+
+
+# -- parser -------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scanside", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"scanside {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("export", help="diffusers checkpoint -> ONNX engine directory")
+    p.add_argument("model_dir", type=Path, help="diffusers Stable Diffusion folder")
+    p.add_argument("--out", required=True, type=Path, help="engine directory to create")
+    p.add_argument("--height", type=int, help="image height in pixels (default: the VAE's sample_size)")
+    p.add_argument("--width", type=int, help="image width in pixels (default: the VAE's sample_size)")
+    p.add_argument("--dynamic", action="store_true", help="dynamic H/W (256-1024) instead of static")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17, default 17)")
+    p.add_argument("--concat-scale", type=float, default=1.0,
+                   help="image-conditioned UNets: factor on the conditioning latent (default 1, as instruct-pix2pix)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing engine directory")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("generate", help="text -> image")
+    add_sampling(p, guidance=7.5, strength=False)
+    p.add_argument("--out", required=True, type=Path, help="output .png or .npy")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("enhance", help="enhance PNG/NPY images")
+    p.add_argument("inputs", nargs="+", type=Path, help="input .png or .npy files")
+    add_sampling(p, guidance=1.0, strength=True)
+    p.add_argument("--out", required=True, type=Path, help="output folder (or file, for one input)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.set_defaults(func=cmd_enhance)
+
+    p = sub.add_parser("info", help="describe an engine directory")
+    p.add_argument("engine_dir", type=Path)
+    p.add_argument("--verify", action="store_true", help="re-hash every ONNX file")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("demo", help="build, export and run the demo model end to end")
+    p.add_argument("--workdir", type=Path, default=Path("scanside-demo"),
+                   help="where the model, engine and images go (default ./scanside-demo)")
+    p.set_defaults(func=cmd_demo)
+
+    models = sub.add_parser("models", help="build model checkpoints offline")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    p = msub.add_parser("build", help="write a recipe's checkpoint in diffusers' format")
+    p.add_argument("recipe", choices=["tiny", "tiny-concat", "sd15-shaped"])
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_models_build)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except ScansideError as exc:
+        print(f"scanside {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except ImportError as exc:
+        if exc.name not in EXPORT_PACKAGES:
+            raise
+        print(f"scanside {args.command}: error: {exc.name} is not installed; this command "
+              "needs the export extra: pip install 'scanside[export]'", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; no partial output was kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Writing files so that a crash never leaves half a file, and reading image files."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from scanside.errors import InputError
+
+IMAGE_SUFFIXES = (".png", ".npy")
+
+
+def refuse_existing(target: Path, overwrite: bool = False) -> None:
+    """Check before any work is done that ``target`` may be written."""
+    if Path(target).exists() and not overwrite:
+        raise InputError(f"{target}: already exists; scanside never writes over a file — "
+                         "choose another output, remove it, or pass --overwrite")
+
+
+@contextmanager
+def atomic_path(target: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it over ``target`` on success only."""
+    target = Path(target)
+    refuse_existing(target, overwrite)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """PNG (8/16-bit gray, RGB) as uint8/uint16 arrays; NPY as stored."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    if path.suffix.lower() == ".npy":
+        try:
+            return np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise InputError(f"{path}: not a readable .npy array ({exc})") from exc
+    if path.suffix.lower() != ".png":
+        raise InputError(f"{path}: unsupported file type {path.suffix!r}; give .png or .npy "
+                         "(DICOM input comes with scanside.dicom)")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("I;16", "I;16B", "I"):
+                return np.asarray(im, dtype=np.uint32).astype(np.uint16)
+            if im.mode not in ("L", "RGB"):
+                im = im.convert("RGB" if "A" in im.mode or im.mode == "P" else "L")
+            return np.asarray(im)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InputError(f"{path}: not a readable PNG ({exc})") from exc
+
+
+def write_image(path: Path, image: np.ndarray, like: np.dtype, overwrite: bool = False) -> None:
+    """Write a [0, 1] float image as PNG at the input's bit depth, or as float32 NPY."""
+    path = Path(path)
+    with atomic_path(path, overwrite) as tmp:
+        if path.suffix.lower() == ".npy":
+            with open(tmp, "wb") as f:
+                np.save(f, image.astype(np.float32))
+            return
+        from PIL import Image
+
+        if like == np.uint16:
+            pixels = (np.clip(image, 0, 1) * 65535).round().astype(np.uint16)
+        else:
+            pixels = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+        Image.fromarray(pixels).save(tmp, format="PNG")

@@ -1,0 +1,52 @@
+"""Model recipes: diffusers' folder format, and SD 1.5's real sizes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from scanside.errors import InputError  # noqa: E402
+from scanside.models import build, recipe  # noqa: E402
+from scanside.models.recipes import build_components  # noqa: E402
+
+
+def test_tiny_is_a_diffusers_folder(tiny_model):
+    from diffusers import StableDiffusionPipeline
+
+    index = json.loads((tiny_model / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        assert (tiny_model / sub).is_dir()
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model)  # the path real checkpoints take
+    assert pipe.tokenizer("a photo of a cat").input_ids[0] == pipe.tokenizer.bos_token_id
+
+
+def test_build_is_reproducible_from_the_seed(tmp_path):
+    a = build("tiny", tmp_path / "a", seed=3)
+    b = build("tiny", tmp_path / "b", seed=3)
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    assert (a / weights).read_bytes() == (b / weights).read_bytes()
+
+
+def test_sd15_shaped_has_sd15_parameter_counts():
+    """Counted on torch's meta device: no memory, no weights, the real module sizes."""
+    spec = recipe("sd15-shaped")
+    with torch.device("meta"):
+        parts = build_components(spec, vocab_size=49408, seed=0)
+    count = {k: sum(p.numel() for p in parts[k].parameters()) for k in ("unet", "vae", "text_encoder")}
+    assert round(count["unet"] / 1e6, 1) == 859.5
+    assert round(count["vae"] / 1e6, 1) == 83.7
+    assert round(count["text_encoder"] / 1e6) == 123
+
+
+def test_unknown_recipe_and_used_folder(tmp_path):
+    with pytest.raises(InputError, match="recipe 'huge' is unknown"):
+        recipe("huge")
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "f").write_text("keep")
+    with pytest.raises(InputError, match="not empty"):
+        build("tiny", tmp_path / "x")
+    assert (tmp_path / "x" / "f").read_text() == "keep"

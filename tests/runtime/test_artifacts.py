@@ -1,0 +1,75 @@
+"""Engine directories are checked before anything runs, with a message that says the fix."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from scanside.errors import EngineError
+from scanside.runtime.artifacts import FORMAT_VERSION, MANIFEST, read_manifest
+
+
+@pytest.fixture
+def engine_copy(tiny_engine, tmp_path):
+    return shutil.copytree(tiny_engine, tmp_path / "engine")
+
+
+def edit_manifest(engine_dir, change):
+    path = engine_dir / MANIFEST
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def test_reads_a_good_engine(tiny_engine):
+    manifest = read_manifest(tiny_engine, verify=True)
+    assert set(manifest.components) == {"text_encoder", "unet", "vae_encoder", "vae_decoder"}
+    assert manifest.components["unet"].parity_max_abs_diff <= manifest.components["unet"].parity_tolerance
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(EngineError, match="no such engine directory.*scanside export"):
+        read_manifest(tmp_path / "nope")
+
+
+def test_foreign_directory(tmp_path):
+    (tmp_path / "README.txt").write_text("not an engine")
+    with pytest.raises(EngineError, match="not a scanside engine directory"):
+        read_manifest(tmp_path)
+
+
+def test_other_format_version(engine_copy):
+    edit_manifest(engine_copy, lambda d: d.update(format_version=FORMAT_VERSION + 1))
+    with pytest.raises(EngineError, match=f"format version {FORMAT_VERSION + 1}.*rebuild it"):
+        read_manifest(engine_copy)
+
+
+def test_foreign_magic(engine_copy):
+    edit_manifest(engine_copy, lambda d: d.update(magic="something-else"))
+    with pytest.raises(EngineError, match="not a scanside manifest"):
+        read_manifest(engine_copy)
+
+
+def test_truncated_component(engine_copy):
+    unet = engine_copy / "unet.onnx"
+    unet.write_bytes(unet.read_bytes()[:1000])
+    with pytest.raises(EngineError, match="unet.onnx: 1000 bytes"):
+        read_manifest(engine_copy)
+
+
+def test_same_size_different_content_caught_by_verify(engine_copy):
+    unet = engine_copy / "unet.onnx"
+    data = bytearray(unet.read_bytes())
+    data[-1] ^= 0xFF
+    unet.write_bytes(bytes(data))
+    read_manifest(engine_copy)  # sizes alone cannot see it
+    with pytest.raises(EngineError, match="content hash differs"):
+        read_manifest(engine_copy, verify=True)
+
+
+def test_garbage_manifest(engine_copy):
+    (engine_copy / MANIFEST).write_text("{not json")
+    with pytest.raises(EngineError, match="unreadable"):
+        read_manifest(engine_copy)

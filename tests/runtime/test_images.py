@@ -1,0 +1,50 @@
+"""Image validation and padding at the runtime's edge."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scanside.errors import InputError
+from scanside.runtime import images
+
+
+def test_gray_round_trip_pads_and_crops():
+    image = np.linspace(0, 1, 50 * 60, dtype=np.float32).reshape(50, 60)
+    prepared = images.prepare(image, channels=3, engine_hw=(64, 64), factor=8)
+    assert prepared.pixels.shape == (1, 3, 64, 64)
+    # the reflected border mirrors the image, it is not a black frame
+    np.testing.assert_allclose(prepared.pixels[0, 0, 50, :60], image[48] * 2 - 1, atol=1e-6)
+    back = images.finish(prepared.pixels, prepared)
+    assert back.shape == (50, 60)
+    np.testing.assert_allclose(back, image, atol=1e-6)
+
+
+def test_integer_images_are_scaled():
+    prepared = images.prepare(np.full((64, 64), 65535, np.uint16), 3, (64, 64), 8)
+    assert prepared.pixels.max() == pytest.approx(1.0)
+    prepared = images.prepare(np.zeros((64, 64, 3), np.uint8), 3, (64, 64), 8)
+    assert prepared.pixels.min() == pytest.approx(-1.0)
+
+
+def test_dynamic_engine_pads_to_factor():
+    prepared = images.prepare(np.zeros((70, 33), np.float32), 3, None, 8)
+    assert prepared.pixels.shape == (1, 3, 72, 40)
+
+
+@pytest.mark.parametrize(
+    "image,fragment",
+    [
+        (np.zeros((64, 64), np.int64), "dtype int64"),
+        (np.zeros((64, 64), bool), "dtype bool"),
+        (np.zeros((2, 64, 64, 3), np.float32), r"shape \(2, 64, 64, 3\)"),
+        (np.zeros((64, 64, 4), np.float32), "4 channels"),
+        (np.zeros((65, 64), np.float32), "65x64 pixels does not fit"),
+        (np.full((64, 64), 2.0, np.float32), r"span \[2, 2\], expected \[0, 1\]"),
+        (np.full((64, 64), np.nan, np.float32), "NaN"),
+        ([[0.5]], "shape None"),
+    ],
+)
+def test_bad_images_are_named(image, fragment):
+    with pytest.raises(InputError, match=fragment):
+        images.prepare(image, 3, (64, 64), 8)

@@ -1,0 +1,160 @@
+"""The command line as a new user meets it: each bad input gets one clear message, exit code 2
+and no output file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from scanside.cli import main
+
+
+@pytest.fixture
+def png(tmp_path):
+    path = tmp_path / "in.png"
+    Image.fromarray((np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_enhance_png_writes_same_bit_depth(tiny_engine, png, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, _ = run(capsys, "enhance", png, "--engine", tiny_engine, "--out", out,
+                          "--steps", "4", "--strength", "0.5")
+    assert code == 0
+    result = Image.open(out / "in_enhanced.png")
+    assert result.mode == "L" and result.size == (64, 64)
+    assert "1 written, 0 failed" in stdout
+
+
+def test_enhance_npy_to_file(tiny_engine, tmp_path, capsys):
+    src = tmp_path / "x.npy"
+    np.save(src, np.full((64, 64), 0.25, np.float32))
+    code, _, _ = run(capsys, "enhance", src, "--engine", tiny_engine, "--out", tmp_path / "y.npy",
+                     "--steps", "3", "--strength", "0.7")
+    assert code == 0
+    assert np.load(tmp_path / "y.npy").shape == (64, 64)
+
+
+def test_generate(tiny_engine, tmp_path, capsys):
+    code, _, _ = run(capsys, "generate", "--engine", tiny_engine, "--prompt", "a lung",
+                     "--steps", "3", "--out", tmp_path / "g.png", "--scheduler", "euler_a")
+    assert code == 0
+    assert Image.open(tmp_path / "g.png").size == (64, 64)
+
+
+def test_info(tiny_engine, capsys):
+    code, out, _ = run(capsys, "info", tiny_engine, "--verify")
+    assert code == 0
+    assert "unet" in out and "fp32" in out and "verified" in out
+    code, out, _ = run(capsys, "info", tiny_engine, "--json")
+    assert json.loads(out)["magic"] == "scanside-engine"
+
+
+@pytest.mark.parametrize(
+    "extra,fragment",
+    [
+        (["--strength", "0"], "argument --strength: 0.0 is outside (0, 1]"),
+        (["--strength", "1.5"], "1.5 is outside (0, 1]"),
+        (["--steps", "0"], "argument --steps: 0 is not a positive integer"),
+        (["--strength", "abc"], "argument --strength: invalid strength_arg value: 'abc'"),
+        (["--scheduler", "heun"], "invalid choice: 'heun'"),
+    ],
+)
+def test_bad_arguments(tiny_engine, png, tmp_path, capsys, extra, fragment):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["enhance", str(png), "--engine", str(tiny_engine), "--out", str(out), *extra])
+    assert exit_info.value.code == 2
+    assert fragment in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_missing_engine(png, tmp_path, capsys):
+    out = tmp_path / "out.png"
+    code, _, err = run(capsys, "enhance", png, "--engine", tmp_path / "none", "--out", out)
+    assert code == 2
+    assert "no such engine directory" in err and "scanside export" in err
+    assert not out.exists()
+
+
+def test_foreign_engine(png, tmp_path, capsys):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "model.onnx").write_bytes(b"x")
+    code, _, err = run(capsys, "info", foreign)
+    assert code == 2 and "not a scanside engine directory" in err
+
+
+def test_old_manifest_version(tiny_engine, tmp_path, capsys):
+    engine = shutil.copytree(tiny_engine, tmp_path / "engine")
+    manifest = json.loads((engine / "manifest.json").read_text())
+    manifest["format_version"] = 0
+    (engine / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = run(capsys, "info", engine)
+    assert code == 2 and "format version 0" in err and "scanside export" in err
+
+
+def test_batch_goes_on_past_bad_files(tiny_engine, png, tmp_path, capsys):
+    wrong_shape = tmp_path / "wide.npy"
+    np.save(wrong_shape, np.zeros((64, 200), np.float32))
+    wrong_dtype = tmp_path / "ints.npy"
+    np.save(wrong_dtype, np.zeros((64, 64), np.int64))
+    not_png = tmp_path / "fake.png"
+    not_png.write_text("hello")
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, "enhance", wrong_shape, png, wrong_dtype, not_png,
+                            "--engine", tiny_engine, "--out", out, "--steps", "4")
+    assert code == 2
+    assert "1 written, 3 failed" in stdout
+    assert "64x200 pixels does not fit" in err
+    assert "dtype int64" in err
+    assert "not a readable PNG" in err
+    assert sorted(p.name for p in out.iterdir()) == ["in_enhanced.png"]  # no partial files
+
+
+def test_too_little_strength_for_the_steps(tiny_engine, png, tmp_path, capsys):
+    out = tmp_path / "o.png"
+    code, _, err = run(capsys, "enhance", png, "--engine", tiny_engine, "--out", out,
+                       "--steps", "3", "--strength", "0.3")
+    assert code == 2 and "leaves no denoising step" in err
+    assert not out.exists()
+
+
+def test_never_writes_over_existing_output(tiny_engine, png, tmp_path, capsys):
+    target = tmp_path / "taken.png"
+    target.write_bytes(b"keep me")
+    code, _, err = run(capsys, "enhance", png, "--engine", tiny_engine, "--out", target)
+    assert code == 2 and "already exists" in err
+    assert target.read_bytes() == b"keep me"
+
+
+def test_output_equal_to_input_is_refused(tiny_engine, png, capsys):
+    before = png.read_bytes()
+    code, _, err = run(capsys, "enhance", png, "--engine", tiny_engine, "--out", png,
+                       "--overwrite", "--steps", "2")
+    assert code == 2 and "replace the input" in err
+    assert png.read_bytes() == before
+
+
+def test_export_refuses_a_non_model_folder(tmp_path, capsys):
+    code, _, err = run(capsys, "export", tmp_path, "--out", tmp_path / "e")
+    assert code == 2 and "not a diffusers Stable Diffusion folder" in err
+    assert not (tmp_path / "e").exists()
+
+
+def test_help_on_every_command(capsys):
+    for command in (["export"], ["generate"], ["enhance"], ["info"], ["demo"], ["models", "build"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*command, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage: scanside" in capsys.readouterr().out
