@@ -84,9 +84,9 @@ def prepare(image: np.ndarray, channels: int, engine_hw: tuple[int, int] | None,
     return Prepared((chw * 2 - 1).astype(np.float32), h, w, gray)
 
 
-def finish(decoded: np.ndarray, prepared: Prepared) -> np.ndarray:
-    """(1, C, H', W') decoder output in [-1, 1] -> the caller's (H, W[, C]) in [0, 1]."""
+def finish(decoded: np.ndarray, height: int, width: int, gray: bool) -> np.ndarray:
+    """(1, C, H', W') decoder output in [-1, 1] -> (H, W) if ``gray`` else (H, W, C), [0, 1]."""
     image = np.clip(decoded[0] / 2 + 0.5, 0, 1)  # (C, H', W')
-    image = image[:, : prepared.height, : prepared.width].transpose(1, 2, 0)  # (H, W, C)
-    return image.mean(axis=2) if prepared.gray else image
+    image = image[:, :height, :width].transpose(1, 2, 0)  # (H, W, C)
+    return image.mean(axis=2) if gray else image
 

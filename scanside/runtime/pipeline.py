@@ -173,7 +173,7 @@ class Pipeline:
         x = fixed_draw(fixed, draw, self.latent_shape(height, width), "latents")
         x = x * np.float32(plan.init_noise_sigma)
         x = self.denoise(plan, x, prompt, negative_prompt or "", guidance, draw, None, progress)
-        return images.finish(self.decode(x), images.Prepared(x, height, width, gray=False))
+        return images.finish(self.decode(x), height, width, gray=False)
 
     def enhance(self, image: np.ndarray, *, prompt: str = "", strength: float = 0.3,
                 steps: int = 20, guidance: float = 1.0, seed: int = 0,
@@ -206,7 +206,7 @@ class Pipeline:
         else:
             x = module.add_noise(plan, x0, start_noise).astype(np.float32)
         x = self.denoise(plan, x, prompt, negative_prompt or "", guidance, draw, condition, progress)
-        return images.finish(self.decode(x), prepared)
+        return images.finish(self.decode(x), prepared.height, prepared.width, prepared.gray)
 
     def image_size(self, height: Optional[int], width: Optional[int]) -> tuple[int, int]:
         m = self.manifest

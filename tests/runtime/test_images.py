@@ -15,7 +15,7 @@ def test_gray_round_trip_pads_and_crops():
     assert prepared.pixels.shape == (1, 3, 64, 64)
     # the reflected border mirrors the image, it is not a black frame
     np.testing.assert_allclose(prepared.pixels[0, 0, 50, :60], image[48] * 2 - 1, atol=1e-6)
-    back = images.finish(prepared.pixels, prepared)
+    back = images.finish(prepared.pixels, prepared.height, prepared.width, prepared.gray)
     assert back.shape == (50, 60)
     np.testing.assert_allclose(back, image, atol=1e-6)
 
