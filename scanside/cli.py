@@ -73,14 +73,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from scanside.files import refuse_existing, write_image
 
-    if args.out.suffix.lower() not in (".png", ".npy"):
-        raise InputError(f"--out: {args.out} must end in .png or .npy")
+    if args.out.suffix.lower() not in (".png", ".npy", ".dcm"):
+        raise InputError(f"--out: {args.out} must end in .png, .npy or .dcm")
     refuse_existing(args.out, args.overwrite)
     pipe = Pipeline.load(args.engine, args.backend)
-    image = pipe.generate(args.prompt, steps=args.steps, guidance=args.guidance, seed=args.seed,
-                          scheduler=args.scheduler, negative_prompt=args.negative_prompt,
-                          progress=True)
-    write_image(args.out, image, np.dtype(np.uint8), overwrite=args.overwrite)
+    sampling = dict(prompt=args.prompt, steps=args.steps, guidance=args.guidance,
+                    seed=args.seed, scheduler=args.scheduler)
+    image = pipe.generate(negative_prompt=args.negative_prompt, progress=True, **sampling)
+    if args.out.suffix.lower() == ".dcm":
+        from scanside.dicom.synthetic import secondary_capture
+        from scanside.dicom.write import save
+
+        save(secondary_capture(image, pipe.describe(strength=1.0, **sampling)), args.out)
+    else:
+        write_image(args.out, image, np.dtype(np.uint8), overwrite=args.overwrite)
     print(f"wrote {args.out}")
     return 0
 
@@ -91,38 +97,68 @@ def output_for(source: Path, out: Path, single: bool) -> Path:
     return out / f"{source.stem}_enhanced{source.suffix.lower()}"
 
 
+def sampling_of(args: argparse.Namespace) -> dict:
+    return dict(prompt=args.prompt, strength=args.strength, steps=args.steps,
+                guidance=args.guidance, seed=args.seed, scheduler=args.scheduler,
+                negative_prompt=args.negative_prompt)
+
+
 def cmd_enhance(args: argparse.Namespace) -> int:
     from scanside import Pipeline
+    from scanside.files import IMAGE_SUFFIXES
+
+    images = [p for p in args.inputs if p.suffix.lower() in IMAGE_SUFFIXES]
+    dicoms = [p for p in args.inputs if p.suffix.lower() not in IMAGE_SUFFIXES]
+    window = None
+    if args.window is not None:
+        from scanside.dicom import Window
+
+        window = Window.parse(args.window)
+    if dicoms:
+        from scanside.dicom.series import check_output_dir
+
+        check_output_dir(args.out, dicoms)  # before the engine loads: fail fast
+    pipe = Pipeline.load(args.engine, args.backend)
+    started = time.perf_counter()
+    written, failures, count = enhance_images(pipe, images, args, single=len(args.inputs) == 1)
+    if dicoms:
+        from scanside.dicom import enhance_series
+
+        report = enhance_series(dicoms, pipe, args.out, window=window, preview=args.preview,
+                                **sampling_of(args))
+        written += len(report.written)
+        count += report.images
+        failures += report.failures
+    return summarise(written, failures, time.perf_counter() - started, count)
+
+
+def enhance_images(pipe, inputs: list[Path], args: argparse.Namespace, single: bool):
+    """PNG/NPY inputs; returns (files written, failures, images)."""
     from scanside.files import read_image, refuse_existing, write_image
 
-    single = len(args.inputs) == 1
-    if not (single and args.out.suffix.lower() in (".png", ".npy")):
+    if inputs and not (single and args.out.suffix.lower() in (".png", ".npy")):
         args.out.mkdir(parents=True, exist_ok=True)
-    pipe = Pipeline.load(args.engine, args.backend)
     failures: list[tuple[Path, str]] = []
-    written, started = 0, time.perf_counter()
-    for source in args.inputs:
+    written = 0
+    for source in inputs:
         try:
             target = output_for(source, args.out, single)
             if target.resolve() == source.resolve():
                 raise InputError(f"{target}: output would replace the input; choose another --out")
             refuse_existing(target, args.overwrite)
             image = read_image(source)
-            result = pipe.enhance(image, prompt=args.prompt, strength=args.strength,
-                                  steps=args.steps, guidance=args.guidance, seed=args.seed,
-                                  scheduler=args.scheduler, negative_prompt=args.negative_prompt,
-                                  progress=True)
+            result = pipe.enhance(image, progress=True, **sampling_of(args))
             write_image(target, result, image.dtype, overwrite=args.overwrite)
             written += 1
             print(f"{source} -> {target}")
         except InputError as exc:  # a bad file does not stop the batch
             failures.append((source, str(exc)))
-    return summarise(written, failures, time.perf_counter() - started)
+    return written, failures, written
 
 
-def summarise(written: int, failures: list[tuple[Path, str]], seconds: float) -> int:
-    per_image = f", {seconds / written:.2f} s per image" if written else ""
-    print(f"{written} written, {len(failures)} failed{per_image}")
+def summarise(written: int, failures: list[tuple[Path, str]], seconds: float, images: int) -> int:
+    per_image = f", {seconds / images:.2f} s per image" if images else ""
+    print(f"{written} file(s) written, {len(failures)} failed{per_image}")
     for source, reason in failures:
         print(f"  failed: {source}: {reason}", file=sys.stderr)
     return 2 if failures else 0
@@ -190,10 +226,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("enhance", help="enhance PNG/NPY images")
-    p.add_argument("inputs", nargs="+", type=Path, help="input .png or .npy files")
+    p = sub.add_parser("enhance", help="enhance DICOM files/folders and PNG/NPY images")
+    p.add_argument("inputs", nargs="+", type=Path,
+                   help="DICOM files or folders (one new series per source series), .png or .npy")
     add_sampling(p, guidance=1.0, strength=True)
-    p.add_argument("--out", required=True, type=Path, help="output folder (or file, for one input)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output folder (or a .png/.npy file, for one image input)")
+    p.add_argument("--window", metavar="CENTER,WIDTH",
+                   help="DICOM value window mapped to the model's input (default: CT "
+                        "[-1000, 1000] HU, else the file's VOI window, else the image range)")
+    p.add_argument("--preview", action="store_true",
+                   help="DICOM: also write source | result | difference PNGs")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=cmd_enhance)
 

@@ -33,7 +33,7 @@ def test_enhance_png_writes_same_bit_depth(tiny_engine, png, tmp_path, capsys):
     assert code == 0
     result = Image.open(out / "in_enhanced.png")
     assert result.mode == "L" and result.size == (64, 64)
-    assert "1 written, 0 failed" in stdout
+    assert "1 file(s) written, 0 failed" in stdout
 
 
 def test_enhance_npy_to_file(tiny_engine, tmp_path, capsys):
@@ -115,7 +115,7 @@ def test_batch_goes_on_past_bad_files(tiny_engine, png, tmp_path, capsys):
     code, stdout, err = run(capsys, "enhance", wrong_shape, png, wrong_dtype, not_png,
                             "--engine", tiny_engine, "--out", out, "--steps", "4")
     assert code == 2
-    assert "1 written, 3 failed" in stdout
+    assert "1 file(s) written, 3 failed" in stdout
     assert "64x200 pixels does not fit" in err
     assert "dtype int64" in err
     assert "not a readable PNG" in err

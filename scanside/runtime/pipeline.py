@@ -13,9 +13,10 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import TYPE_CHECKING, Callable, Optional, Union
 
 import numpy as np
+from pydicom.dataset import Dataset
 from tqdm.auto import tqdm
 
 from scanside.errors import InputError
@@ -25,6 +26,9 @@ from .artifacts import COMPONENTS, TOKENIZER, Conditioning, Manifest, read_manif
 from .engines import Backend, Engine, open_engine
 from .schedulers import Plan, SchedulerName
 from .tokenizer import ClipTokenizer
+
+if TYPE_CHECKING:
+    from scanside.dicom import Window
 
 log = logging.getLogger(__name__)
 
@@ -175,16 +179,24 @@ class Pipeline:
         x = self.denoise(plan, x, prompt, negative_prompt or "", guidance, draw, None, progress)
         return images.finish(self.decode(x), height, width, gray=False)
 
-    def enhance(self, image: np.ndarray, *, prompt: str = "", strength: float = 0.3,
+    def enhance(self, image: "np.ndarray | Dataset", *, prompt: str = "", strength: float = 0.3,
                 steps: int = 20, guidance: float = 1.0, seed: int = 0,
                 scheduler: Union[str, SchedulerName, None] = None,
                 negative_prompt: Optional[str] = None, noise: Noise = None,
-                progress: bool = False) -> np.ndarray:
+                progress: bool = False, window: "Optional[Window]" = None):
         """Enhance ``image`` ((H, W) or (H, W, C), [0, 1] floats or uint8/16) -> same layout.
 
         Plain UNets run img2img (SDEdit): the image's latent is noised to ``strength`` and
         denoised. Image-conditioned UNets also see the image's latent at every step.
+        A pydicom Dataset gives a derived Dataset back (see scanside.dicom), in ``window``.
         """
+        if isinstance(image, Dataset):
+            from scanside.dicom import enhance_dataset
+
+            return enhance_dataset(self, image, window=window, prompt=prompt, strength=strength,
+                                   steps=steps, guidance=guidance, seed=seed,
+                                   scheduler=scheduler, negative_prompt=negative_prompt,
+                                   noise=noise)
         self.check_guidance(guidance)
         fixed_hw = None if self.manifest.dynamic else (self.manifest.height, self.manifest.width)
         prepared = images.prepare(image, self.manifest.image_channels, fixed_hw,
@@ -207,6 +219,19 @@ class Pipeline:
             x = module.add_noise(plan, x0, start_noise).astype(np.float32)
         x = self.denoise(plan, x, prompt, negative_prompt or "", guidance, draw, condition, progress)
         return images.finish(self.decode(x), prepared.height, prepared.width, prepared.gray)
+
+    def describe(self, *, prompt: str = "", strength: float = 0.3, steps: int = 20,
+                 guidance: float = 1.0, seed: int = 0,
+                 scheduler: Union[str, SchedulerName, None] = None, **_: object) -> str:
+        """Provenance of an enhancement, for DICOM's DerivationDescription."""
+        from scanside import __version__
+
+        plan = self.plan(scheduler, steps, strength)
+        m = self.manifest
+        return (f"scanside {__version__} diffusion enhancement; model sha256 {m.source_hash[:16]}; "
+                f"{m.precision.value}; backend {self.backend.value}; scheduler {plan.algorithm}; "
+                f"steps {steps}; strength {strength:g}; guidance {guidance:g}; seed {seed}; "
+                f"prompt {prompt!r}")
 
     def image_size(self, height: Optional[int], width: Optional[int]) -> tuple[int, int]:
         m = self.manifest

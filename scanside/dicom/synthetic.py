@@ -1,0 +1,55 @@
+"""Text-to-image output as DICOM: a Secondary Capture that says it is synthetic."""
+
+from __future__ import annotations
+
+import datetime
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.sr.codedict import codes
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid,
+)
+
+from scanside import __version__
+
+from .write import code_item, equipment_item
+
+
+def secondary_capture(image: np.ndarray, description: str) -> Dataset:
+    """(H, W) or (H, W, 3) [0, 1] image -> 8-bit SC instance with Synthetic Data = YES."""
+    now = datetime.datetime.now()
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    # Patient and study: type 2, present and empty — there is no patient.
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+                    "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
+                    "AccessionNumber"):
+        setattr(ds, keyword, "")
+    ds.Modality, ds.ConversionType = "OT", "SYN"  # SYN: synthetic image (PS3.3 C.8.6.1)
+    ds.SeriesNumber, ds.InstanceNumber = 1, 1
+    ds.SeriesDescription = "scanside: synthetic"
+    ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    ds.InstanceCreationDate, ds.InstanceCreationTime = ds.ContentDate, ds.ContentTime
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.SyntheticData = "YES"
+    ds.BurnedInAnnotation = "NO"
+    ds.DerivationDescription = description[:1024]
+    ds.ContributingEquipmentSequence = Sequence([equipment_item(description, now)])
+    ds.ContributingEquipmentSequence[0].PurposeOfReferenceCodeSequence = Sequence(
+        [code_item(codes.DCM.SynthesizingEquipment)])
+    pixels = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+    colour = pixels.ndim == 3 and pixels.shape[2] == 3 and not (
+        np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 1], pixels[..., 2]))
+    if pixels.ndim == 3 and not colour:
+        pixels = pixels[..., 0]
+    ds.set_pixel_data(pixels, "RGB" if colour else "MONOCHROME2", 8)
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.file_meta.ImplementationVersionName = f"SCANSIDE_{__version__}"[:16]
+    return ds

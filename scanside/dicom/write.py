@@ -1,0 +1,141 @@
+"""Writing results as derived DICOM instances in a new series (PS3.3 C.7.6.1.1.2, C.12.1).
+
+``derive`` copies patient, study and frame of reference from the source, as highdicom's
+``from_ref_dataset`` does, and marks the instance as derived: ImageType DERIVED\\SECONDARY,
+Derivation Description and Code, Source Image Sequence, Contributing Equipment (as the IHE
+AI Results profile does). Everything is validated before the copy is changed.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+from dataclasses import dataclass
+from pathlib import Path
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.sr.codedict import codes
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation, DigitalXRayImageStorageForProcessing,
+    ExplicitVRLittleEndian, MRImageStorage, MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage, SecondaryCaptureImageStorage,
+)
+
+from scanside import __version__
+from scanside.files import atomic_path
+
+# SOP classes whose IODs allow ImageType DERIVED with the source's own modules.
+DERIVABLE = {CTImageStorage, MRImageStorage, ComputedRadiographyImageStorage,
+             DigitalXRayImageStorageForPresentation, DigitalXRayImageStorageForProcessing,
+             SecondaryCaptureImageStorage, MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+             MultiFrameGrayscaleWordSecondaryCaptureImageStorage}
+# Attributes that describe the source's pixels or encoding, not ours.
+STALE = ("SmallestImagePixelValue", "LargestImagePixelValue", "IconImageSequence",
+         "DataSetTrailingPadding", "ExtendedOffsetTable", "ExtendedOffsetTableLengths",
+         "SmallestPixelValueInSeries", "LargestPixelValueInSeries")
+PREFIX = "scanside: "
+
+
+@dataclass(frozen=True)
+class Derivation:
+    """What was done, for DerivationDescription and the Contributing Equipment entry."""
+
+    description: str  # e.g. "diffusion enhancement, model sha256 ..., fp32, cpu, ddim, ..."
+    series_uid: str
+    series_number: int
+    synthetic: bool = False
+
+
+def code_item(code) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = (
+        code.value, code.scheme_designator, code.meaning)
+    return item
+
+
+def source_reference(source: Dataset) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = source.SOPClassUID
+    item.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    if int(source.get("NumberOfFrames", 1) or 1) > 1:
+        item.ReferencedFrameNumber = list(range(1, int(source.NumberOfFrames) + 1))
+    item.PurposeOfReferenceCodeSequence = Sequence(
+        [code_item(codes.DCM.SourceImageForImageProcessingOperation)])
+    return item
+
+
+def equipment_item(description: str, when: datetime.datetime) -> Dataset:
+    item = Dataset()
+    item.PurposeOfReferenceCodeSequence = Sequence([code_item(codes.DCM.ProcessingEquipment)])
+    item.Manufacturer = "scanside"
+    item.ManufacturerModelName = "scanside diffusion enhancement"
+    item.SoftwareVersions = __version__
+    item.ContributionDateTime = when.strftime("%Y%m%d%H%M%S")
+    item.ContributionDescription = description[:64]
+    return item
+
+
+def image_type(source: Dataset) -> list[str]:
+    rest = list(source.get("ImageType", []))[2:]
+    return ["DERIVED", "SECONDARY", *rest]
+
+
+def derive(source: Dataset, stored: np.ndarray, derivation: Derivation) -> Dataset:
+    """A new instance carrying ``stored`` ((F, H, W) or (H, W), the source's dtype) that
+    references ``source``; the source dataset is not modified."""
+    if stored.shape[-2:] != (int(source.Rows), int(source.Columns)):
+        raise ValueError(f"result {stored.shape} does not match the source's "
+                         f"{source.Rows}x{source.Columns}")
+    stored = stored[0] if stored.ndim == 3 and stored.shape[0] == 1 else stored
+    now = datetime.datetime.now()
+    # A plain Dataset: a FileDataset copy would keep the source's byte order and VR encoding.
+    ds = Dataset(copy.deepcopy(source))
+    for keyword in STALE:
+        if keyword in ds:
+            del ds[keyword]
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    if ds.SOPClassUID not in DERIVABLE:
+        ds.SOPClassUID = SecondaryCaptureImageStorage
+        ds.ConversionType = "WSD"  # workstation
+    ds.set_pixel_data(stored, str(source.PhotometricInterpretation), int(source.BitsStored))
+    mark_derived(ds, source, derivation, now)
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.file_meta.ImplementationVersionName = f"SCANSIDE_{__version__}"[:16]
+    return ds
+
+
+def mark_derived(ds: Dataset, source: Dataset, derivation: Derivation,
+                 now: datetime.datetime) -> None:
+    ds.ImageType = image_type(source)
+    ds.SeriesInstanceUID = derivation.series_uid
+    ds.SeriesNumber = derivation.series_number
+    description = PREFIX + str(source.get("SeriesDescription", "") or "enhanced")
+    ds.SeriesDescription = description[:64]  # LO
+    ds.InstanceCreationDate, ds.InstanceCreationTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    ds.DerivationDescription = derivation.description[:1024]  # ST
+    ds.DerivationCodeSequence = Sequence([code_item(codes.DCM.Smoothing)])
+    ds.SourceImageSequence = Sequence([source_reference(source)])
+    equipment = list(source.get("ContributingEquipmentSequence", []))
+    ds.ContributingEquipmentSequence = Sequence(
+        [*map(copy.deepcopy, equipment), equipment_item(derivation.description, now)])
+    ds.BurnedInAnnotation = "NO"
+    if str(source.get("LossyImageCompression", "00")) == "01":
+        ds.LossyImageCompression = "01"  # once lossy, always lossy (PS3.3 C.7.6.1.1.5)
+    if derivation.synthetic:
+        ds.SyntheticData = "YES"
+
+
+def series_number(source: Dataset) -> int:
+    """Distinct from the source's: scanside series are numbered 1000 + the source's."""
+    return 1000 + int(source.get("SeriesNumber", 0) or 0)
+
+
+def save(ds: Dataset, path: Path) -> None:
+    """Write ``ds`` to ``path`` through a temporary name; never over an existing file."""
+    with atomic_path(path) as tmp:
+        ds.save_as(tmp, enforce_file_format=True)
