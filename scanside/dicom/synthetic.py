@@ -31,6 +31,8 @@ def secondary_capture(image: np.ndarray, description: str) -> Dataset:
                     "AccessionNumber"):
         setattr(ds, keyword, "")
     ds.Modality, ds.ConversionType = "OT", "SYN"  # SYN: synthetic image (PS3.3 C.8.6.1)
+    # Type 2C, empty: no body part, no patient orientation for a synthetic picture.
+    ds.Laterality, ds.PatientOrientation = "", ""
     ds.SeriesNumber, ds.InstanceNumber = 1, 1
     ds.SeriesDescription = "scanside: synthetic"
     ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
