@@ -19,7 +19,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation, DigitalXRayImageStorageForProcessing,
-    ExplicitVRLittleEndian, MRImageStorage, MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    ExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossless, MRImageStorage, MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
     MultiFrameGrayscaleWordSecondaryCaptureImageStorage, SecondaryCaptureImageStorage,
 )
 
@@ -36,6 +36,9 @@ STALE = ("SmallestImagePixelValue", "LargestImagePixelValue", "IconImageSequence
          "DataSetTrailingPadding", "ExtendedOffsetTable", "ExtendedOffsetTableLengths",
          "SmallestPixelValueInSeries", "LargestPixelValueInSeries")
 PREFIX = "scanside: "
+# Transfer syntaxes that are always lossy; JPEG 2000 can be either, so its file's own
+# LossyImageCompression attribute decides.
+LOSSY_SYNTAXES = {JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossless}
 
 
 @dataclass(frozen=True)
@@ -124,10 +127,15 @@ def mark_derived(ds: Dataset, source: Dataset, derivation: Derivation,
     ds.ContributingEquipmentSequence = Sequence(
         [*map(copy.deepcopy, equipment), equipment_item(derivation.description, now)])
     ds.BurnedInAnnotation = "NO"
-    if str(source.get("LossyImageCompression", "00")) == "01":
+    if was_lossy(source):
         ds.LossyImageCompression = "01"  # once lossy, always lossy (PS3.3 C.7.6.1.1.5)
     if derivation.synthetic:
         ds.SyntheticData = "YES"
+
+
+def was_lossy(source: Dataset) -> bool:
+    syntax = getattr(source, "file_meta", Dataset()).get("TransferSyntaxUID")
+    return str(source.get("LossyImageCompression", "00")) == "01" or syntax in LOSSY_SYNTAXES
 
 
 def series_number(source: Dataset) -> int:

@@ -98,6 +98,15 @@ def test_derived_attributes(ct_series, tmp_path):
         assert "SyntheticData" not in ds
 
 
+def test_lossy_history_is_kept(ct_series, tmp_path):
+    lossy = pydicom.dcmread(ct_series[0])
+    lossy.LossyImageCompression, lossy.LossyImageCompressionRatio = "01", 10
+    lossy.save_as(ct_series[0])
+    report = enhance_series(ct_series, Identity(), tmp_path / "out", progress=False)
+    flags = {pydicom.dcmread(p).get("LossyImageCompression") for p in report.written}
+    assert flags == {"01", None}  # the lossy slice says so; the others claim nothing
+
+
 def test_values_outside_the_window_are_kept(ct_series, tmp_path):
     """Brighten moves every in-window value; bone at 1800 HU (outside [-1000, 1000]) stays."""
     report = enhance_series(ct_series[:1], Brighten(), tmp_path / "out", progress=False)
