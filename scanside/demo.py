@@ -44,7 +44,7 @@ def ensure_engine(model_dir: Path, engine_dir: Path) -> None:
     """Export unless the engine already holds this exact model (keyed by content hash)."""
     from scanside.errors import EngineError
     from scanside.export import export_model
-    from scanside.export.checkpoint import folder_hash
+    from scanside.files import folder_hash
     from scanside.runtime.artifacts import read_manifest
 
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from contextlib import contextmanager
@@ -78,3 +79,14 @@ def write_image(path: Path, image: np.ndarray, like: np.dtype, overwrite: bool =
         else:
             pixels = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
         Image.fromarray(pixels).save(tmp, format="PNG")
+
+
+def folder_hash(path: Path) -> str:
+    """sha256 over every file's relative name and content: a checkpoint folder's identity."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with open(file, "rb") as f:
+            while block := f.read(1 << 22):
+                digest.update(block)
+    return digest.hexdigest()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,14 +68,3 @@ def load(path: Path) -> Checkpoint:
         tokenizer=read_tokenizer(path / "tokenizer"),
         scheduler_config=json.loads((path / "scheduler" / "scheduler_config.json").read_text()),
     )
-
-
-def folder_hash(path: Path) -> str:
-    """sha256 over every file's relative name and content: the checkpoint's identity."""
-    digest = hashlib.sha256()
-    for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
-        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        with open(file, "rb") as f:
-            while block := f.read(1 << 22):
-                digest.update(block)
-    return digest.hexdigest()

@@ -11,6 +11,7 @@ from typing import Optional
 from tqdm.auto import tqdm
 
 from scanside.errors import InputError
+from scanside.files import folder_hash
 from scanside.runtime.artifacts import (
     MANIFEST, TOKENIZER, Component, Conditioning, Manifest, Precision, sha256_file,
 )
@@ -109,7 +110,7 @@ def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional
         components[name] = Component(name, path.name, sha256_file(path),
                                      sum(f.stat().st_size for f in files), spec, diff, tolerance)
     manifest = Manifest(
-        source_hash=ckpt.folder_hash(model_dir), precision=Precision.FP32, opset=opset,
+        source_hash=folder_hash(model_dir), precision=Precision.FP32, opset=opset,
         height=height, width=width, dynamic=dynamic, image_channels=shape.image_channels,
         vae_factor=shape.vae_factor,
         vae_scaling_factor=float(checkpoint.vae.config.scaling_factor),

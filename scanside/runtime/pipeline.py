@@ -25,6 +25,7 @@ from . import images, schedulers
 from .artifacts import COMPONENTS, TOKENIZER, Conditioning, Manifest, read_manifest
 from .engines import Backend, Engine, open_engine
 from .schedulers import Plan, SchedulerName
+from .timing import NullTimer, StageTimer
 from .tokenizer import ClipTokenizer
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ class Pipeline:
     tokenizer: ClipTokenizer
     engines: dict[str, Engine]
     backend: Backend
+    timer: StageTimer = field(default_factory=NullTimer, repr=False)  # set by benchmarks
     _embeddings: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -106,10 +108,15 @@ class Pipeline:
         if not isinstance(prompt, str):
             raise InputError(f"prompt: expected a string, got {type(prompt).__name__}")
         if prompt not in self._embeddings:
-            ids = self.tokenizer([prompt])  # (1, 77) int32
-            out = self.engines["text_encoder"].run({"input_ids": ids})
+            with self.timer.stage("text"):
+                ids = self.tokenizer([prompt])  # (1, 77) int32
+                out = self.engines["text_encoder"].run({"input_ids": ids})
             self._embeddings[prompt] = out["last_hidden_state"]
         return self._embeddings[prompt]
+
+    def forget_prompts(self) -> None:
+        """Drop the cached prompt embeddings (a benchmark times the text encoder each run)."""
+        self._embeddings.clear()
 
     def plan(self, scheduler: Union[str, SchedulerName, None], steps: int, strength: float) -> Plan:
         if scheduler is None:
@@ -122,12 +129,14 @@ class Pipeline:
         return (1, self.manifest.components["unet"].spec.outputs[0].shape[1], height // f, width // f)
 
     def encode(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = self.engines["vae_encoder"].run({"image": pixels})
+        with self.timer.stage("vae_encode"):
+            out = self.engines["vae_encoder"].run({"image": pixels})
         return out["latent_mean"], out["latent_std"]  # (1, 4, h, w) each
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
         scaled = latents / np.float32(self.manifest.vae_scaling_factor)
-        return self.engines["vae_decoder"].run({"latent": scaled})["image"]  # (1, C, H, W)
+        with self.timer.stage("vae_decode"):
+            return self.engines["vae_decoder"].run({"latent": scaled})["image"]  # (1, C, H, W)
 
     def check_guidance(self, guidance: float) -> None:
         if not isinstance(guidance, (int, float)) or not np.isfinite(guidance) or guidance < 0:
@@ -151,9 +160,10 @@ class Pipeline:
             if guided:
                 x = np.concatenate([x, x])  # (2, C, h, w)
             timestep = plan.timesteps[i : i + 1]  # (1,) float32
-            out = self.engines["unet"].run(
-                {"sample": x, "timestep": timestep, "encoder_hidden_states": text}
-            )["out_sample"]
+            with self.timer.stage("unet"):
+                out = self.engines["unet"].run(
+                    {"sample": x, "timestep": timestep, "encoder_hidden_states": text}
+                )["out_sample"]
             if guided:
                 e_uncond, e_text = out[:1], out[1:]
                 out = e_uncond + guidance * (e_text - e_uncond)
@@ -176,7 +186,8 @@ class Pipeline:
         fixed, draw = noise_source(latents, seed, "latents")
         x = fixed_draw(fixed, draw, self.latent_shape(height, width), "latents")
         x = x * np.float32(plan.init_noise_sigma)
-        x = self.denoise(plan, x, prompt, negative_prompt or "", guidance, draw, None, progress)
+        with self.timer.stage("loop"):
+            x = self.denoise(plan, x, prompt, negative_prompt or "", guidance, draw, None, progress)
         return images.finish(self.decode(x), height, width, gray=False)
 
     def enhance(self, image: "np.ndarray | Dataset", *, prompt: str = "", strength: float = 0.3,
@@ -217,7 +228,9 @@ class Pipeline:
             x = start_noise * np.float32(plan.init_noise_sigma)  # strength 1: from pure noise
         else:
             x = module.add_noise(plan, x0, start_noise).astype(np.float32)
-        x = self.denoise(plan, x, prompt, negative_prompt or "", guidance, draw, condition, progress)
+        with self.timer.stage("loop"):
+            x = self.denoise(plan, x, prompt, negative_prompt or "", guidance, draw, condition,
+                             progress)
         return images.finish(self.decode(x), prepared.height, prepared.width, prepared.gray)
 
     def describe(self, *, prompt: str = "", strength: float = 0.3, steps: int = 20,

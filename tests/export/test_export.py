@@ -15,7 +15,7 @@ from scanside.runtime.artifacts import read_manifest
 
 
 def test_engine_directory_contents(tiny_engine, tiny_model):
-    from scanside.export.checkpoint import folder_hash
+    from scanside.files import folder_hash
 
     manifest = read_manifest(tiny_engine, verify=True)
     assert manifest.source_hash == folder_hash(tiny_model)

@@ -1,0 +1,181 @@
+"""``scanside bench``: per-stage latency of one engine directory, by the protocol of
+DESIGN.md — warm up, time each stage separately over N runs, report median/p90/min, peak
+memory, the machine and the versions, and FLOPs against the measured peak."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from scanside.errors import InputError
+from scanside.runtime.timing import Recorder
+
+from . import machine, peak
+from .stats import summary
+
+log = logging.getLogger(__name__)
+FORMAT = "scanside-bench"
+FORMAT_VERSION = 1
+
+
+class Task(str, enum.Enum):
+    ENHANCE = "enhance"
+    GENERATE = "generate"
+
+
+@dataclass(frozen=True)
+class Settings:
+    task: Task = Task.ENHANCE
+    size: Optional[int] = None  # pixels, square; default: the engine's size
+    steps: int = 20
+    strength: float = 0.3
+    guidance: float = 1.0
+    scheduler: Optional[str] = None
+    backend: str = "cpu"
+    repeat: int = 3
+    warmup: int = 1
+    seed: int = 0
+    dicom: Optional[Path] = None  # time DICOM read/write with this file as the input
+    threads: Optional[int] = None
+
+    def check(self) -> None:
+        if self.repeat < 1 or self.warmup < 0:
+            raise InputError(f"--repeat {self.repeat} / --warmup {self.warmup}: need repeat >= 1, warmup >= 0")
+
+
+def test_image(size: int, seed: int) -> np.ndarray:
+    """A smooth image with noise: what the VAE sees matters little for latency."""
+    y, x = np.mgrid[0:size, 0:size] / size
+    rng = np.random.default_rng(seed)
+    image = 0.5 + 0.3 * np.sin(9 * x) * np.cos(7 * y) + 0.05 * rng.standard_normal((size, size))
+    return np.clip(image, 0, 1).astype(np.float32)
+
+
+def one_run(pipe, settings: Settings, size: int) -> None:
+    pipe.forget_prompts()  # the text encoder is a stage: time it every run
+    sampling = dict(prompt="low-dose CT, denoise", steps=settings.steps, guidance=settings.guidance,
+                    seed=settings.seed, scheduler=settings.scheduler)
+    if settings.dicom is not None:
+        dicom_run(pipe, settings, sampling)
+    elif settings.task is Task.ENHANCE:
+        pipe.enhance(test_image(size, settings.seed), strength=settings.strength, **sampling)
+    else:
+        pipe.generate(height=size, width=size, **sampling)
+
+
+def dicom_run(pipe, settings: Settings, sampling: dict[str, Any]) -> None:
+    """Enhance one DICOM file, timing its read and its derived write as stages."""
+    import tempfile
+
+    from scanside.dicom.read import read_header, read_values
+    from scanside.dicom.series import describe, enhance_values
+    from scanside.dicom.write import Derivation, derive, save, series_number
+
+    with pipe.timer.stage("dicom_read"):
+        ds, values = read_values(read_header(settings.dicom))
+    stored, window = enhance_values(pipe, ds, values, None,
+                                    {**sampling, "strength": settings.strength})
+    with tempfile.TemporaryDirectory() as tmp, pipe.timer.stage("dicom_write"):
+        derived = derive(ds, stored, Derivation(describe(pipe, window, sampling), "1.2.3",
+                                                series_number(ds)))
+        save(derived, Path(tmp) / "out.dcm")
+
+
+def stage_table(runs: list[dict[str, list[float]]]) -> dict[str, dict[str, float]]:
+    """Per-stage summaries; 'scheduler' is the loop minus its UNet and text-encoder calls."""
+    stages: dict[str, list[float]] = {}
+    for run in runs:
+        for name in ("text", "vae_encode", "vae_decode", "dicom_read", "dicom_write", "total"):
+            if name in run:
+                stages.setdefault(name, []).append(sum(run[name]))
+        stages.setdefault("unet_step", []).extend(run.get("unet", []))
+        overhead = sum(run.get("loop", [])) - sum(run.get("unet", [])) - sum(run.get("text", []))
+        stages.setdefault("scheduler", []).append(max(overhead, 0.0))
+        stages.setdefault("unet_total", []).append(sum(run.get("unet", [])))
+    return {name: summary(values) for name, values in stages.items()}
+
+
+def flops_per_stage(pipe, size: int, guidance: float) -> dict[str, Optional[int]]:
+    try:
+        from .flops import count_flops
+    except ImportError:
+        return {}
+    f = pipe.manifest.vae_factor
+    batch = 2 if guidance > 1 else 1
+    sizes = {"B": 1, "UB": batch, "H": size, "W": size, "h": size // f, "w": size // f}
+    files = {"text": "text_encoder", "vae_encode": "vae_encoder", "unet_step": "unet",
+             "vae_decode": "vae_decoder"}
+    out: dict[str, Optional[int]] = {}
+    for stage, component in files.items():
+        try:
+            count = count_flops(pipe.engine_dir / pipe.manifest.components[component].file, sizes)
+        except ImportError:
+            log.warning("onnx is not installed: no FLOP counts (pip install onnx)")
+            return {}
+        if count.unknown_nodes:
+            log.warning("%s: %d matmul/conv nodes of unknown shape; its FLOP count is partial "
+                        "(pip install sympy for ONNX Runtime's symbolic shape inference)",
+                        component, count.unknown_nodes)
+        out[stage] = count.flops
+    return out
+
+
+def run_bench(engine_dir: Path, settings: Settings, progress: bool = True) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    from scanside import Pipeline
+
+    settings.check()
+    rss_before = machine.peak_rss_bytes()
+    pipe = Pipeline.load(engine_dir, settings.backend, threads=settings.threads)
+    size = settings.size or pipe.manifest.height
+    if not pipe.manifest.dynamic and size != pipe.manifest.height:
+        raise InputError(f"--size {size}: this engine was exported at {pipe.manifest.height}; "
+                         f"export one at {size} (scanside export --height {size} --width {size})")
+    recorder = Recorder()
+    pipe.timer = recorder
+    for _ in tqdm(range(settings.warmup), desc="warm-up", disable=not progress):
+        one_run(pipe, settings, size)
+    recorder.take()
+    runs = []
+    for _ in tqdm(range(settings.repeat), desc="timed runs", disable=not progress):
+        start = time.perf_counter()
+        one_run(pipe, settings, size)
+        total = time.perf_counter() - start
+        run = recorder.take()
+        run["total"] = [total]
+        runs.append(run)
+    stages = stage_table(runs)
+    flops = flops_per_stage(pipe, size, settings.guidance)
+    measured_peak = peak.measure(threads=settings.threads)
+    for name, count in flops.items():
+        if name in stages and count:
+            stages[name]["gflop"] = count / 1e9
+            stages[name]["gflops_achieved"] = count / stages[name]["median"] / 1e9
+            stages[name]["fraction_of_peak"] = stages[name]["gflops_achieved"] / measured_peak["gflops"]
+    weights = sum(c.bytes for c in pipe.manifest.components.values())
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "engine": str(engine_dir), "model_hash": pipe.manifest.source_hash,
+        "precision": pipe.manifest.precision.value, "backend": settings.backend,
+        "settings": {"task": settings.task.value, "size": size, "steps": settings.steps,
+                     "unet_steps": int(len(runs[0].get("unet", []))),
+                     "strength": settings.strength, "guidance": settings.guidance,
+                     "scheduler": pipe.plan(settings.scheduler, settings.steps,
+                                            settings.strength if settings.task is Task.ENHANCE else 1.0).algorithm,
+                     "repeat": settings.repeat, "warmup": settings.warmup,
+                     "dicom": str(settings.dicom) if settings.dicom else None},
+        "stages": stages,
+        "memory": {"peak_rss_bytes": machine.peak_rss_bytes(), "rss_before_load_bytes": rss_before,
+                   "engine_weight_bytes": weights,
+                   "peak_rss_over_weights": machine.peak_rss_bytes() / weights,
+                   "gpu_used_mib": machine.gpu_memory_used_mib()},
+        "peak": measured_peak,
+        "machine": machine.describe(),
+    }

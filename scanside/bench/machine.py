@@ -1,0 +1,82 @@
+"""What the benchmark ran on: CPU, GPU, memory, library versions."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import shutil
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Optional
+
+# Instruction sets that decide which kernels ONNX Runtime and TensorRT can use.
+INTERESTING_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
+                     "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16",
+                     "asimd", "asimddp", "sve", "i8mm", "bf16")
+LIBRARIES = ("scanside", "numpy", "onnxruntime", "onnxruntime-gpu", "pydicom", "torch",
+             "diffusers", "transformers", "onnx", "optimum-onnx", "tensorrt")
+
+
+def cpu_info() -> dict[str, Any]:
+    model, flags = platform.processor() or platform.machine(), set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip().lower()
+            if key in ("model name", "hardware", "cpu model") and value.strip():
+                model = value.strip()
+            elif key in ("flags", "features"):
+                flags.update(value.split())
+    return {"model": model, "machine": platform.machine(), "logical_cores": os.cpu_count(),
+            "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+            "flags": sorted(f for f in INTERESTING_FLAGS if f in flags)}
+
+
+def gpu_info() -> Optional[list[dict[str, str]]]:
+    """GPUs as nvidia-smi reports them; None where there is no NVIDIA driver."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        out = subprocess.run([smi, "--query-gpu=name,memory.total,driver_version",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    rows = [line.split(", ") for line in out.stdout.strip().splitlines() if line.strip()]
+    return [{"name": r[0], "memory_total": r[1], "driver": r[2]} for r in rows if len(r) == 3]
+
+
+def gpu_memory_used_mib() -> Optional[float]:
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        out = subprocess.run([smi, "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=20)
+        return float(out.stdout.strip().splitlines()[0])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak * 1024 if platform.system() == "Linux" else peak
+
+
+def library_versions() -> dict[str, str]:
+    found = {}
+    for name in LIBRARIES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def describe() -> dict[str, Any]:
+    return {"cpu": cpu_info(), "gpu": gpu_info(), "python": platform.python_version(),
+            "os": platform.platform(), "libraries": library_versions()}

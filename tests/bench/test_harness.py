@@ -1,0 +1,113 @@
+"""The benchmark harness on the tiny model: protocol, JSON structure, peers' handling."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from scanside.bench import report
+from scanside.bench.flops import count_flops
+from scanside.bench.harness import Settings, Task, run_bench, stage_table
+from scanside.bench.peer_env import run_peers
+from scanside.cli import main
+
+STAGES = {"text", "vae_encode", "unet_step", "unet_total", "scheduler", "vae_decode", "total"}
+
+
+@pytest.fixture(scope="module")
+def result(tiny_engine):
+    return run_bench(tiny_engine, Settings(repeat=3, warmup=1, steps=10, strength=0.5),
+                     progress=False)
+
+
+def test_json_structure(result):
+    assert result["format"] == "scanside-bench" and result["format_version"] == 1
+    assert set(result["stages"]) == STAGES
+    for stats in result["stages"].values():
+        assert stats["min"] <= stats["median"] <= stats["p90"]
+    assert result["stages"]["total"]["n"] == 3
+    # PLMS (the model's own scheduler) makes 10 x 0.5 + 1 UNet calls: its warm-up repeats one
+    assert result["stages"]["unet_step"]["n"] == 3 * result["settings"]["unet_steps"] == 18
+    assert result["precision"] == "fp32" and result["backend"] == "cpu"
+    assert result["memory"]["peak_rss_bytes"] > 0 and result["memory"]["engine_weight_bytes"] > 0
+    assert result["peak"]["gflops"] > 0
+    assert {"cpu", "gpu", "libraries", "python"} <= set(result["machine"])
+    assert "onnxruntime" in result["machine"]["libraries"]
+    json.dumps(result)  # serialisable as is
+
+
+def test_flops_are_counted_for_every_model_stage(result):
+    for stage in ("text", "vae_encode", "unet_step", "vae_decode"):
+        assert result["stages"][stage]["gflop"] > 0
+        assert result["stages"][stage]["fraction_of_peak"] > 0
+
+
+def test_unet_flops_match_a_hand_count(tiny_engine):
+    """Guidance doubles the UNet batch, and with it the FLOPs, exactly."""
+    unet = tiny_engine / "unet.onnx"
+    one = count_flops(unet, {"UB": 1, "h": 8, "w": 8})
+    two = count_flops(unet, {"UB": 2, "h": 8, "w": 8})
+    assert one.unknown_nodes == 0 and two.flops == 2 * one.flops
+
+
+def test_scheduler_overhead_is_loop_minus_model_calls():
+    runs = [{"loop": [1.0], "unet": [0.3, 0.3], "text": [0.1], "total": [2.0]}]
+    table = stage_table(runs)
+    assert table["scheduler"]["median"] == pytest.approx(0.3)
+    assert table["unet_total"]["median"] == pytest.approx(0.6)
+
+
+def test_table_and_plot(result, tmp_path):
+    text = report.table(result)
+    for label in ("UNet step (each)", "VAE decode", "end to end", "scheduler overhead",
+                  "peak RSS", "machine peak"):
+        assert label in text
+    pytest.importorskip("matplotlib")
+    report.plot(result, tmp_path / "chart.png")
+    assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_dicom_stages(tiny_engine, tmp_path):
+    from tests.dicom.conftest import ct_phantom, ct_slice
+
+    dcm = ct_slice(tmp_path / "ct.dcm", ct_phantom(), 0.0, 1, "1.2.826.0.1.9")
+    out = run_bench(tiny_engine, Settings(repeat=1, warmup=0, steps=4, strength=0.5, dicom=dcm),
+                    progress=False)
+    assert {"dicom_read", "dicom_write"} <= set(out["stages"])
+
+
+def test_peers_skipped_with_a_clear_message_when_their_environment_is_missing(tiny_model, tmp_path):
+    peers = run_peers(tiny_model, "0" * 64, {"task": "enhance", "size": 64, "steps": 4,
+                                             "strength": 0.5, "guidance": 1.0, "repeat": 1,
+                                             "warmup": 0},
+                      python=Path(sys.executable).with_name("no-such-python"))
+    assert len(peers) == 1 and "lacks torch, diffusers, optimum.onnxruntime" in peers[0]["skipped"]
+    assert "requirements-peers.txt" in peers[0]["skipped"]
+
+
+def test_peers_run_on_the_tiny_model(tiny_model, tmp_path, monkeypatch):
+    pytest.importorskip("optimum.onnxruntime")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    peers = run_peers(tiny_model, "1" * 64, {"task": "enhance", "size": 64, "steps": 4,
+                                             "strength": 0.5, "guidance": 1.0, "repeat": 1,
+                                             "warmup": 0})
+    assert [p["name"].split()[0] for p in peers] == ["diffusers", "optimum-onnx"], peers
+    assert all(p["total"]["median"] > 0 for p in peers)
+
+
+def test_cli(tiny_engine, tmp_path, capsys):
+    code = main(["bench", str(tiny_engine), "--repeat", "1", "--warmup", "0", "--steps", "4",
+                 "--strength", "0.5", "--json", str(tmp_path / "b.json")])
+    assert code == 0
+    assert json.loads((tmp_path / "b.json").read_text())["settings"]["steps"] == 4
+    assert "end to end" in capsys.readouterr().out
+
+
+def test_cli_refuses_wrong_size_and_peers_without_model(tiny_engine, capsys):
+    assert main(["bench", str(tiny_engine), "--size", "512"]) == 2
+    assert "exported at 64" in capsys.readouterr().err
+    assert main(["bench", str(tiny_engine), "--peers"]) == 2
+    assert "--model MODEL_DIR" in capsys.readouterr().err
