@@ -16,6 +16,12 @@ from scanside.errors import InputError
 IMAGE_SUFFIXES = (".png", ".npy")
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def refuse_existing(target: Path, overwrite: bool = False) -> None:
     """Check before any work is done that ``target`` may be written."""
     if Path(target).exists() and not overwrite:
@@ -32,6 +38,8 @@ def atomic_path(target: Path, overwrite: bool = False) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp makes the file private (0600); the result gets the mode any new file would.
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

@@ -151,6 +151,8 @@ def run_bench(engine_dir: Path, settings: Settings, progress: bool = True) -> di
         run = recorder.take()
         run["total"] = [total]
         runs.append(run)
+    peak_rss = machine.peak_rss_bytes()  # before FLOP counting loads the graphs again
+    gpu_used = machine.gpu_memory_used_mib()
     stages = stage_table(runs)
     flops = flops_per_stage(pipe, size, settings.guidance)
     measured_peak = peak.measure(threads=settings.threads)
@@ -172,10 +174,9 @@ def run_bench(engine_dir: Path, settings: Settings, progress: bool = True) -> di
                      "repeat": settings.repeat, "warmup": settings.warmup,
                      "dicom": str(settings.dicom) if settings.dicom else None},
         "stages": stages,
-        "memory": {"peak_rss_bytes": machine.peak_rss_bytes(), "rss_before_load_bytes": rss_before,
-                   "engine_weight_bytes": weights,
-                   "peak_rss_over_weights": machine.peak_rss_bytes() / weights,
-                   "gpu_used_mib": machine.gpu_memory_used_mib()},
+        "memory": {"peak_rss_bytes": peak_rss, "rss_before_load_bytes": rss_before,
+                   "engine_weight_bytes": weights, "peak_rss_over_weights": peak_rss / weights,
+                   "gpu_used_mib": gpu_used},
         "peak": measured_peak,
         "machine": machine.describe(),
     }
