@@ -60,11 +60,32 @@ def cmd_export(args: argparse.Namespace) -> int:
     manifest = export_model(args.model_dir, args.out, height=args.height, width=args.width,
                             dynamic=args.dynamic, opset=args.opset,
                             concat_scale=args.concat_scale, overwrite=args.overwrite,
-                            progress=True)
-    worst = max(c.parity_max_abs_diff for c in manifest.components.values())
-    print(f"exported {args.model_dir} -> {args.out} ({manifest.height}x{manifest.width}, "
-          f"{manifest.precision.value}); ORT vs torch max abs diff {worst:.2g}")
+                            progress=True, precision=args.precision,
+                            component_precision=parse_component_precision(args.component_precision),
+                            calibration=args.calibration,
+                            synthetic_calibration=args.synthetic_calibration)
+    print(f"exported {args.model_dir} -> {args.out} ({manifest.height}x{manifest.width})")
+    for c in manifest.components.values():
+        print(f"  {c.name:13} {c.precision.value:5} max abs diff {c.parity_max_abs_diff:.3g} "
+              f"vs {c.parity_reference}")
+    if manifest.final_image_psnr_db is not None:
+        print(f"  final image PSNR vs the fp32 engine: {manifest.final_image_psnr_db:.1f} dB "
+              f"(calibration: {manifest.calibration})")
     return 0
+
+
+def parse_component_precision(text: Optional[str]) -> dict[str, str]:
+    """'unet=int8,vae_decoder=fp16' -> {'unet': 'int8', 'vae_decoder': 'fp16'}."""
+    if not text:
+        return {}
+    out = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise InputError(f"--component-precision: {item!r} is not NAME=PRECISION; "
+                             "e.g. unet=int8,vae_decoder=fp16")
+        out[name.strip()] = value.strip()
+    return out
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -177,9 +198,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"precision   {m.precision.value}   opset {m.opset}   image {size}, {m.image_channels} channel(s)")
     print(f"conditioning {m.conditioning.value}   VAE factor {m.vae_factor}, scaling {m.vae_scaling_factor}")
     print(f"scheduler   {m.scheduler_config.get('_class_name', '?')}   source {m.source_hash[:16]}")
-    print("component     file                  MB     ORT-vs-torch max|diff|  tolerance")
+    print("component     precision  MB       max|diff|  tolerance  measured against")
     for c in m.components.values():
-        print(f"{c.name:13} {c.file:20} {c.bytes / 1e6:7.1f}  {c.parity_max_abs_diff:20.3g}  {c.parity_tolerance:9.3g}")
+        print(f"{c.name:13} {c.precision.value:9} {c.bytes / 1e6:8.1f} {c.parity_max_abs_diff:10.3g} "
+              f"{c.parity_tolerance:10.3g}  {c.parity_reference}")
+    if m.final_image_psnr_db is not None:
+        print(f"accuracy    final image PSNR {m.final_image_psnr_db:.1f} dB vs the fp32 engine "
+              f"(held-out image; calibration: {m.calibration})")
     print("built with  " + ", ".join(f"{k} {v}" for k, v in m.versions.items()))
     if args.verify:
         print("hashes      verified")
@@ -248,6 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17, default 17)")
     p.add_argument("--concat-scale", type=float, default=1.0,
                    help="image-conditioned UNets: factor on the conditioning latent (default 1, as instruct-pix2pix)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
+                   help="every component's precision (default fp32)")
+    p.add_argument("--component-precision", metavar="NAME=P,...",
+                   help="per-component override, e.g. unet=int8,vae_decoder=fp16")
+    p.add_argument("--calibration", type=Path,
+                   help="int8: folder of PNG or DICOM images from the real workload")
+    p.add_argument("--synthetic-calibration", action="store_true",
+                   help="int8 without real images: calibrate on synthetic phantoms (labelled so)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing engine directory")
     p.set_defaults(func=cmd_export)
 

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
 
 from tqdm.auto import tqdm
 
 from scanside.errors import InputError
 from scanside.files import folder_hash
 from scanside.runtime.artifacts import (
-    MANIFEST, TOKENIZER, Component, Conditioning, Manifest, Precision, sha256_file,
+    COMPONENTS, MANIFEST, TOKENIZER, Component, Conditioning, Manifest, Precision, onnx_files,
+    sha256_file,
 )
 
 from . import checkpoint as ckpt
+from .calibration import gather
 from .onnx import OPSET, ParityError, parity, to_onnx, wrap
-from .specs import COMPONENTS, ModelShape, build_specs, sample_bindings
+from .reduce import needs_calibration, reduce
+from .specs import ModelShape, build_specs, sample_bindings
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +78,18 @@ def publish(staging: Path, out: Path) -> None:
 
 def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional[int] = None,
                  width: Optional[int] = None, dynamic: bool = False, opset: int = OPSET,
-                 concat_scale: float = 1.0, overwrite: bool = False,
-                 progress: bool = False) -> Manifest:
-    """Export every component of ``model_dir`` to ONNX in ``out``; returns the manifest."""
+                 concat_scale: float = 1.0, overwrite: bool = False, progress: bool = False,
+                 precision: "Precision | str" = Precision.FP32,
+                 component_precision: Optional[Mapping[str, "Precision | str"]] = None,
+                 calibration: Optional[Path] = None,
+                 synthetic_calibration: bool = False) -> Manifest:
+    """Export every component of ``model_dir`` to ONNX in ``out``; returns the manifest.
+
+    ``precision`` applies to every component unless ``component_precision`` names another
+    (e.g. {"unet": "int8", "vae_decoder": "fp16"}); int8 needs ``calibration`` images.
+    """
     model_dir, out = Path(model_dir), Path(out)
+    precisions = resolve_precisions(precision, component_precision or {})
     ckpt.check_folder(model_dir)
     if opset < 17:
         raise InputError(f"--opset: {opset} is below 17, the first with LayerNormalization; use 17+")
@@ -87,6 +99,13 @@ def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional
     height, width = height or default, width or default
     check_size(height, width, shape.vae_factor)
     conditioning = conditioning_of(shape, model_dir)
+    if dynamic and any(p is not Precision.FP32 for p in precisions.values()):
+        raise InputError("--precision with --dynamic: reduced precision is calibrated and checked "
+                         "at one static size; export with --height/--width instead")
+    calibration_set = None
+    if needs_calibration(precisions):  # before any work: a missing folder fails in a second
+        calibration_set = gather(calibration, synthetic_calibration, height, width,
+                                 shape.image_channels, shape.vae_factor)
     specs = build_specs(shape, height, width, dynamic)
     staging = staging_dir(out, overwrite)
     components = {}
@@ -105,10 +124,9 @@ def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional
             shutil.rmtree(staging, ignore_errors=True)
             raise ParityError(f"{name}: ONNX Runtime differs from torch by {diff:.3g}, above "
                               f"the tolerance {tolerance:.3g}; the export is wrong, not saved")
-        files = [path] + ([path.with_name(path.name + ".data")]
-                          if path.with_name(path.name + ".data").exists() else [])
         components[name] = Component(name, path.name, sha256_file(path),
-                                     sum(f.stat().st_size for f in files), spec, diff, tolerance)
+                                     sum(f.stat().st_size for f in onnx_files(path)), spec, diff,
+                                     tolerance)
     manifest = Manifest(
         source_hash=folder_hash(model_dir), precision=Precision.FP32, opset=opset,
         height=height, width=width, dynamic=dynamic, image_channels=shape.image_channels,
@@ -121,5 +139,30 @@ def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional
     (staging / TOKENIZER).write_text(json.dumps(checkpoint.tokenizer.to_json(), ensure_ascii=False),
                                      encoding="utf-8")
     (staging / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2), encoding="utf-8")
+    if any(p is not Precision.FP32 for p in precisions.values()):
+        try:
+            manifest = reduce(staging, dataclasses.replace(manifest, precision=Precision(precision)),
+                              precisions, calibration_set, progress)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     publish(staging, out)
     return manifest
+
+
+def resolve_precisions(default: "Precision | str",
+                       overrides: Mapping[str, "Precision | str"]) -> dict[str, Precision]:
+    """Every component's precision, refusing unknown names and values with the choices."""
+    def parse(value, where: str) -> Precision:
+        try:
+            return Precision(value)
+        except ValueError:
+            raise InputError(f"{where}: {value!r} is not a precision; choose fp32, fp16 or int8") from None
+
+    unknown = sorted(set(overrides) - set(COMPONENTS))
+    if unknown:
+        raise InputError(f"--component-precision: unknown component(s) {unknown}; choose from "
+                         f"{list(COMPONENTS)}")
+    base = parse(default, "--precision")
+    return {name: parse(overrides.get(name, base), f"--component-precision {name}")
+            for name in COMPONENTS}

@@ -11,14 +11,14 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from scanside.errors import EngineError
 
 from .iospec import IOSpec
 
 MAGIC = "scanside-engine"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-component precision and accuracy figures
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
 COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
@@ -42,20 +42,24 @@ class Component:
     sha256: str
     bytes: int  # the .onnx file plus its external data
     spec: IOSpec
-    parity_max_abs_diff: float
+    parity_max_abs_diff: float  # measured at export on held-out inputs
     parity_tolerance: float
+    precision: Precision = Precision.FP32
+    parity_reference: str = "torch"  # fp32 graphs vs torch; reduced precision vs the fp32 graph
 
     def to_json(self) -> dict[str, Any]:
         return {"file": self.file, "sha256": self.sha256, "bytes": self.bytes,
-                "iospec": self.spec.to_json(),
+                "precision": self.precision.value, "iospec": self.spec.to_json(),
                 "parity": {"max_abs_diff": self.parity_max_abs_diff,
-                           "tolerance": self.parity_tolerance}}
+                           "tolerance": self.parity_tolerance,
+                           "reference": self.parity_reference}}
 
     @classmethod
     def from_json(cls, name: str, data: Mapping[str, Any]) -> "Component":
+        parity = data["parity"]
         return cls(name, data["file"], data["sha256"], int(data["bytes"]),
-                   IOSpec.from_json(data["iospec"]), float(data["parity"]["max_abs_diff"]),
-                   float(data["parity"]["tolerance"]))
+                   IOSpec.from_json(data["iospec"]), float(parity["max_abs_diff"]),
+                   float(parity["tolerance"]), Precision(data["precision"]), parity["reference"])
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,10 @@ class Manifest:
     scheduler_config: Mapping[str, Any]
     components: Mapping[str, Component]
     versions: Mapping[str, str]
+    # Reduced precision only: PSNR (dB, [0, 1] images) of a fixed enhancement of a held-out
+    # image against the fp32 engine, and where the calibration images came from.
+    final_image_psnr_db: Optional[float] = None
+    calibration: Optional[str] = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -86,6 +94,9 @@ class Manifest:
             "scheduler_config": dict(self.scheduler_config),
             "components": {n: c.to_json() for n, c in self.components.items()},
             "versions": dict(self.versions),
+            "accuracy": {"final_image_psnr_db": self.final_image_psnr_db,
+                         "reference": "fp32 engine of the same checkpoint",
+                         "calibration": self.calibration},
         }
 
     @classmethod
@@ -101,6 +112,8 @@ class Manifest:
             scheduler_config=data["scheduler_config"],
             components={n: Component.from_json(n, c) for n, c in data["components"].items()},
             versions=data["versions"],
+            final_image_psnr_db=data["accuracy"]["final_image_psnr_db"],
+            calibration=data["accuracy"]["calibration"],
         )
 
 
@@ -116,10 +129,14 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def component_files(engine_dir: Path, component: Component) -> list[Path]:
-    onnx_file = engine_dir / component.file
+def onnx_files(onnx_file: Path) -> list[Path]:
+    """An ONNX file and, when its weights are external, the NAME.onnx.data beside it."""
     data_file = onnx_file.with_name(onnx_file.name + ".data")
     return [onnx_file] + ([data_file] if data_file.exists() else [])
+
+
+def component_files(engine_dir: Path, component: Component) -> list[Path]:
+    return onnx_files(engine_dir / component.file)
 
 
 def read_manifest(engine_dir: "str | Path", verify: bool = False) -> Manifest:

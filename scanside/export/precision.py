@@ -1,0 +1,101 @@
+"""Reduced-precision engines from the fp32 ONNX graphs: fp16 conversion and int8 QDQ.
+
+fp16 uses ONNX Runtime's float16 converter (onnxconverter-common's plain
+``convert_float_to_float16`` leaves a Cast whose type no longer matches on diffusers' UNet,
+and ORT refuses the graph). The engine boundary stays fp32 (``keep_io_types``), and the ops
+that overflow or lose accuracy in half precision stay fp32: normalisation statistics
+(Instance/LayerNormalization, ReduceMean, Pow, Sqrt), the attention softmax, Exp/Erf, and the
+sinusoidal timestep embedding (t * freq reaches 1000 rad, where fp16's step is 0.5 rad).
+
+int8 is static post-training quantisation in QDQ form — what TensorRT's explicit int8 and ONNX
+Runtime's CPU int8 kernels both consume — with per-channel symmetric weights and activations
+calibrated on the real workload (see calibration.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+import onnx
+
+log = logging.getLogger(__name__)
+
+FP16_BLOCKED_OPS = ["InstanceNormalization", "LayerNormalization", "GroupNormalization",
+                    "ReduceMean", "Pow", "Sqrt", "Softmax", "Exp", "Erf", "Sin", "Cos"]
+# Ops quantised to int8. Conv and MatMul carry nearly all FLOPs; Gemm is the time/text MLPs.
+INT8_OPS = ["Conv", "MatMul", "Gemm"]
+
+
+def save(model: onnx.ModelProto, path: Path, external_bytes: int) -> None:
+    weight_bytes = sum(t.ByteSize() for t in model.graph.initializer)
+    external = weight_bytes > external_bytes
+    onnx.save_model(model, str(path), save_as_external_data=external,
+                    all_tensors_to_one_file=True, location=path.name + ".data", size_threshold=1024)
+
+
+def upstream(model: onnx.ModelProto, seeds: Iterable[str], through: Sequence[str]) -> list[str]:
+    """Names of the nodes feeding ``seeds`` through ops in ``through`` (and the seeds)."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    by_name = {node.name: node for node in model.graph.node}
+    found, stack = set(), list(seeds)
+    while stack:
+        node = by_name[stack.pop()]
+        if node.name in found:
+            continue
+        found.add(node.name)
+        for name in node.input:
+            parent = producer.get(name)
+            if parent is not None and parent.op_type in through:
+                stack.append(parent.name)
+    return sorted(found)
+
+
+def to_fp16(src: Path, dst: Path, external_bytes: int) -> None:
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    model = onnx.load(str(src))
+    trig = [n.name for n in model.graph.node if n.op_type in ("Sin", "Cos")]
+    keep = upstream(model, trig, through=("Mul", "Unsqueeze", "Cast", "Expand", "Slice", "Div"))
+    converted = convert_float_to_float16(
+        model, keep_io_types=True, op_block_list=DEFAULT_OP_BLOCK_LIST + FP16_BLOCKED_OPS,
+        node_block_list=keep)
+    save(converted, dst, external_bytes)
+
+
+class FeedReader:
+    """onnxruntime.quantization's CalibrationDataReader over a list of feeds."""
+
+    def __init__(self, feeds: Sequence[Mapping[str, np.ndarray]]):
+        self.feeds = iter(list(feeds))
+
+    def get_next(self) -> Optional[dict[str, np.ndarray]]:
+        return dict(next(self.feeds, None) or {}) or None
+
+
+def to_int8_static(src: Path, dst: Path, feeds: Sequence[Mapping[str, np.ndarray]],
+                   exclude: Sequence[str] = (), external: bool = False) -> None:
+    """Static QDQ: per-channel int8 weights, symmetric int8 activations (TensorRT's form)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    quantize_static(
+        str(src), str(dst), FeedReader(feeds), quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=INT8_OPS, per_channel=True, activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
+        use_external_data_format=external, calibrate_method=CalibrationMethod.MinMax,
+        # MinMax calibration augments the graph with ReduceMin/ReduceMax per tensor, so each
+        # run keeps two scalars per tensor, not the activations. (Its CalibMaxIntermediateOutputs
+        # option would bound that further but, in ORT 1.32, drops the data it bounds.)
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+    )
+
+
+def to_int8_dynamic(src: Path, dst: Path, external: bool = False) -> None:
+    """Dynamic int8: weights quantised offline, activations per call (no calibration)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"],
+                     per_channel=True, weight_type=QuantType.QInt8,
+                     use_external_data_format=external)

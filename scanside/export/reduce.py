@@ -1,0 +1,178 @@
+"""From an fp32 engine directory to one at fp16/int8, component by component, with the
+accuracy it cost measured against the fp32 engine on held-out inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Mapping, Optional
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from scanside.errors import ScansideError
+from scanside.runtime.artifacts import (
+    COMPONENTS, MANIFEST, TOKENIZER, Conditioning, Manifest, Precision, component_files,
+    onnx_files, sha256_file,
+)
+
+from . import precision as convert
+from .calibration import Calibration, unet_feeds
+from .onnx import EXTERNAL_DATA_BYTES
+
+log = logging.getLogger(__name__)
+# Max |reduced - fp32| on held-out real inputs, relative to the output's scale. int8 noise
+# predictions are allowed coarse per-element error; the final-image PSNR is the real measure.
+TOLERANCE = {Precision.FP16: 5e-2, Precision.INT8: 1.0}
+CALIBRATION_PROMPTS = ("low-dose CT, denoise", "")
+HELD_OUT_PROMPT = "a held-out prompt, chest CT"
+
+
+class AccuracyError(ScansideError):
+    """A reduced-precision component produced non-finite or far-off values."""
+
+
+def needs_calibration(precisions: Mapping[str, Precision]) -> bool:
+    return any(p is Precision.INT8 for n, p in precisions.items() if n != "text_encoder")
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def stash_fp32(staging: Path) -> Path:
+    """Move the fp32 engine into staging/fp32, where it stays loadable as a reference."""
+    fp32 = staging / "fp32"
+    fp32.mkdir()
+    for path in list(staging.iterdir()):
+        if path != fp32:
+            path.rename(fp32 / path.name)
+    shutil.copyfile(fp32 / TOKENIZER, staging / TOKENIZER)
+    return fp32
+
+
+def feeds_for(name: str, pipe, pixels: list[np.ndarray], prompts, scheduler_config, seed: int):
+    """Real inputs for one component: images, their latents, noisy latents, prompt ids."""
+    if name == "text_encoder":
+        return [{"input_ids": pipe.tokenizer([p])} for p in prompts]
+    if name == "vae_encoder":
+        return [{"image": p} for p in pixels]
+    means = [pipe.encode(p)[0] for p in pixels]  # (1, 4, h, w) each
+    if name == "vae_decoder":
+        return [{"latent": m} for m in means]
+    sf = np.float32(pipe.manifest.vae_scaling_factor)
+    condition = None
+    if pipe.manifest.conditioning is Conditioning.CONCAT:
+        condition = [m * np.float32(pipe.manifest.concat_scale) for m in means]
+    embeddings = [pipe.embed(p) for p in prompts]
+    return unet_feeds([m * sf for m in means], embeddings, scheduler_config, condition, seed=seed)
+
+
+def convert_component(name: str, p: Precision, src: Path, dst: Path, feeds) -> None:
+    external = sum(f.stat().st_size for f in onnx_files(src)) > EXTERNAL_DATA_BYTES
+    if p is Precision.FP16:
+        convert.to_fp16(src, dst, EXTERNAL_DATA_BYTES)
+    elif name == "text_encoder":  # a prompt per run, no calibration set: dynamic measures well
+        convert.to_int8_dynamic(src, dst, external)
+    else:
+        convert.to_int8_static(src, dst, feeds, external=external)
+
+
+def held_out_diff(name: str, fp32_dir: Path, reduced: Path, feeds) -> tuple[float, float]:
+    """(max |reduced - fp32|, scale of the fp32 outputs) over held-out feeds."""
+    import onnxruntime as ort
+
+    ref = ort.InferenceSession(str(fp32_dir / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+    new = ort.InferenceSession(str(reduced), providers=["CPUExecutionProvider"])
+    diff, scale = 0.0, 1.0
+    for feed in feeds:
+        for a, b in zip(ref.run(None, feed), new.run(None, feed)):
+            if not np.isfinite(b).all():
+                raise AccuracyError(f"{name}: the reduced-precision graph returns NaN/inf on "
+                                    "held-out inputs; keep it at fp32 with --component-precision "
+                                    f"{name}=fp32")
+            diff = max(diff, float(np.abs(a - b).max()))
+            scale = max(scale, float(np.abs(a).max()))
+    return diff, scale
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+
+
+def final_psnr(fp32_dir: Path, staging: Path, image: np.ndarray) -> float:
+    """A fixed enhancement of the held-out image by both engines, compared."""
+    from scanside import Pipeline
+
+    kwargs = dict(prompt=CALIBRATION_PROMPTS[0], strength=0.5, steps=20, seed=0)
+    ref = Pipeline.load(fp32_dir).enhance(image, **kwargs)
+    return psnr(Pipeline.load(staging).enhance(image, **kwargs), ref)
+
+
+def reduce(staging: Path, manifest: Manifest, precisions: Mapping[str, Precision],
+           calibration: Optional[Calibration], progress: bool) -> Manifest:
+    from scanside import Pipeline
+
+    fp32_dir = stash_fp32(staging)
+    ref = Pipeline.load(fp32_dir)
+    cal_pixels = calibration.images if calibration else []
+    held = [ref_pixels(ref, calibration.held_out)] if calibration else []
+    components = {}
+    for name in tqdm(COMPONENTS, desc="precision", disable=not progress):
+        p, src, dst = precisions[name], fp32_dir / f"{name}.onnx", staging / f"{name}.onnx"
+        if p is Precision.FP32:
+            for f in component_files(fp32_dir, manifest.components[name]):
+                link_or_copy(f, staging / f.name)
+            components[name] = manifest.components[name]
+            continue
+        feeds = feeds_for(name, ref, cal_pixels, CALIBRATION_PROMPTS, manifest.scheduler_config, 0) \
+            if (p is Precision.INT8 and name != "text_encoder") else None
+        convert_component(name, p, src, dst, feeds)
+        check_feeds = feeds_for(name, ref, held or cal_pixels[:1] or [_pixels(ref)],
+                                (HELD_OUT_PROMPT,), manifest.scheduler_config, seed=1)
+        diff, scale = held_out_diff(name, fp32_dir, dst, check_feeds)
+        tolerance = TOLERANCE[p] * scale
+        log.info("%s %s: max abs diff vs fp32 %.3g (tolerance %.3g)", name, p.value, diff, tolerance)
+        if diff > tolerance:
+            raise AccuracyError(f"{name} at {p.value}: max abs diff {diff:.3g} vs fp32 on held-out "
+                                f"inputs, above {tolerance:.3g}; keep it at higher precision with "
+                                f"--component-precision {name}=fp16 (or fp32)")
+        components[name] = dataclasses.replace(
+            manifest.components[name], sha256=sha256_file(dst),
+            bytes=sum(f.stat().st_size for f in onnx_files(dst)),
+            precision=p, parity_max_abs_diff=diff, parity_tolerance=tolerance,
+            parity_reference="fp32 onnx, held-out inputs")
+    reduced = dataclasses.replace(manifest, components=components,
+                                  calibration=calibration.source if calibration else None)
+    (staging / MANIFEST).write_text(json.dumps(reduced.to_json(), indent=2), encoding="utf-8")
+    image = calibration.held_out if calibration else _image(ref)
+    reduced = dataclasses.replace(reduced, final_image_psnr_db=final_psnr(fp32_dir, staging, image))
+    (staging / MANIFEST).write_text(json.dumps(reduced.to_json(), indent=2), encoding="utf-8")
+    shutil.rmtree(fp32_dir)
+    return reduced
+
+
+def _image(pipe) -> np.ndarray:
+    from scanside.demo import phantom
+
+    m = pipe.manifest
+    return phantom(m.height, seed=99)[: m.height, : m.width]
+
+
+def _pixels(pipe) -> np.ndarray:
+    return ref_pixels(pipe, _image(pipe))
+
+
+def ref_pixels(pipe, image: np.ndarray) -> np.ndarray:
+    from scanside.runtime import images
+
+    m = pipe.manifest
+    return images.prepare(image, m.image_channels, (m.height, m.width), m.vae_factor).pixels

@@ -1,0 +1,131 @@
+"""fp16 and int8 engines: they export, load, stay within the per-precision tolerance of the
+fp32 engine on held-out inputs, and say what they cost in the manifest."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from scanside import Pipeline
+from scanside.errors import InputError
+from scanside.export import export_model
+from scanside.runtime.artifacts import Precision, read_manifest
+
+from tests.dicom.conftest import ct_phantom, ct_slice
+
+
+@pytest.fixture(scope="module")
+def fp16_engine(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fp16") / "engine"
+    export_model(tiny_model, out, precision="fp16")
+    return out
+
+
+@pytest.fixture(scope="module")
+def calibration_folder(tmp_path_factory):
+    """The real-workload shape: a mix of PNG and DICOM images."""
+    folder = tmp_path_factory.mktemp("calibration")
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        Image.fromarray((rng.random((80, 70)) * 255).astype(np.uint8)).save(folder / f"p{k}.png")
+    for k in range(3):
+        ct_slice(folder / "ct" / f"s{k}.dcm", ct_phantom(seed=k), float(k), k + 1, "1.2.826.0.1.7")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def int8_engine(tiny_model, calibration_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("int8") / "engine"
+    export_model(tiny_model, out, precision="int8", calibration=calibration_folder)
+    return out
+
+
+def test_fp16_graph_loads_and_matches(fp16_engine, tiny_engine):
+    manifest = read_manifest(fp16_engine, verify=True)
+    for c in manifest.components.values():
+        assert c.precision is Precision.FP16
+        assert c.parity_max_abs_diff <= c.parity_tolerance
+        assert c.parity_reference.startswith("fp32 onnx")
+    unet = onnx.load(str(fp16_engine / "unet.onnx"))
+    types = {i.data_type for i in unet.graph.initializer}
+    assert onnx.TensorProto.FLOAT16 in types
+    # fp32 at the engine boundary, so the runtime feeds it like any other engine
+    assert unet.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert manifest.final_image_psnr_db > 45
+    out = Pipeline.load(fp16_engine).enhance(np.full((64, 64), 0.5, np.float32), steps=4, strength=0.5)
+    assert np.isfinite(out).all()
+
+
+def test_fp16_keeps_the_timestep_embedding_in_fp32(fp16_engine):
+    unet = onnx.load(str(fp16_engine / "unet.onnx"))
+    producers = {o: n for n in unet.graph.node for o in n.output}
+    trig = [n for n in unet.graph.node if n.op_type in ("Sin", "Cos")]
+    assert trig
+    for node in trig:  # no Cast to fp16 feeds the sinusoid
+        parent = producers.get(node.input[0])
+        assert parent is None or parent.op_type != "Cast" or all(
+            a.i != onnx.TensorProto.FLOAT16 for a in parent.attribute if a.name == "to")
+
+
+def test_int8_from_png_and_dicom_calibration(int8_engine, tiny_engine, calibration_folder):
+    manifest = read_manifest(int8_engine, verify=True)
+    assert manifest.calibration == str(calibration_folder)
+    assert all(c.precision is Precision.INT8 for c in manifest.components.values())
+    assert all(c.parity_max_abs_diff <= c.parity_tolerance for c in manifest.components.values())
+    assert np.isfinite(manifest.final_image_psnr_db)
+    unet = onnx.load(str(int8_engine / "unet.onnx"))
+    ops = {n.op_type for n in unet.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ form
+    # On the tiny model graph structure and fp32 biases/scales weigh more than on SD 1.5
+    # (where the benchmark measures the issue's <= 30 %): here int8 is under half of fp32.
+    fp32_bytes = read_manifest(tiny_engine).components["unet"].bytes
+    assert manifest.components["unet"].bytes <= 0.5 * fp32_bytes
+
+
+def test_per_component_override(tiny_model, tmp_path):
+    manifest = export_model(tiny_model, tmp_path / "mixed", precision="fp32",
+                            component_precision={"unet": "fp16", "vae_decoder": "fp16"})
+    got = {n: c.precision.value for n, c in manifest.components.items()}
+    assert got == {"text_encoder": "fp32", "unet": "fp16", "vae_encoder": "fp32",
+                   "vae_decoder": "fp16"}
+
+
+def test_int8_without_calibration_says_how(tiny_model, tmp_path):
+    with pytest.raises(InputError, match="--calibration PATH.*--synthetic-calibration"):
+        export_model(tiny_model, tmp_path / "e", precision="int8")
+    assert not (tmp_path / "e").exists() and not (tmp_path / "e.partial").exists()
+
+
+def test_int8_text_encoder_alone_needs_no_calibration(tiny_model, tmp_path):
+    manifest = export_model(tiny_model, tmp_path / "e", component_precision={"text_encoder": "int8"})
+    assert manifest.components["text_encoder"].precision is Precision.INT8
+
+
+@pytest.mark.parametrize("kwargs,fragment", [
+    ({"precision": "int4"}, "--precision: 'int4' is not a precision"),
+    ({"component_precision": {"vae": "fp16"}}, r"unknown component\(s\) \['vae'\]"),
+    ({"precision": "int8", "calibration": "/no/such/folder"}, "does not exist"),
+])
+def test_bad_precision_arguments(tiny_model, tmp_path, kwargs, fragment):
+    from pathlib import Path
+
+    if "calibration" in kwargs:
+        kwargs["calibration"] = Path(kwargs["calibration"])
+    with pytest.raises(InputError, match=fragment):
+        export_model(tiny_model, tmp_path / "e", **kwargs)
+
+
+def test_cli_export_int8_and_info(tiny_model, calibration_folder, tmp_path, capsys):
+    from scanside.cli import main
+
+    out = tmp_path / "e"
+    assert main(["export", str(tiny_model), "--out", str(out), "--precision", "fp32",
+                 "--component-precision", "unet=int8", "--calibration", str(calibration_folder)]) == 0
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "final image PSNR" in text and "int8" in text
+    assert main(["export", str(tiny_model), "--out", str(tmp_path / "f"),
+                 "--component-precision", "unet"]) == 2
+    assert "is not NAME=PRECISION" in capsys.readouterr().err
