@@ -63,7 +63,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                             progress=True, precision=args.precision,
                             component_precision=parse_component_precision(args.component_precision),
                             calibration=args.calibration,
-                            synthetic_calibration=args.synthetic_calibration)
+                            synthetic_calibration=args.synthetic_calibration,
+                            int8_activations=args.int8_activations)
     print(f"exported {args.model_dir} -> {args.out} ({manifest.height}x{manifest.width})")
     for c in manifest.components.values():
         print(f"  {c.name:13} {c.precision.value:5} max abs diff {c.parity_max_abs_diff:.3g} "
@@ -281,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8: folder of PNG or DICOM images from the real workload")
     p.add_argument("--synthetic-calibration", action="store_true",
                    help="int8 without real images: calibrate on synthetic phantoms (labelled so)")
+    p.add_argument("--int8-activations", choices=["u8", "s8"], default="u8",
+                   help="u8: asymmetric, ONNX Runtime's fast x86 path (default); s8: symmetric, "
+                        "as TensorRT's explicit int8 requires")
     p.add_argument("--overwrite", action="store_true", help="replace an existing engine directory")
     p.set_defaults(func=cmd_export)
 

@@ -21,6 +21,7 @@ from scanside.runtime.artifacts import (
 from . import checkpoint as ckpt
 from .calibration import gather
 from .onnx import OPSET, ParityError, parity, to_onnx, wrap
+from .precision import Int8Activations
 from .reduce import needs_calibration, reduce
 from .specs import ModelShape, build_specs, sample_bindings
 
@@ -82,7 +83,8 @@ def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional
                  precision: "Precision | str" = Precision.FP32,
                  component_precision: Optional[Mapping[str, "Precision | str"]] = None,
                  calibration: Optional[Path] = None,
-                 synthetic_calibration: bool = False) -> Manifest:
+                 synthetic_calibration: bool = False,
+                 int8_activations: "Int8Activations | str" = Int8Activations.U8) -> Manifest:
     """Export every component of ``model_dir`` to ONNX in ``out``; returns the manifest.
 
     ``precision`` applies to every component unless ``component_precision`` names another
@@ -142,7 +144,7 @@ def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional
     if any(p is not Precision.FP32 for p in precisions.values()):
         try:
             manifest = reduce(staging, dataclasses.replace(manifest, precision=Precision(precision)),
-                              precisions, calibration_set, progress)
+                              precisions, calibration_set, progress, Int8Activations(int8_activations))
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

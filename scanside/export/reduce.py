@@ -75,14 +75,22 @@ def feeds_for(name: str, pipe, pixels: list[np.ndarray], prompts, scheduler_conf
     return unet_feeds([m * sf for m in means], embeddings, scheduler_config, condition, seed=seed)
 
 
-def convert_component(name: str, p: Precision, src: Path, dst: Path, feeds) -> None:
+def convert_component(name: str, p: Precision, src: Path, dst: Path, feeds,
+                      activations: convert.Int8Activations) -> Optional[dict]:
+    """Write ``dst``; for int8, return what the manifest should say about how."""
     external = sum(f.stat().st_size for f in onnx_files(src)) > EXTERNAL_DATA_BYTES
     if p is Precision.FP16:
         convert.to_fp16(src, dst, EXTERNAL_DATA_BYTES)
-    elif name == "text_encoder":  # a prompt per run, no calibration set: dynamic measures well
+        return None
+    if name == "text_encoder":  # a prompt per run, no calibration set: dynamic measures well
         convert.to_int8_dynamic(src, dst, external)
-    else:
-        convert.to_int8_static(src, dst, feeds, external=external)
+        return {"method": "dynamic (weights int8 per channel, activations per call)"}
+    kept = convert.to_int8_static(src, dst, feeds, activations, external=external)
+    return {"method": "static QDQ, MinMax calibration", "activations": activations.value,
+            "weights": "int8 symmetric per channel",
+            "kept_in_float": len(kept),
+            "why_kept": "activation-by-activation MatMuls (attention): quantising both operands "
+                        "per call measured slower than float on ONNX Runtime CPU"}
 
 
 def held_out_diff(name: str, fp32_dir: Path, reduced: Path, feeds) -> tuple[float, float]:
@@ -118,27 +126,33 @@ def final_psnr(fp32_dir: Path, staging: Path, image: np.ndarray) -> float:
 
 
 def reduce(staging: Path, manifest: Manifest, precisions: Mapping[str, Precision],
-           calibration: Optional[Calibration], progress: bool) -> Manifest:
+           calibration: Optional[Calibration], progress: bool,
+           activations: convert.Int8Activations = convert.Int8Activations.U8) -> Manifest:
     from scanside import Pipeline
 
     fp32_dir = stash_fp32(staging)
+    todo = [n for n in COMPONENTS if precisions[n] is not Precision.FP32]
+    # Every input is computed with the fp32 engine first, which is then closed: quantising a
+    # full-size UNet needs the memory its sessions held.
     ref = Pipeline.load(fp32_dir)
     cal_pixels = calibration.images if calibration else []
-    held = [ref_pixels(ref, calibration.held_out)] if calibration else []
-    components = {}
+    held_image = calibration.held_out if calibration else _image(ref)
+    held = [ref_pixels(ref, held_image)]
+    calibration_feeds = {n: feeds_for(n, ref, cal_pixels, CALIBRATION_PROMPTS,
+                                      manifest.scheduler_config, 0)
+                         for n in todo if precisions[n] is Precision.INT8 and n != "text_encoder"}
+    check_feeds = {n: feeds_for(n, ref, held, (HELD_OUT_PROMPT,), manifest.scheduler_config, 1)
+                   for n in todo}
+    del ref
+    components = dict(manifest.components)
     for name in tqdm(COMPONENTS, desc="precision", disable=not progress):
         p, src, dst = precisions[name], fp32_dir / f"{name}.onnx", staging / f"{name}.onnx"
         if p is Precision.FP32:
             for f in component_files(fp32_dir, manifest.components[name]):
                 link_or_copy(f, staging / f.name)
-            components[name] = manifest.components[name]
             continue
-        feeds = feeds_for(name, ref, cal_pixels, CALIBRATION_PROMPTS, manifest.scheduler_config, 0) \
-            if (p is Precision.INT8 and name != "text_encoder") else None
-        convert_component(name, p, src, dst, feeds)
-        check_feeds = feeds_for(name, ref, held or cal_pixels[:1] or [_pixels(ref)],
-                                (HELD_OUT_PROMPT,), manifest.scheduler_config, seed=1)
-        diff, scale = held_out_diff(name, fp32_dir, dst, check_feeds)
+        how = convert_component(name, p, src, dst, calibration_feeds.get(name), activations)
+        diff, scale = held_out_diff(name, fp32_dir, dst, check_feeds[name])
         tolerance = TOLERANCE[p] * scale
         log.info("%s %s: max abs diff vs fp32 %.3g (tolerance %.3g)", name, p.value, diff, tolerance)
         if diff > tolerance:
@@ -147,14 +161,13 @@ def reduce(staging: Path, manifest: Manifest, precisions: Mapping[str, Precision
                                 f"--component-precision {name}=fp16 (or fp32)")
         components[name] = dataclasses.replace(
             manifest.components[name], sha256=sha256_file(dst),
-            bytes=sum(f.stat().st_size for f in onnx_files(dst)),
-            precision=p, parity_max_abs_diff=diff, parity_tolerance=tolerance,
-            parity_reference="fp32 onnx, held-out inputs")
+            bytes=sum(f.stat().st_size for f in onnx_files(dst)), precision=p,
+            parity_max_abs_diff=diff, parity_tolerance=tolerance,
+            parity_reference="fp32 onnx, held-out inputs", quantization=how)
     reduced = dataclasses.replace(manifest, components=components,
                                   calibration=calibration.source if calibration else None)
     (staging / MANIFEST).write_text(json.dumps(reduced.to_json(), indent=2), encoding="utf-8")
-    image = calibration.held_out if calibration else _image(ref)
-    reduced = dataclasses.replace(reduced, final_image_psnr_db=final_psnr(fp32_dir, staging, image))
+    reduced = dataclasses.replace(reduced, final_image_psnr_db=final_psnr(fp32_dir, staging, held_image))
     (staging / MANIFEST).write_text(json.dumps(reduced.to_json(), indent=2), encoding="utf-8")
     shutil.rmtree(fp32_dir)
     return reduced
@@ -165,10 +178,6 @@ def _image(pipe) -> np.ndarray:
 
     m = pipe.manifest
     return phantom(m.height, seed=99)[: m.height, : m.width]
-
-
-def _pixels(pipe) -> np.ndarray:
-    return ref_pixels(pipe, _image(pipe))
 
 
 def ref_pixels(pipe, image: np.ndarray) -> np.ndarray:

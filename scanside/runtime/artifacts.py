@@ -46,20 +46,23 @@ class Component:
     parity_tolerance: float
     precision: Precision = Precision.FP32
     parity_reference: str = "torch"  # fp32 graphs vs torch; reduced precision vs the fp32 graph
+    quantization: Optional[Mapping[str, Any]] = None  # int8: method, activations, kept in float
 
     def to_json(self) -> dict[str, Any]:
         return {"file": self.file, "sha256": self.sha256, "bytes": self.bytes,
                 "precision": self.precision.value, "iospec": self.spec.to_json(),
                 "parity": {"max_abs_diff": self.parity_max_abs_diff,
                            "tolerance": self.parity_tolerance,
-                           "reference": self.parity_reference}}
+                           "reference": self.parity_reference},
+                "quantization": self.quantization}
 
     @classmethod
     def from_json(cls, name: str, data: Mapping[str, Any]) -> "Component":
         parity = data["parity"]
         return cls(name, data["file"], data["sha256"], int(data["bytes"]),
                    IOSpec.from_json(data["iospec"]), float(parity["max_abs_diff"]),
-                   float(parity["tolerance"]), Precision(data["precision"]), parity["reference"])
+                   float(parity["tolerance"]), Precision(data["precision"]), parity["reference"],
+                   data.get("quantization"))
 
 
 @dataclass(frozen=True)

@@ -129,3 +129,31 @@ def test_cli_export_int8_and_info(tiny_model, calibration_folder, tmp_path, caps
     assert main(["export", str(tiny_model), "--out", str(tmp_path / "f"),
                  "--component-precision", "unet"]) == 2
     assert "is not NAME=PRECISION" in capsys.readouterr().err
+
+
+def test_int8_keeps_attention_matmuls_in_float(int8_engine):
+    manifest = read_manifest(int8_engine)
+    how = manifest.components["unet"].quantization
+    assert how["activations"] == "u8" and how["kept_in_float"] > 0
+    unet = onnx.load(str(int8_engine / "unet.onnx"))
+    producers = {o: n for n in unet.graph.node for o in n.output}
+    weights = {i.name for i in unet.graph.initializer}
+    quantised_inputs = 0
+    for node in (n for n in unet.graph.node if n.op_type == "MatMul"):
+        parents = [producers.get(i) for i in node.input]
+        from_dq = [p is not None and p.op_type == "DequantizeLinear" for p in parents]
+        if all(from_dq) and not any(p.input[0] in weights for p in parents):
+            quantised_inputs += 1  # both operands activations, both quantised: must not happen
+    assert quantised_inputs == 0
+
+
+def test_int8_symmetric_activations_for_tensorrt(tiny_model, calibration_folder, tmp_path):
+    out = tmp_path / "s8"
+    manifest = export_model(tiny_model, out, component_precision={"unet": "int8"},
+                            calibration=calibration_folder, int8_activations="s8")
+    assert manifest.components["unet"].quantization["activations"] == "s8"
+    unet = onnx.load(str(out / "unet.onnx"))
+    zero_points = [onnx.numpy_helper.to_array(i) for i in unet.graph.initializer
+                   if i.name.endswith("_zero_point")]
+    eight_bit = [z for z in zero_points if z.dtype.itemsize == 1]  # (int32 ones are biases')
+    assert eight_bit and all(z.dtype == np.int8 and not z.any() for z in eight_bit)
