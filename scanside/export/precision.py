@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
@@ -103,18 +104,48 @@ def to_int8_static(src: Path, dst: Path, feeds: Sequence[Mapping[str, np.ndarray
 
     kept = activation_matmuls(onnx.load(str(src), load_external_data=False))
     symmetric = activations is Int8Activations.S8
-    quantize_static(
-        str(src), str(dst), FeedReader(feeds), quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=INT8_OPS, per_channel=True,
-        activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
-        weight_type=QuantType.QInt8, nodes_to_exclude=kept,
-        use_external_data_format=external, calibrate_method=CalibrationMethod.MinMax,
-        # MinMax calibration augments the graph with ReduceMin/ReduceMax per tensor, so each
-        # run keeps two scalars per tensor, not the activations. (Its CalibMaxIntermediateOutputs
-        # option would bound that further but, in ORT 1.32, drops the data it bounds.)
-        extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
-    )
+    with tempfile.TemporaryDirectory(prefix="scanside-calibration-") as tmp:
+        cache = Path(tmp) / "ranges.json"
+        calibrate(src, feeds, external, cache)
+        quantize_static(
+            str(src), str(dst), None, quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=INT8_OPS, per_channel=True,
+            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+            weight_type=QuantType.QInt8, nodes_to_exclude=kept,
+            use_external_data_format=external, calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
+            calibration_cache_path=cache,
+        )
     return kept
+
+
+def calibrate(src: Path, feeds: Sequence[Mapping[str, np.ndarray]], external: bool,
+              cache: Path) -> None:
+    """Activation ranges first, on their own, saved where quantize_static reads them.
+
+    quantize_static would hold the model, its augmented copy and the calibration session at
+    once (over 24 GiB for SD 1.5's UNet at 512 px); apart, each phase fits. MinMax
+    calibration augments the graph with ReduceMin/ReduceMax per tensor, so a run keeps two
+    scalars per tensor, not the activations. (ORT's CalibMaxIntermediateOutputs option would
+    bound that further but, in ORT 1.32, drops the data it bounds.)
+    """
+    import gc
+
+    from onnxruntime.quantization.calibrate import (
+        CalibrationMethod, TensorsData, create_calibrator, save_tensors_data,
+    )
+
+    with tempfile.TemporaryDirectory(prefix="scanside-augmented-") as tmp:
+        calibrator = create_calibrator(
+            src, INT8_OPS, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+            calibrate_method=CalibrationMethod.MinMax, use_external_data_format=external)
+        calibrator.collect_data(FeedReader(feeds))
+        ranges = calibrator.compute_data()
+        del calibrator
+        gc.collect()
+    if not isinstance(ranges, TensorsData):
+        raise TypeError(f"calibration returned {type(ranges).__name__}, not TensorsData")
+    save_tensors_data(ranges, cache)
 
 
 def to_int8_dynamic(src: Path, dst: Path, external: bool = False) -> None:
