@@ -260,7 +260,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # -- parser -------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scanside", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="scanside",
+        description="Diffusion enhancement of medical images on the scanner PC or a Jetson: "
+                    "export Stable Diffusion checkpoints to ONNX, run them without torch, read "
+                    "and write DICOM, benchmark. Not a medical device.")
     parser.add_argument("--version", action="version", version=f"scanside {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
