@@ -23,6 +23,7 @@ from __future__ import annotations
 import enum
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
@@ -96,27 +97,50 @@ def activation_matmuls(model: onnx.ModelProto) -> list[str]:
             and not any(i in weights or i in constants for i in n.input)]
 
 
+@dataclass(frozen=True)
+class Int8Report:
+    attention_in_float: int  # activation x activation MatMuls, kept in float for speed
+    sensitive_in_float: list[dict]  # nodes kept in float for accuracy, with the measured SQNR
+    quantised_nodes: int
+    median_sqnr_db: float
+
+
 def to_int8_static(src: Path, dst: Path, feeds: Sequence[Mapping[str, np.ndarray]],
                    activations: Int8Activations = Int8Activations.U8,
-                   external: bool = False) -> list[str]:
-    """Static QDQ with per-channel int8 weights; returns the nodes kept in float."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+                   external: bool = False, measure_on: int = 1) -> Int8Report:
+    """Static QDQ with per-channel int8 weights, then the layers whose quantisation measurably
+    hurts most (see sensitivity.py) back in float and quantised again."""
+    from . import sensitivity
 
-    kept = activation_matmuls(onnx.load(str(src), load_external_data=False))
-    symmetric = activations is Int8Activations.S8
+    attention = activation_matmuls(onnx.load(str(src), load_external_data=False))
     with tempfile.TemporaryDirectory(prefix="scanside-calibration-") as tmp:
         cache = Path(tmp) / "ranges.json"
         calibrate(src, feeds, external, cache)
-        quantize_static(
-            str(src), str(dst), None, quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=INT8_OPS, per_channel=True,
-            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
-            weight_type=QuantType.QInt8, nodes_to_exclude=kept,
-            use_external_data_format=external, calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
-            calibration_cache_path=cache,
-        )
-    return kept
+        quantize(src, dst, cache, activations, attention, external)
+        found = sensitivity.measure(src, dst, feeds[:measure_on], INT8_OPS)
+        chosen = sensitivity.choose(found, len(found))
+        if chosen:  # the cached ranges make this second pass cheap
+            quantize(src, dst, cache, activations, attention + [c.node for c in chosen], external)
+    scores = [f.sqnr_db for f in found if np.isfinite(f.sqnr_db)]
+    return Int8Report(len(attention),
+                      [{"node": c.node, "sqnr_db": round(c.sqnr_db, 1)} for c in chosen],
+                      len(found), float(np.median(scores)) if scores else float("nan"))
+
+
+def quantize(src: Path, dst: Path, cache: Path, activations: Int8Activations,
+             exclude: Sequence[str], external: bool) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    symmetric = activations is Int8Activations.S8
+    quantize_static(
+        str(src), str(dst), None, quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=INT8_OPS, per_channel=True,
+        activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+        weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
+        use_external_data_format=external, calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
+        calibration_cache_path=cache,
+    )
 
 
 def calibrate(src: Path, feeds: Sequence[Mapping[str, np.ndarray]], external: bool,

@@ -157,3 +157,29 @@ def test_int8_symmetric_activations_for_tensorrt(tiny_model, calibration_folder,
                    if i.name.endswith("_zero_point")]
     eight_bit = [z for z in zero_points if z.dtype.itemsize == 1]  # (int32 ones are biases')
     assert eight_bit and all(z.dtype == np.int8 and not z.any() for z in eight_bit)
+
+
+def test_int8_choices_are_measured_and_recorded(int8_engine):
+    """Static vs dynamic for the text encoder and VAE, and the layers kept in float for
+    accuracy, are decided by measurement at export and written down with their figures."""
+    components = read_manifest(int8_engine).components
+    for name in ("text_encoder", "vae_encoder", "vae_decoder"):
+        how = components[name].quantization
+        assert set(how["candidates"]) == {"static", "dynamic"}
+        for figures in how["candidates"].values():
+            assert figures["max_abs_diff"] >= 0 and figures["latency_vs_fp32"] > 0
+        assert how["method"].split()[0] in how["candidates"]
+    unet = components["unet"].quantization
+    assert unet["median_input_sqnr_db"] > 0 and unet["quantised_nodes"] > 0
+    for item in unet["sensitive_in_float"]:
+        assert item["sqnr_db"] < 30
+    assert unet["kept_in_float"] == unet["attention_in_float"] + len(unet["sensitive_in_float"])
+
+
+def test_sensitivity_ranks_a_clipped_tensor_worst():
+    from scanside.export.sensitivity import sqnr_db
+
+    x = np.linspace(-1, 1, 10001, dtype=np.float32)
+    fine = sqnr_db(x, 2 / 255, 128, 0, 255)  # range covers the tensor
+    clipped = sqnr_db(x, 0.5 / 255, 128, 0, 255)  # range a quarter of it: clipping noise
+    assert fine > 40 and clipped < 10
