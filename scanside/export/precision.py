@@ -132,6 +132,7 @@ def quantize(src: Path, dst: Path, cache: Path, activations: Int8Activations,
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     symmetric = activations is Int8Activations.S8
+    remove_onnx(dst)  # onnx appends to an existing external-data file; start from nothing
     quantize_static(
         str(src), str(dst), None, quant_format=QuantFormat.QDQ,
         op_types_to_quantize=INT8_OPS, per_channel=True,
@@ -172,10 +173,17 @@ def calibrate(src: Path, feeds: Sequence[Mapping[str, np.ndarray]], external: bo
     save_tensors_data(ranges, cache)
 
 
+def remove_onnx(path: Path) -> None:
+    for f in (path, path.with_name(path.name + ".data")):
+        if f.exists():
+            f.unlink()
+
+
 def to_int8_dynamic(src: Path, dst: Path, external: bool = False) -> None:
     """Dynamic int8: weights quantised offline, activations per call (no calibration)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Gemm"],
+    remove_onnx(dst)
+    quantize_dynamic(str(src), str(dst), op_types_to_quantize=INT8_OPS,
                      per_channel=True, weight_type=QuantType.QInt8,
                      use_external_data_format=external)
