@@ -183,3 +183,14 @@ def test_sensitivity_ranks_a_clipped_tensor_worst():
     fine = sqnr_db(x, 2 / 255, 128, 0, 255)  # range covers the tensor
     clipped = sqnr_db(x, 0.5 / 255, 128, 0, 255)  # range a quarter of it: clipping noise
     assert fine > 40 and clipped < 10
+
+
+def test_quantising_twice_does_not_grow_the_weight_file(tiny_engine, tmp_path):
+    """onnx appends to an existing external-data file: a rewrite must start from nothing."""
+    from scanside.export.precision import to_int8_dynamic
+
+    dst = tmp_path / "unet.onnx"
+    to_int8_dynamic(tiny_engine / "unet.onnx", dst, external=True)
+    first = (tmp_path / "unet.onnx.data").stat().st_size
+    to_int8_dynamic(tiny_engine / "unet.onnx", dst, external=True)
+    assert (tmp_path / "unet.onnx.data").stat().st_size == first
