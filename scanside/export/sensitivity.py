@@ -67,9 +67,15 @@ def measure(float_path: Path, qdq_path: Path, feeds: Sequence[Mapping[str, np.nd
     for name in wanted:
         if name not in existing:
             model.graph.output.append(onnx.ValueInfoProto(name=name))
-    session = ort.InferenceSession(model.SerializeToString() if not _external(float_path)
-                                   else _with_outputs(float_path, model),
-                                   providers=["CPUExecutionProvider"])
+    if _external(float_path):
+        path = _with_outputs(float_path, model)
+        try:  # ORT reads the weights at session creation; the copy is not needed after
+            session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        finally:
+            for f in (Path(path), Path(path + ".data")):
+                f.unlink(missing_ok=True)
+    else:
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     worst: dict[str, float] = {}
     names = [o.name for o in session.get_outputs()]
     for feed in feeds:

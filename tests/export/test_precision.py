@@ -194,3 +194,21 @@ def test_quantising_twice_does_not_grow_the_weight_file(tiny_engine, tmp_path):
     first = (tmp_path / "unet.onnx.data").stat().st_size
     to_int8_dynamic(tiny_engine / "unet.onnx", dst, external=True)
     assert (tmp_path / "unet.onnx.data").stat().st_size == first
+
+
+def test_sensitivity_leaves_no_files_beside_a_large_model(tiny_engine, tmp_path):
+    """The measurement copy of a model with external weights is removed once loaded."""
+    import shutil
+
+    from scanside.export import sensitivity
+    from scanside.export.precision import save, to_int8_dynamic
+
+    src = tmp_path / "unet.onnx"
+    save(onnx.load(str(tiny_engine / "unet.onnx")), src, 0)  # force external weights
+    qdq = tmp_path / "q" / "unet.onnx"
+    qdq.parent.mkdir()
+    shutil.copy(tiny_engine / "unet.onnx", tmp_path / "plain.onnx")
+    to_int8_dynamic(tmp_path / "plain.onnx", qdq)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    sensitivity.measure(src, qdq, [], ["Conv"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
