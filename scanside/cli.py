@@ -66,13 +66,19 @@ def cmd_export(args: argparse.Namespace) -> int:
                             synthetic_calibration=args.synthetic_calibration,
                             int8_activations=args.int8_activations)
     print(f"exported {args.model_dir} -> {args.out} ({manifest.height}x{manifest.width})")
-    for c in manifest.components.values():
-        print(f"  {c.name:13} {c.precision.value:5} max abs diff {c.parity_max_abs_diff:.3g} "
-              f"vs {c.parity_reference}")
-    if manifest.final_image_psnr_db is not None:
-        print(f"  final image PSNR vs the fp32 engine: {manifest.final_image_psnr_db:.1f} dB "
-              f"(calibration: {manifest.calibration})")
+    print_accuracy(manifest)
     return 0
+
+
+def print_accuracy(m) -> None:
+    """Each component's precision, size and measured parity; the final-image PSNR."""
+    print("component     precision  MB       max|diff|  tolerance  measured against")
+    for c in m.components.values():
+        print(f"{c.name:13} {c.precision.value:9} {c.bytes / 1e6:8.1f} {c.parity_max_abs_diff:10.3g} "
+              f"{c.parity_tolerance:10.3g}  {c.parity_reference}")
+    if m.final_image_psnr_db is not None:
+        print(f"accuracy    final image PSNR {m.final_image_psnr_db:.1f} dB vs the fp32 engine "
+              f"(held-out image; calibration: {m.calibration})")
 
 
 def parse_component_precision(text: Optional[str]) -> dict[str, str]:
@@ -199,13 +205,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"precision   {m.precision.value}   opset {m.opset}   image {size}, {m.image_channels} channel(s)")
     print(f"conditioning {m.conditioning.value}   VAE factor {m.vae_factor}, scaling {m.vae_scaling_factor}")
     print(f"scheduler   {m.scheduler_config.get('_class_name', '?')}   source {m.source_hash[:16]}")
-    print("component     precision  MB       max|diff|  tolerance  measured against")
-    for c in m.components.values():
-        print(f"{c.name:13} {c.precision.value:9} {c.bytes / 1e6:8.1f} {c.parity_max_abs_diff:10.3g} "
-              f"{c.parity_tolerance:10.3g}  {c.parity_reference}")
-    if m.final_image_psnr_db is not None:
-        print(f"accuracy    final image PSNR {m.final_image_psnr_db:.1f} dB vs the fp32 engine "
-              f"(held-out image; calibration: {m.calibration})")
+    print_accuracy(m)
     print("built with  " + ", ".join(f"{k} {v}" for k, v in m.versions.items()))
     if args.verify:
         print("hashes      verified")

@@ -11,7 +11,7 @@ import collections
 import json
 from pathlib import Path
 
-from scanside.runtime.tokenizer import BOS, EOS, bytes_to_unicode
+from scanside.runtime.tokenizer import BOS, EOS, bytes_to_unicode, merge_pair
 
 CORPUS = """
 a photo of a cat low dose ct denoise enhance the image computed tomography scan of the chest
@@ -38,20 +38,8 @@ def learn_merges(text: str, n_merges: int) -> list[tuple[str, str]]:
             break
         best = min(pairs, key=lambda p: (-pairs[p], p))
         merges.append(best)
-        words = collections.Counter({merge_word(w, best): f for w, f in words.items()})
+        words = collections.Counter({tuple(merge_pair(w, best)): f for w, f in words.items()})
     return merges
-
-
-def merge_word(word: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
-    out, i = [], 0
-    while i < len(word):
-        if i < len(word) - 1 and (word[i], word[i + 1]) == pair:
-            out.append(word[i] + word[i + 1])
-            i += 2
-        else:
-            out.append(word[i])
-            i += 1
-    return tuple(out)
 
 
 def write_vocab(folder: Path, n_merges: int = 256) -> int:

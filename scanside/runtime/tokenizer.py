@@ -73,6 +73,19 @@ def basic_clean(text: str) -> str:
     return " ".join(word.lower() for word in words)
 
 
+def merge_pair(parts: Sequence[str], pair: tuple[str, str]) -> list[str]:
+    """One BPE merge: every left-to-right occurrence of ``pair`` becomes one symbol."""
+    merged, i = [], 0
+    while i < len(parts):
+        if i < len(parts) - 1 and (parts[i], parts[i + 1]) == pair:
+            merged.append(parts[i] + parts[i + 1])
+            i += 2
+        else:
+            merged.append(parts[i])
+            i += 1
+    return merged
+
+
 @dataclass(frozen=True)
 class ClipTokenizer:
     vocab: Mapping[str, int]
@@ -123,15 +136,7 @@ class ClipTokenizer:
             best = min(pairs, key=lambda p: self._ranks.get(p, float("inf")))
             if best not in self._ranks:
                 break
-            merged, i = [], 0
-            while i < len(parts):
-                if i < len(parts) - 1 and (parts[i], parts[i + 1]) == best:
-                    merged.append(parts[i] + parts[i + 1])
-                    i += 2
-                else:
-                    merged.append(parts[i])
-                    i += 1
-            parts = merged
+            parts = merge_pair(parts, best)
         self._cache[word] = " ".join(parts)
         return parts
 
