@@ -14,6 +14,7 @@ from typing import Any, Optional
 import numpy as np
 
 from scanside.errors import InputError
+from scanside.runtime.iospec import size_bindings
 from scanside.runtime.timing import Recorder
 
 from . import machine, peak
@@ -106,9 +107,7 @@ def flops_per_stage(pipe, size: int, guidance: float) -> dict[str, Optional[int]
         from .flops import count_flops
     except ImportError:
         return {}
-    f = pipe.manifest.vae_factor
-    batch = 2 if guidance > 1 else 1
-    sizes = {"B": 1, "UB": batch, "H": size, "W": size, "h": size // f, "w": size // f}
+    sizes = size_bindings(size, size, pipe.manifest.vae_factor, unet_batch=2 if guidance > 1 else 1)
     files = {"text": "text_encoder", "vae_encode": "vae_encoder", "unet_step": "unet",
              "vae_decode": "vae_decoder"}
     out: dict[str, Optional[int]] = {}

@@ -11,7 +11,6 @@ N = 2048
 
 
 def matmul_model_bytes(n: int = N) -> bytes:
-    import onnx
     from onnx import TensorProto, helper
 
     a = helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n])

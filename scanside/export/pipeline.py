@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from scanside.errors import InputError
 from scanside.files import folder_hash
+from scanside.runtime.iospec import size_bindings
 from scanside.runtime.artifacts import (
     COMPONENTS, MANIFEST, TOKENIZER, Component, Conditioning, Manifest, Precision, onnx_files,
     sha256_file,
@@ -23,7 +24,7 @@ from .calibration import gather
 from .onnx import OPSET, ParityError, parity, to_onnx, wrap
 from .precision import Int8Activations
 from .reduce import needs_calibration, reduce
-from .specs import ModelShape, build_specs, sample_bindings
+from .specs import ModelShape, build_specs
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional
     for name in tqdm(COMPONENTS, desc="export", disable=not progress):
         spec = specs[name]
         module = wrap(name, checkpoint)
-        bindings = {**sample_bindings(spec, height, width, shape.vae_factor),
+        bindings = {**size_bindings(height, width, shape.vae_factor),
                     "vocab": shape.vocab_size}
         feeds = spec.dummy_inputs(bindings)
         path = staging / f"{name}.onnx"

@@ -81,9 +81,3 @@ def build_specs(shape: ModelShape, height: int, width: int, dynamic: bool) -> di
             static=static, ranges=r,
         ),
     }
-
-
-def sample_bindings(spec: IOSpec, height: int, width: int, factor: int, batch: int = 1) -> dict[str, int]:
-    """Sizes for every named dim at one image size: used for dummy inputs and parity runs."""
-    return {"B": batch, "UB": 2 * batch, "H": height, "W": width,
-            "h": height // factor, "w": width // factor}

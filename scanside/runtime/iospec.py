@@ -107,3 +107,10 @@ class IOSpec:
             static={k: int(v) for k, v in data.get("static", {}).items()},
             ranges={k: tuple(v) for k, v in data.get("ranges", {}).items()},
         )
+
+
+def size_bindings(height: int, width: int, factor: int, batch: int = 1,
+                  unet_batch: int = 2) -> dict[str, int]:
+    """Sizes for every named dim at one image size (``unet_batch`` 2: both guidance halves)."""
+    return {"B": batch, "UB": unet_batch, "H": height, "W": width,
+            "h": height // factor, "w": width // factor}

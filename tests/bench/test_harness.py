@@ -10,7 +10,7 @@ import pytest
 
 from scanside.bench import report
 from scanside.bench.flops import count_flops
-from scanside.bench.harness import Settings, Task, run_bench, stage_table
+from scanside.bench.harness import Settings, run_bench, stage_table
 from scanside.bench.peer_env import run_peers
 from scanside.cli import main
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import shutil
 
-import numpy as np
 import pydicom
 import pytest
 
