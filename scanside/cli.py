@@ -36,21 +36,28 @@ def positive_int(text: str) -> int:
 
 
 def add_sampling(p: argparse.ArgumentParser, guidance: float, strength: bool) -> None:
+    """Sampling options. For enhance, an option left out takes the model's own setting (its
+    manifest's enhance_defaults), else the default shown."""
     from scanside.runtime.schedulers import SchedulerName
 
-    p.add_argument("--engine", required=True, type=Path, help="engine directory from `scanside export`")
-    p.add_argument("--prompt", default="", help="text prompt (default: empty)")
+    own = "the model's own, else " if strength else ""
+    unset = (lambda value: None) if strength else (lambda value: value)
+    p.add_argument("--engine", type=Path, default=None,
+                   help="engine directory from `scanside export` (default: scanside's "
+                        "built-in low-dose CT model)")
+    p.add_argument("--prompt", default=unset(""), help=f"text prompt (default: {own}empty)")
     p.add_argument("--negative-prompt", default=None, help="what guidance steers away from")
-    p.add_argument("--steps", type=positive_int, default=20, help="scheduler steps (default 20)")
-    p.add_argument("--guidance", type=float, default=guidance,
-                   help=f"classifier-free guidance scale; 1 turns it off (default {guidance})")
+    p.add_argument("--steps", type=positive_int, default=unset(20),
+                   help=f"scheduler steps (default: {own}20)")
+    p.add_argument("--guidance", type=float, default=unset(guidance),
+                   help=f"classifier-free guidance scale; 1 turns it off (default: {own}{guidance})")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--scheduler", default=None, choices=[s.value for s in SchedulerName],
                    help="default: the model's own scheduler")
     p.add_argument("--backend", default="cpu", choices=["cpu", "cuda"])
     if strength:
-        p.add_argument("--strength", type=strength_arg, default=0.3,
-                       help="how far to noise the input, in (0, 1] (default 0.3)")
+        p.add_argument("--strength", type=strength_arg, default=None,
+                       help=f"how far to noise the input, in (0, 1] (default: {own}0.3)")
 
 
 # -- commands -----------------------------------------------------------------------------
@@ -251,6 +258,53 @@ def cmd_models_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_train(args: argparse.Namespace) -> int:
+    from scanside.models.train import Settings, train_default
+
+    settings = Settings(seed=args.seed, train_pairs=args.train_pairs, vae_steps=args.vae_steps,
+                        unet_steps=args.unet_steps, workers=args.workers)
+    model_dir = train_default(args.out_dir, settings)
+    print(f"trained model: {model_dir}; export it with `scanside export {model_dir} --out ENGINE`")
+    return 0
+
+
+def cmd_models_evaluate(args: argparse.Namespace) -> int:
+    from scanside.models.evaluate import evaluate, table
+
+    result = evaluate(args.engine_dir, pairs=args.pairs, split=args.split, workers=args.workers,
+                      steps=args.steps, strength=args.strength, guidance=args.guidance,
+                      seed=args.seed)
+    print(table(result))
+    if args.json:
+        from scanside.files import atomic_path
+
+        with atomic_path(args.json, overwrite=True) as tmp:
+            tmp.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_models_simulate(args: argparse.Namespace) -> int:
+    from scanside.dicom.synthetic import simulated_ct
+    from scanside.files import atomic_path
+    from scanside.models import ctsim
+
+    seeds = ctsim.split_seeds(args.split, args.pairs)
+    pairs = ctsim.make_pairs(seeds, args.size, args.workers)
+    for dose in ("low", "full"):
+        (args.out_dir / dose).mkdir(parents=True, exist_ok=True)
+    for seed, pair in zip(seeds, pairs):
+        for dose in ("low", "full"):
+            ds = simulated_ct(getattr(pair, dose), f"scanside simulated {dose}-dose CT",
+                              ctsim.PIXEL_CM * 10)
+            with atomic_path(args.out_dir / dose / f"{args.split}{seed}.dcm",
+                             overwrite=args.overwrite) as tmp:
+                ds.save_as(tmp, enforce_file_format=True)
+    print(f"wrote {len(pairs)} simulated low-dose slices to {args.out_dir / 'low'} and their "
+          f"full-dose references to {args.out_dir / 'full'}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from scanside.demo import run_demo
 
@@ -346,13 +400,53 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the model, engine and images go (default ./scanside-demo)")
     p.set_defaults(func=cmd_demo)
 
-    models = sub.add_parser("models", help="build model checkpoints offline")
+    from scanside.models.recipes import RecipeName
+
+    models = sub.add_parser("models", help="build, train and evaluate models offline")
     msub = models.add_subparsers(dest="models_command", required=True)
     p = msub.add_parser("build", help="write a recipe's checkpoint in diffusers' format")
-    p.add_argument("recipe", choices=["tiny", "tiny-concat", "sd15-shaped"])
+    p.add_argument("recipe", choices=[r.value for r in RecipeName])
     p.add_argument("out_dir", type=Path)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_models_build)
+
+    from scanside.models.train import Settings
+
+    p = msub.add_parser("train-default", help="train the default low-dose CT model (resumable; "
+                                              "needs the export and train extras)")
+    p.add_argument("out_dir", type=Path, help="run folder: data, checkpoints, and model/ at the end")
+    p.add_argument("--seed", type=int, default=Settings.seed, help="everything random follows it")
+    p.add_argument("--train-pairs", type=positive_int, default=Settings.train_pairs)
+    p.add_argument("--vae-steps", type=positive_int, default=Settings.vae_steps)
+    p.add_argument("--unet-steps", type=positive_int, default=Settings.unet_steps)
+    p.add_argument("--workers", type=positive_int, default=Settings.workers,
+                   help="processes simulating the scans")
+    p.set_defaults(func=cmd_models_train)
+
+    p = msub.add_parser("simulate", help="write simulated low-dose CT slices and their "
+                                         "full-dose references as DICOM (needs the train extra)")
+    p.add_argument("out_dir", type=Path, help="gets low/ and full/ folders")
+    p.add_argument("--split", choices=["train", "val", "test"], default="val")
+    p.add_argument("--pairs", type=positive_int, default=16)
+    p.add_argument("--size", type=positive_int, default=128)
+    p.add_argument("--workers", type=positive_int, default=2)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_models_simulate)
+
+    p = msub.add_parser("evaluate", help="quality figures of a CT engine on the held-out "
+                                         "synthetic test set, against Gaussian and NLM filters")
+    p.add_argument("engine_dir", type=Path, nargs="?", default=None,
+                   help="engine directory (default: the built-in model)")
+    p.add_argument("--pairs", type=positive_int, default=100, help="pairs (default 100)")
+    p.add_argument("--split", choices=["test", "val"], default="test",
+                   help="val: for choosing sampling settings; the figures are on test")
+    p.add_argument("--steps", type=positive_int, default=None)
+    p.add_argument("--strength", type=strength_arg, default=None)
+    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=positive_int, default=2)
+    p.add_argument("--json", type=Path, help="write the figures as JSON")
+    p.set_defaults(func=cmd_models_evaluate)
     return parser
 
 

@@ -1,13 +1,21 @@
-"""``scanside demo``: the whole path on a model built here — build, export, enhance, look.
+"""``scanside demo``: the built-in low-dose CT model on two CT images, end to end.
 
-The demo model is the ``tiny`` recipe: Stable Diffusion's architecture with random weights, so
-its "enhanced" image is noise. It proves the machinery runs end to end on this machine; it is
-not an enhancement model.
+1. the engine: the fp32 engine shipped in the package (exported from the shipped checkpoint
+   if an install lacks it and has the export extra);
+2. inputs, written as DICOM into WORKDIR/input: a simulated low-dose CT slice of a held-out
+   phantom (its full-dose reference is known) and pydicom's real CT_small.dcm;
+3. each enhanced through the DICOM path into a new derived series under WORKDIR/enhanced,
+   with scanside's preview PNG (source | result | difference);
+4. a soft-tissue-window picture low-dose | enhanced | full-dose, and the quality figures of
+   the simulated slice against its reference.
+
+Needs only the base install (numpy, ONNX Runtime, pydicom, pillow).
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -16,72 +24,109 @@ import numpy as np
 from scanside.files import atomic_path
 
 log = logging.getLogger(__name__)
-PROMPT = "low-dose CT, denoise"
+SOFT_TISSUE = (40.0, 400.0)  # window centre, width (HU): where low-dose noise shows
+DEMO_PAIR = "demo_pair.npz"  # a held-out ctsim pair shipped with the model (test split)
 
 
-def phantom(size: int = 64, seed: int = 0) -> np.ndarray:
-    """A CT-like test image in [0, 1]: body ellipse, two lungs, a bright spine, noise."""
-    y, x = (np.mgrid[0:size, 0:size] + 0.5) / size * 2 - 1
-    image = np.where((x / 0.9) ** 2 + (y / 0.7) ** 2 < 1, 0.55, 0.0)
-    for cx in (-0.4, 0.4):
-        image = np.where(((x - cx) / 0.28) ** 2 + (y / 0.45) ** 2 < 1, 0.15, image)
-    image = np.where(x**2 + (y - 0.45) ** 2 < 0.12**2, 0.95, image)
-    noisy = image + 0.06 * np.random.default_rng(seed).standard_normal(image.shape)
-    return np.clip(noisy, 0, 1).astype(np.float32)
-
-
-def ensure_model(model_dir: Path) -> None:
-    from scanside.export.checkpoint import REQUIRED
-    from scanside.models import build
-
-    if all((model_dir / name).is_file() for name in REQUIRED):
-        return
-    print(f"building the tiny demo model in {model_dir} ...")
-    build("tiny", model_dir, seed=0)
-
-
-def ensure_engine(model_dir: Path, engine_dir: Path) -> None:
-    """Export unless the engine already holds this exact model (keyed by content hash)."""
+def engine_dir(workdir: Path) -> Path:
+    """The shipped engine, else one exported here from the shipped checkpoint."""
     from scanside.errors import EngineError
-    from scanside.export import export_model
-    from scanside.files import folder_hash
-    from scanside.runtime.artifacts import read_manifest
+    from scanside.runtime.default import default_checkpoint_dir, default_engine_dir
 
     try:
-        if read_manifest(engine_dir).source_hash == folder_hash(model_dir):
-            return
+        return default_engine_dir()
     except EngineError:
-        pass
-    print(f"exporting {model_dir} -> {engine_dir} ...")
-    export_model(model_dir, engine_dir, overwrite=True, progress=True)
+        from scanside.export import export_model  # needs the export extra
+
+        engine = workdir / "engine"
+        print(f"the built-in engine is missing; exporting {default_checkpoint_dir()} -> {engine}")
+        export_model(default_checkpoint_dir(), engine, overwrite=True, progress=True)
+        return engine
 
 
-def save_png(path: Path, image: np.ndarray) -> None:
+def window_png(path: Path, hu: np.ndarray, centre: float, width: float) -> None:
     from PIL import Image
 
+    unit = np.clip((hu - (centre - width / 2)) / width, 0, 1)
     with atomic_path(path, overwrite=True) as tmp:
-        Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8)).save(tmp, "PNG")
+        Image.fromarray((unit * 255).round().astype(np.uint8)).save(tmp, "PNG")
+
+
+def load_pair() -> dict[str, np.ndarray]:
+    from scanside.runtime.default import DEFAULT_MODEL
+
+    with np.load(DEFAULT_MODEL / DEMO_PAIR) as data:
+        return {name: data[name] for name in data.files}
+
+
+def psnr(reference: np.ndarray, image: np.ndarray, low: float = -1000, high: float = 1000) -> float:
+    """PSNR in the window [low, high] HU with data range high - low, as `models evaluate`."""
+    diff = np.clip(image, low, high) - np.clip(reference, low, high)
+    return float(20 * np.log10((high - low) / np.sqrt(np.mean(diff**2))))
+
+
+def lesion_contrast(hu: np.ndarray, lesion: np.ndarray) -> float:
+    y, x = np.mgrid[0 : hu.shape[0], 0 : hu.shape[1]]
+    d = np.hypot(y - lesion[0], x - lesion[1])
+    return float(hu[d <= lesion[2]].mean() - hu[(d >= lesion[2] + 2) & (d <= lesion[2] + 5)].mean())
+
+
+def enhance_file(pipe, source: Path, out: Path) -> Path:
+    from scanside.dicom import enhance_series
+    from scanside.errors import ScansideError
+
+    report = enhance_series([source], pipe, out, preview=True, progress=False)
+    if report.failures:
+        raise ScansideError(f"demo: {report.failures[0][0]}: {report.failures[0][1]}")
+    return report.written[0]
 
 
 def run_demo(workdir: Path) -> Path:
+    import pydicom
+
     from scanside import Pipeline
+    from scanside.dicom import read_header, read_values
+    from scanside.dicom.synthetic import simulated_ct
 
     workdir.mkdir(parents=True, exist_ok=True)
-    model_dir, engine_dir = workdir / "tiny-model", workdir / "tiny-engine"
-    ensure_model(model_dir)
-    ensure_engine(model_dir, engine_dir)
-    image = phantom()
-    pipe = Pipeline.load(engine_dir)
+    pipe = Pipeline.load(engine_dir(workdir))
+    settings = pipe.sampling_defaults()
+    print(f"model: scanside's built-in low-dose CT model ({pipe.manifest.precision.value} engine "
+          f"{pipe.engine_dir}); prompt {settings['prompt']!r}, {settings['steps']} steps, "
+          f"strength {settings['strength']:g}, guidance {settings['guidance']:g}")
+    pair = load_pair()
+    inputs, out = workdir / "input", workdir / "enhanced"
+    shutil.rmtree(out, ignore_errors=True)  # the demo's own output from an earlier run
+    inputs.mkdir(exist_ok=True)
+    simulated = inputs / "simulated_low_dose_ct.dcm"
+    with atomic_path(simulated, overwrite=True) as tmp:
+        simulated_ct(pair["low"].astype(np.float32), "scanside demo: simulated low-dose CT",
+                     0.8).save_as(tmp, enforce_file_format=True)
+    ct_small = inputs / "CT_small.dcm"
+    shutil.copyfile(Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm",
+                    ct_small)
+
+    pipe.enhance(np.zeros((pipe.manifest.height, pipe.manifest.width), np.float32))  # warm-up
     started = time.perf_counter()
-    result = pipe.enhance(image, prompt=PROMPT, strength=0.5, steps=20, seed=0, progress=True)
+    enhanced = enhance_file(pipe, simulated, out)
     seconds = time.perf_counter() - started
-    save_png(workdir / "input.png", image)
-    save_png(workdir / "enhanced.png", result)
-    save_png(workdir / "side_by_side.png", np.concatenate([image, result], axis=1))
-    print(f"enhanced a {image.shape[0]}x{image.shape[1]} phantom in {seconds:.2f} s "
-          f"(20-step schedule, strength 0.5, CPU)")
-    print(f"input:    {workdir / 'input.png'}")
-    print(f"result:   {workdir / 'enhanced.png'}   (both side by side: {workdir / 'side_by_side.png'})")
-    print("note: the demo model has random weights, so the result is noise by design; "
-          "it shows the export and runtime work end to end, not an enhancement.")
-    return workdir / "enhanced.png"
+    enhanced_small = enhance_file(pipe, ct_small, out)
+
+    low, full = pair["low"].astype(np.float64), pair["full"].astype(np.float64)
+    result = read_values(read_header(enhanced))[1][0]
+    picture = workdir / "low_dose__enhanced__full_dose.png"
+    window_png(picture, np.concatenate([low, result, full], axis=1), *SOFT_TISSUE)
+    print(f"\nsimulated low-dose CT ({low.shape[0]}x{low.shape[1]}, held-out phantom), "
+          f"enhanced in {seconds:.2f} s incl. DICOM read/write:")
+    print(f"  PSNR vs full dose (window [-1000, 1000] HU): low-dose {psnr(full, low):.2f} dB -> "
+          f"enhanced {psnr(full, result):.2f} dB")
+    for lesion in pair["lesions"]:
+        print(f"  lesion r={lesion[2]:.1f} px: contrast reference {lesion_contrast(full, lesion):+.1f} "
+              f"HU, low-dose {lesion_contrast(low, lesion):+.1f}, enhanced "
+              f"{lesion_contrast(result, lesion):+.1f}")
+    print(f"  DICOM:   {enhanced}  (derived, new series; preview {enhanced.with_suffix('.png')})")
+    print(f"  picture: {picture}  (low-dose | enhanced | full dose, window L40/W400)")
+    print(f"pydicom's CT_small.dcm (real CT, outside the training distribution):")
+    print(f"  DICOM:   {enhanced_small}  (preview {enhanced_small.with_suffix('.png')})")
+    print("the held-out test set's figures: `scanside models evaluate` (see README)")
+    return picture

@@ -153,8 +153,34 @@ def test_export_refuses_a_non_model_folder(tmp_path, capsys):
 
 
 def test_help_on_every_command(capsys):
-    for command in (["export"], ["generate"], ["enhance"], ["info"], ["demo"], ["models", "build"]):
+    for command in (["export"], ["generate"], ["enhance"], ["info"], ["demo"], ["models", "build"],
+                    ["models", "train-default"], ["models", "evaluate"]):
         with pytest.raises(SystemExit) as exit_info:
             main([*command, "--help"])
         assert exit_info.value.code == 0
         assert "usage: scanside" in capsys.readouterr().out
+
+
+def test_demo_denoises_and_writes_derived_dicom(tmp_path, capsys):
+    import re
+
+    import pydicom
+
+    code, out, _ = run(capsys, "demo", "--workdir", tmp_path)
+    assert code == 0
+    low, enhanced = map(float, re.search(r"low-dose ([\d.]+) dB -> enhanced ([\d.]+) dB", out).groups())
+    assert enhanced >= low + 6
+    written = sorted((tmp_path / "enhanced").rglob("*.dcm"))
+    assert len(written) == 2  # the simulated slice and CT_small, each in a new series
+    for path in written:
+        ds = pydicom.dcmread(path)
+        assert ds.ImageType[0] == "DERIVED" and path.with_suffix(".png").is_file()
+    picture = Image.open(tmp_path / "low_dose__enhanced__full_dose.png")
+    assert picture.size == (3 * 128, 128)
+
+
+def test_enhance_without_engine_uses_the_built_in_model(tmp_path, capsys):
+    src = tmp_path / "slice.png"
+    Image.fromarray(np.full((128, 128), 128, np.uint8)).save(src)
+    code, out, _ = run(capsys, "enhance", src, "--out", tmp_path / "out.png", "--steps", "2")
+    assert code == 0 and (tmp_path / "out.png").is_file()

@@ -68,3 +68,27 @@ def load(path: Path) -> Checkpoint:
         tokenizer=read_tokenizer(path / "tokenizer"),
         scheduler_config=json.loads((path / "scheduler" / "scheduler_config.json").read_text()),
     )
+
+
+SETTINGS_FILE = "scanside.json"
+ENHANCE_KEYS = {"prompt": str, "negative_prompt": str, "strength": float, "steps": int,
+                "guidance": float, "scheduler": str}
+
+
+def read_enhance_defaults(path: Path) -> dict[str, Any]:
+    """The model's recommended enhancement settings from MODEL_DIR/scanside.json, if any."""
+    file = path / SETTINGS_FILE
+    if not file.is_file():
+        return {}
+    try:
+        given = json.loads(file.read_text(encoding="utf-8")).get("enhance", {})
+    except (ValueError, AttributeError) as exc:
+        raise InputError(f"{file}: not a JSON object ({exc}); fix or remove it") from None
+    unknown = set(given) - set(ENHANCE_KEYS)
+    if unknown:
+        raise InputError(f"{file}: unknown enhance settings {sorted(unknown)}; allowed: "
+                         f"{sorted(ENHANCE_KEYS)}")
+    try:
+        return {key: ENHANCE_KEYS[key](value) for key, value in given.items()}
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{file}: bad enhance setting ({exc})") from None

@@ -137,7 +137,7 @@ def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional
         vae_scaling_factor=float(checkpoint.vae.config.scaling_factor),
         conditioning=conditioning, concat_scale=concat_scale,
         scheduler_config=checkpoint.scheduler_config, components=components,
-        versions=library_versions(),
+        versions=library_versions(), enhance_defaults=ckpt.read_enhance_defaults(model_dir),
     )
     (staging / TOKENIZER).write_text(json.dumps(checkpoint.tokenizer.to_json(), ensure_ascii=False),
                                      encoding="utf-8")

@@ -118,3 +118,30 @@ def make_pair(seed: int, size: int = 128, low: float = LOW_DOSE, full: float = F
     phantom = make_phantom(seed, size)
     return Pair(simulate_scan(phantom.hu, low, seed * 2 + 1),
                 simulate_scan(phantom.hu, full, seed * 2 + 2), phantom)
+
+
+# Splits are disjoint seed ranges, so anyone regenerates exactly the same train/val/test sets.
+SPLIT_BASE = {"train": 0, "val": 1_000_000, "test": 2_000_000}
+TEST_PAIRS = 100  # the held-out test set
+
+
+def split_seeds(split: str, count: int) -> list[int]:
+    return [SPLIT_BASE[split] + i for i in range(count)]
+
+
+def make_pairs(seeds: "list[int]", size: int = 128, workers: int = 1) -> list[Pair]:
+    """Pairs for ``seeds``, in order; ``workers`` processes share the Radon/FBP work."""
+    from functools import partial
+
+    make = partial(make_pair, size=size)
+    if workers <= 1 or len(seeds) < 4:
+        return [make(s) for s in seeds]
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        return pool.map(make, seeds, chunksize=max(1, len(seeds) // (workers * 8)))
+
+
+def to_model_range(hu: np.ndarray) -> np.ndarray:
+    """HU -> the model's [-1, 1] (window [-1000, 1000], as `scanside enhance` feeds CT)."""
+    return (np.clip(hu, -1000.0, 1000.0) / 1000.0).astype(np.float32)

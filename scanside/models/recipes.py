@@ -29,10 +29,22 @@ SD15_SCHEDULER = {
 }
 
 
+# The default CT model's scheduler: DDIM with v-prediction on SD's betas; "trailing" spacing
+# makes a 20-step schedule start at t=999, where the latent really is noise.
+CT_SCHEDULER = {
+    "_class_name": "DDIMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085, "num_train_timesteps": 1000, "set_alpha_to_one": False,
+    "steps_offset": 1, "trained_betas": None, "clip_sample": False,
+    "prediction_type": "v_prediction", "timestep_spacing": "trailing",
+}
+
+
 class RecipeName(str, enum.Enum):
     TINY = "tiny"
     TINY_CONCAT = "tiny-concat"
     SD15_SHAPED = "sd15-shaped"
+    CT_DEFAULT = "ct-default"  # the shape of scanside's default low-dose CT model
+    CT_TINY = "ct-tiny"  # the same block types, small enough to train in seconds in tests
 
 
 @dataclass(frozen=True)
@@ -64,6 +76,38 @@ TINY_VAE = dict(
 TINY_TEXT = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4,
                  num_hidden_layers=2, max_position_embeddings=77, hidden_act="quick_gelu")
 
+
+
+def ct_unet(channels: tuple[int, ...], cross_attention_dim: int, groups: int,
+            latent_size: int) -> dict[str, Any]:
+    """Grayscale image-conditioned UNet: noisy latent + low-dose latent in (4 + 4 channels),
+    plain ResNet levels at high resolution, cross-attention to the prompt at the lowest."""
+    levels = len(channels)
+    return dict(
+        sample_size=latent_size, in_channels=8, out_channels=4, layers_per_block=1,
+        block_out_channels=channels,
+        down_block_types=("DownBlock2D",) * (levels - 1) + ("CrossAttnDownBlock2D",),
+        up_block_types=("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (levels - 1),
+        cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=groups,
+    )
+
+
+def ct_vae(channels: tuple[int, ...], groups: int, size: int) -> dict[str, Any]:
+    """Grayscale AutoencoderKL. The default model uses one level (latent factor 1, 4 latent
+    channels per pixel): CT is judged at 0.3 % of its range, and a 2x factor's VAE stalled
+    near 22 HU reconstruction error in a CPU-sized training run, where one level reached 7 HU
+    in minutes. No mid-block attention: fully convolutional, any size behaves alike."""
+    return dict(
+        in_channels=1, out_channels=1, latent_channels=4, layers_per_block=1,
+        block_out_channels=channels, down_block_types=("DownEncoderBlock2D",) * len(channels),
+        up_block_types=("UpDecoderBlock2D",) * len(channels), norm_num_groups=groups,
+        mid_block_add_attention=False, sample_size=size,
+    )
+
+
+CT_TEXT = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2,
+               max_position_embeddings=77, hidden_act="quick_gelu")
+
 RECIPES = {
     RecipeName.TINY: Recipe(tiny_unet(4), TINY_VAE, TINY_TEXT, real_vocab=False, sample_size=64),
     RecipeName.TINY_CONCAT: Recipe(tiny_unet(8), TINY_VAE, TINY_TEXT, real_vocab=False,
@@ -80,6 +124,15 @@ RECIPES = {
                   projection_dim=768),
         real_vocab=True, sample_size=512,
     ),
+    # The generated vocabulary, not CLIP's: the real 49,408-token embedding table alone would
+    # be 12.6 MB at fp32 (a third of the shipped model's budget) for a model that only ever
+    # reads a task prompt.
+    RecipeName.CT_DEFAULT: Recipe(
+        ct_unet((32, 32, 64, 96), 64, 8, 128), ct_vae((32,), 8, 128), CT_TEXT, real_vocab=False,
+        sample_size=128, scheduler=dict(CT_SCHEDULER)),
+    RecipeName.CT_TINY: Recipe(
+        ct_unet((16, 32), 32, 8, 32), ct_vae((8,), 8, 32), TINY_TEXT, real_vocab=False,
+        sample_size=32, scheduler=dict(CT_SCHEDULER)),
 }
 
 
@@ -112,10 +165,12 @@ def write_tokenizer(folder: Path, real_vocab: bool) -> int:
 def build_components(spec: Recipe, vocab_size: int, seed: int) -> dict[str, Any]:
     """The torch modules of a recipe, with weights drawn from ``seed``."""
     import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
+    scheduler_class = {"PNDMScheduler": PNDMScheduler,
+                       "DDIMScheduler": DDIMScheduler}[spec.scheduler["_class_name"]]
     text_config = CLIPTextConfig(vocab_size=vocab_size, bos_token_id=vocab_size - 2,
                                  eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
                                  **spec.text)
@@ -123,7 +178,7 @@ def build_components(spec: Recipe, vocab_size: int, seed: int) -> dict[str, Any]
         "unet": UNet2DConditionModel(**spec.unet),
         "vae": AutoencoderKL(**spec.vae),
         "text_encoder": CLIPTextModel(text_config),
-        "scheduler": PNDMScheduler.from_config(spec.scheduler),
+        "scheduler": scheduler_class.from_config(spec.scheduler),
     }
 
 

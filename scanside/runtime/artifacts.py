@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -85,6 +85,9 @@ class Manifest:
     # image against the fp32 engine, and where the calibration images came from.
     final_image_psnr_db: Optional[float] = None
     calibration: Optional[str] = None
+    # The model's own enhancement settings (prompt, strength, steps, guidance, scheduler), from
+    # the checkpoint's scanside.json; arguments a caller gives win over them.
+    enhance_defaults: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -100,6 +103,7 @@ class Manifest:
             "accuracy": {"final_image_psnr_db": self.final_image_psnr_db,
                          "reference": "fp32 engine of the same checkpoint",
                          "calibration": self.calibration},
+            "enhance_defaults": dict(self.enhance_defaults),
         }
 
     @classmethod
@@ -117,6 +121,7 @@ class Manifest:
             versions=data["versions"],
             final_image_psnr_db=data["accuracy"]["final_image_psnr_db"],
             calibration=data["accuracy"]["calibration"],
+            enhance_defaults=data.get("enhance_defaults", {}),
         )
 
 

@@ -23,6 +23,7 @@ from scanside.errors import InputError
 
 from . import images, schedulers
 from .artifacts import COMPONENTS, TOKENIZER, Conditioning, Manifest, read_manifest
+from .default import default_engine_dir
 from .engines import Backend, Engine, open_engine
 from .schedulers import Plan, SchedulerName
 from .timing import NullTimer, StageTimer
@@ -43,6 +44,11 @@ DIFFUSERS_NAMES = {
     "DPMSolverMultistepScheduler": SchedulerName.DPMPP_2M, "LCMScheduler": SchedulerName.LCM,
     "PNDMScheduler": SchedulerName.PNDM,
 }
+
+
+# scanside's enhancement settings where neither the caller nor the model's manifest says.
+ENHANCE_DEFAULTS: dict[str, object] = {"prompt": "", "negative_prompt": None, "strength": 0.3,
+                                       "steps": 20, "guidance": 1.0, "scheduler": None}
 
 
 def seeded_noise(seed: int) -> NoiseSource:
@@ -85,10 +91,11 @@ class Pipeline:
     _embeddings: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def load(cls, engine_dir: Union[str, Path], backend: Union[str, Backend] = "cpu", *,
-             threads: Optional[int] = None, verify: bool = False) -> "Pipeline":
-        """Open ENGINE_DIR (see ``scanside export``) on ``backend`` ("cpu" or "cuda")."""
-        engine_dir = Path(engine_dir)
+    def load(cls, engine_dir: Union[str, Path, None] = None, backend: Union[str, Backend] = "cpu",
+             *, threads: Optional[int] = None, verify: bool = False) -> "Pipeline":
+        """Open ENGINE_DIR (see ``scanside export``) on ``backend`` ("cpu" or "cuda");
+        without one, the default low-dose CT model shipped inside the package."""
+        engine_dir = default_engine_dir() if engine_dir is None else Path(engine_dir)
         backend = Backend.parse(backend)
         manifest = read_manifest(engine_dir, verify=verify)
         tokenizer = ClipTokenizer.from_json(
@@ -190,8 +197,16 @@ class Pipeline:
             x = self.denoise(plan, x, prompt, negative_prompt or "", guidance, draw, None, progress)
         return images.finish(self.decode(x), height, width, gray=False)
 
-    def enhance(self, image: "np.ndarray | Dataset", *, prompt: str = "", strength: float = 0.3,
-                steps: int = 20, guidance: float = 1.0, seed: int = 0,
+    def sampling_defaults(self, **given: object) -> dict[str, object]:
+        """Enhancement settings: what the caller gave (not None), else the model's own
+        (``enhance_defaults`` in its manifest), else scanside's."""
+        settings = {**ENHANCE_DEFAULTS, **self.manifest.enhance_defaults}
+        settings.update({k: v for k, v in given.items() if v is not None})
+        return settings
+
+    def enhance(self, image: "np.ndarray | Dataset", *, prompt: Optional[str] = None,
+                strength: Optional[float] = None, steps: Optional[int] = None,
+                guidance: Optional[float] = None, seed: int = 0,
                 scheduler: Union[str, SchedulerName, None] = None,
                 negative_prompt: Optional[str] = None, noise: Noise = None,
                 progress: bool = False, window: "Optional[Window]" = None):
@@ -199,8 +214,14 @@ class Pipeline:
 
         Plain UNets run img2img (SDEdit): the image's latent is noised to ``strength`` and
         denoised. Image-conditioned UNets also see the image's latent at every step.
+        Settings left as None take the model's own defaults (see ``sampling_defaults``).
         A pydicom Dataset gives a derived Dataset back (see scanside.dicom), in ``window``.
         """
+        s = self.sampling_defaults(prompt=prompt, strength=strength, steps=steps,
+                                   guidance=guidance, scheduler=scheduler,
+                                   negative_prompt=negative_prompt)
+        prompt, strength, steps = s["prompt"], s["strength"], s["steps"]
+        guidance, scheduler, negative_prompt = s["guidance"], s["scheduler"], s["negative_prompt"]
         if isinstance(image, Dataset):
             from scanside.dicom import enhance_dataset
 
@@ -233,12 +254,16 @@ class Pipeline:
                              progress)
         return images.finish(self.decode(x), prepared.height, prepared.width, prepared.gray)
 
-    def describe(self, *, prompt: str = "", strength: float = 0.3, steps: int = 20,
-                 guidance: float = 1.0, seed: int = 0,
+    def describe(self, *, prompt: Optional[str] = None, strength: Optional[float] = None,
+                 steps: Optional[int] = None, guidance: Optional[float] = None, seed: int = 0,
                  scheduler: Union[str, SchedulerName, None] = None, **_: object) -> str:
         """Provenance of an enhancement, for DICOM's DerivationDescription."""
         from scanside import __version__
 
+        s = self.sampling_defaults(prompt=prompt, strength=strength, steps=steps,
+                                   guidance=guidance, scheduler=scheduler)
+        prompt, strength, steps = s["prompt"], s["strength"], s["steps"]
+        guidance, scheduler = s["guidance"], s["scheduler"]
         plan = self.plan(scheduler, steps, strength)
         m = self.manifest
         return (f"scanside {__version__} diffusion enhancement; model sha256 {m.source_hash[:16]}; "

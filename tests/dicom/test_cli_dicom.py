@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import shutil
 
+import numpy as np
 import pydicom
 import pytest
 
@@ -146,3 +147,26 @@ def test_generate_writes_a_synthetic_secondary_capture(tiny_engine, tmp_path, ca
     # newer standard attribute that pydicom's dictionary has; that line is the tool's age.
     unknown_tag = "not a recognized standard attribute - (0x0008,0x001c)"
     assert {e for e in dciodvfy_errors(out) if unknown_tag not in e} == set()
+
+
+def test_simulated_ct_slices_are_valid_ct_images_with_the_simulated_hu(tmp_path, capsys):
+    pytest.importorskip("skimage")
+    from scanside.dicom import read_header, read_values
+    from scanside.models import ctsim
+
+    code, out, err = run(capsys, "models", "simulate", tmp_path, "--split", "val", "--pairs",
+                         "2", "--size", "32", "--workers", "1")
+    assert code == 0, err
+    seed = ctsim.split_seeds("val", 1)[0]
+    path = tmp_path / "low" / f"val{seed}.dcm"
+    ds = pydicom.dcmread(path)
+    assert ds.SOPClassUID == pydicom.uid.CTImageStorage and ds.SyntheticData == "YES"
+    assert ds.PatientName == "" and ds.PixelSpacing == [0.8, 0.8]
+    hu = read_values(read_header(path))[1][0]
+    np.testing.assert_allclose(hu, np.round(ctsim.make_pair(seed, size=32).low), atol=0)
+    from .conftest import require_tools
+    from .test_series import dciodvfy_errors
+
+    require_tools()
+    unknown_tag = "not a recognized standard attribute - (0x0008,0x001c)"  # see above
+    assert {e for e in dciodvfy_errors(path) if unknown_tag not in e} == set()

@@ -7,6 +7,7 @@ import pytest
 
 pytest.importorskip("skimage")
 
+from scanside.models import ctsim  # noqa: E402
 from scanside.models.ctsim import FULL_DOSE, LOW_DOSE, make_pair, make_phantom, simulate_scan  # noqa: E402
 
 
@@ -48,3 +49,13 @@ def test_pairs_are_reproducible():
     np.testing.assert_array_equal(a.low, b.low)
     np.testing.assert_array_equal(a.full, b.full)
     assert not np.array_equal(a.low, a.full)
+
+
+def test_splits_are_disjoint_and_parallel_simulation_is_identical():
+    train, val, test = (set(ctsim.split_seeds(s, 200)) for s in ("train", "val", "test"))
+    assert not (train & val or train & test or val & test)
+    seeds = ctsim.split_seeds("test", 4)
+    serial = ctsim.make_pairs(seeds, size=32, workers=1)
+    parallel = ctsim.make_pairs(seeds, size=32, workers=2)
+    for a, b in zip(serial, parallel):
+        assert np.array_equal(a.low, b.low) and np.array_equal(a.full, b.full)

@@ -1,0 +1,28 @@
+"""Where the default model lives: scanside's own low-dose CT model, shipped in the package.
+
+``default_model/checkpoint`` is its diffusers folder (fp16 safetensors, to re-export at any
+precision); ``default_model/engine`` its fp32 ONNX engine, which the torch-free base install
+runs when no engine directory is given. See scanside/models/train.py for how it was made.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from scanside.errors import EngineError
+
+from .artifacts import MANIFEST
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "default_model"
+
+
+def default_checkpoint_dir() -> Path:
+    return DEFAULT_MODEL / "checkpoint"
+
+
+def default_engine_dir() -> Path:
+    engine = DEFAULT_MODEL / "engine"
+    if not (engine / MANIFEST).is_file():
+        raise EngineError(f"{engine}: the default model's engine is missing from this install; "
+                          "reinstall scanside, or give an engine directory (--engine)")
+    return engine

@@ -1,0 +1,103 @@
+"""The evaluation's measures on images whose answers are known, and the command end to end on
+a tiny trained model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("skimage")
+
+from scanside.models import ctsim  # noqa: E402
+from scanside.models.evaluate import (  # noqa: E402
+    Scores, false_blobs, psnr, region_contrast, ssim,
+)
+
+SIZE = 96
+
+
+def flat(hu: float = 40.0) -> np.ndarray:
+    return np.full((SIZE, SIZE), hu)
+
+
+def with_disk(image: np.ndarray, y: float, x: float, r: float, contrast: float) -> np.ndarray:
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    out = image.copy()
+    out[np.hypot(yy - y, xx - x) <= r] += contrast
+    return out
+
+
+def test_psnr_uses_the_window_and_data_range_2000():
+    ref = flat()
+    noisy = ref + np.where(np.indices(ref.shape).sum(0) % 2, 20.0, -20.0)  # RMSE exactly 20 HU
+    assert psnr(ref, noisy) == pytest.approx(20 * np.log10(2000 / 20), abs=1e-9)
+    # values beyond the window do not count: -3000 shows as -1000; only the -980 pixel differs
+    below = flat(-3000.0)
+    below[0, 0] = -980.0
+    assert psnr(flat(-1000.0), below) == pytest.approx(20 * np.log10(2000 / (20 / SIZE)))
+
+
+def test_ssim_is_measured_on_the_hu_range_not_the_float_default():
+    rng = np.random.default_rng(0)
+    ref = flat() + 5 * rng.standard_normal((SIZE, SIZE))
+    noisy = ref + 40 * rng.standard_normal(ref.shape)
+    from skimage.metrics import structural_similarity
+
+    wrong = structural_similarity(ref, noisy, data_range=2.0)  # what a [-1, 1] range would give
+    assert ssim(ref, noisy) > wrong  # 2000 HU range: 40 HU noise is small
+
+
+def test_region_contrast_recovers_a_lesion():
+    lesion = ctsim.Lesion(48.0, 48.0, 4.0, -25.0)
+    image = with_disk(flat(), 48, 48, 4, -25.0)
+    assert region_contrast(image, lesion) == pytest.approx(-25.0)
+    assert region_contrast(flat(), lesion) == pytest.approx(0.0)
+
+
+def test_false_blobs_counts_new_blobs_only():
+    lesion = ctsim.Lesion(30.0, 30.0, 4.0, 30.0)
+    reference = with_disk(flat(), 30, 30, 4, 30.0)
+    assert false_blobs(reference, reference, [lesion]) == 0
+    blob = with_disk(reference, 60, 60, 3, 25.0)  # a new lesion-like blob
+    assert false_blobs(blob, reference, [lesion]) == 1
+    faint = with_disk(reference, 60, 60, 3, 5.0)  # below the 10 HU detection level
+    assert false_blobs(faint, reference, [lesion]) == 0
+    near = with_disk(reference, 30, 37, 2, 25.0)  # next to the real lesion: not "new"
+    assert false_blobs(near, reference, [lesion]) == 0
+
+
+def test_scores_count_a_flattened_lesion_as_lost():
+    lesion = ctsim.Lesion(48.0, 48.0, 4.0, 30.0)
+    ref = with_disk(flat(), 48, 48, 4, 30.0)
+    pair = ctsim.Pair(low=ref, full=ref, phantom=ctsim.Phantom(ref.astype(np.float32), (lesion,)))
+    kept, lost = Scores(), Scores()
+    kept.add(with_disk(flat(), 48, 48, 4, 27.0), pair)  # 10 % weaker: kept
+    lost.add(with_disk(flat(), 48, 48, 4, 10.0), pair)  # a third of the contrast: lost
+    assert kept.summary()["lesions_lost"] == 0
+    assert kept.summary()["lesion_contrast_error"] == pytest.approx(0.1)
+    assert lost.summary()["lesions_lost"] == 1
+
+
+def test_evaluate_end_to_end_on_a_tiny_trained_model(tmp_path, capsys):
+    pytest.importorskip("torch")
+    from scanside.cli import main
+    from scanside.export import export_model
+    from scanside.models.train import Settings, train_default
+
+    settings = Settings(recipe="ct-tiny", train_pairs=2, vae_steps=1, vae_batch=2, unet_steps=1,
+                        unet_batch=2, workers=1)
+    model = train_default(tmp_path / "run", settings, echo=lambda _: None)
+    export_model(model, tmp_path / "engine")
+    code = main(["models", "evaluate", str(tmp_path / "engine"), "--pairs", "2", "--steps", "2",
+                 "--workers", "1", "--json", str(tmp_path / "eval.json")])
+    out = capsys.readouterr().out
+    assert code == 0
+    for name in ("low-dose input", "gaussian (sigma", "nl-means (h", "scanside"):
+        assert name in out
+    import json
+
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["test_pairs"] == 2 and result["data_range"] == 2000
+    assert result["sampling"]["steps"] == 2  # the override, not the model's 20
+    low = result["methods"]["low-dose input"]
+    assert 25 < low["psnr_db"] < 45  # the simulated low dose is noisy but not destroyed

@@ -1,0 +1,81 @@
+"""The built-in low-dose CT model shipped in the package: it loads without an engine
+directory, came from the shipped checkpoint, fits the size budget and really denoises."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from scanside import Pipeline
+from scanside.errors import EngineError
+from scanside.files import folder_hash
+from scanside.runtime import default
+from scanside.runtime.artifacts import Manifest, read_manifest
+from scanside.runtime.pipeline import ENHANCE_DEFAULTS
+
+BUDGET_BYTES = 40 * 1000 * 1000
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return Pipeline.load()
+
+
+def size_of(folder) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def test_loads_without_an_engine_dir(pipe):
+    m = pipe.manifest
+    assert pipe.engine_dir == default.default_engine_dir()
+    assert m.precision.value == "fp32" and m.conditioning.value == "concat"
+    assert m.image_channels == 1 and (m.height, m.width) == (128, 128)
+    assert m.enhance_defaults["prompt"] == "low-dose CT, denoise"
+
+
+def test_engine_was_exported_from_the_shipped_checkpoint():
+    manifest = read_manifest(default.default_engine_dir(), verify=True)  # re-hashes the ONNX
+    assert manifest.source_hash == folder_hash(default.default_checkpoint_dir())
+
+
+def test_checkpoint_and_engine_fit_in_40_mb():
+    total = size_of(default.default_checkpoint_dir()) + size_of(default.default_engine_dir())
+    assert total <= BUDGET_BYTES
+
+
+def test_it_denoises_the_held_out_demo_slice(pipe):
+    with np.load(default.DEFAULT_MODEL / "demo_pair.npz") as pair:
+        low, full = pair["low"].astype(np.float32), pair["full"].astype(np.float32)
+
+    def psnr(image):
+        diff = np.clip(image, -1000, 1000) - np.clip(full, -1000, 1000)
+        return 20 * np.log10(2000 / np.sqrt(np.mean(diff**2)))
+
+    unit = (np.clip(low, -1000, 1000) + 1000) / 2000
+    result = pipe.enhance(unit) * 2000 - 1000
+    assert psnr(result) >= psnr(low) + 6  # the issue's bar, on one held-out slice
+
+
+def test_callers_settings_win_over_the_models_which_win_over_scansides(pipe):
+    own = pipe.manifest.enhance_defaults
+    assert pipe.sampling_defaults()["prompt"] == own["prompt"]
+    assert pipe.sampling_defaults(prompt="other", steps=None)["prompt"] == "other"
+    assert pipe.sampling_defaults()["steps"] == own.get("steps", ENHANCE_DEFAULTS["steps"])
+    bare = dataclasses.replace(pipe, manifest=dataclasses.replace(pipe.manifest,
+                                                                  enhance_defaults={}))
+    assert bare.sampling_defaults()["prompt"] == ENHANCE_DEFAULTS["prompt"]
+
+
+def test_manifest_without_enhance_defaults_still_reads(pipe):
+    data = pipe.manifest.to_json()
+    del data["enhance_defaults"]
+    assert Manifest.from_json(data).enhance_defaults == {}
+    assert Manifest.from_json(pipe.manifest.to_json()) == pipe.manifest
+
+
+def test_a_missing_engine_names_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setattr(default, "DEFAULT_MODEL", tmp_path)
+    with pytest.raises(EngineError, match="reinstall scanside"):
+        default.default_engine_dir()
