@@ -126,7 +126,7 @@ def run_demo(workdir: Path) -> Path:
               f"{lesion_contrast(result, lesion):+.1f}")
     print(f"  DICOM:   {enhanced}  (derived, new series; preview {enhanced.with_suffix('.png')})")
     print(f"  picture: {picture}  (low-dose | enhanced | full dose, window L40/W400)")
-    print(f"pydicom's CT_small.dcm (real CT, outside the training distribution):")
+    print("pydicom's CT_small.dcm (real CT, outside the training distribution):")
     print(f"  DICOM:   {enhanced_small}  (preview {enhanced_small.with_suffix('.png')})")
     print("the held-out test set's figures: `scanside models evaluate` (see README)")
     return picture

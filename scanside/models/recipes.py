@@ -29,13 +29,15 @@ SD15_SCHEDULER = {
 }
 
 
-# The default CT model's scheduler: DDIM with v-prediction on SD's betas; "trailing" spacing
-# makes a 20-step schedule start at t=999, where the latent really is noise.
+# The default CT model's scheduler: DDIM with v-prediction on SD's betas. "leading" spacing
+# with offset 1 puts a 20-step schedule's last step at t = 1, where a low-strength enhancement
+# only removes noise; set_alpha_to_one makes that step return the predicted clean latent
+# instead of re-adding 70 % of the noise it just predicted (alphas_cumprod[0] = 0.99915).
 CT_SCHEDULER = {
     "_class_name": "DDIMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085, "num_train_timesteps": 1000, "set_alpha_to_one": False,
+    "beta_start": 0.00085, "num_train_timesteps": 1000, "set_alpha_to_one": True,
     "steps_offset": 1, "trained_betas": None, "clip_sample": False,
-    "prediction_type": "v_prediction", "timestep_spacing": "trailing",
+    "prediction_type": "v_prediction", "timestep_spacing": "leading",
 }
 
 

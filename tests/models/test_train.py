@@ -16,7 +16,8 @@ from scanside.models import train  # noqa: E402
 from scanside.models.train import Settings, dihedral, train_default  # noqa: E402
 
 TINY = Settings(recipe="ct-tiny", train_pairs=4, vae_steps=3, vae_batch=2, unet_steps=4,
-                unet_batch=2, checkpoint_every=1, workers=1)
+                unet_batch=2, checkpoint_every=1, workers=1, specialise_from=2,
+                refine_from=3)  # every phase
 UNET = "unet/diffusion_pytorch_model.safetensors"
 
 
@@ -87,3 +88,19 @@ def test_dihedral_gives_eight_distinct_invertible_views():
     views = [dihedral(image, k) for k in range(8)]
     assert len({v.tobytes() for v in views}) == 8
     assert all(sorted(v.ravel()) == sorted(image.ravel()) for v in views)
+
+
+def test_specialised_batches_start_from_the_low_dose_latent_in_range():
+    from scanside.models.train import specialise
+
+    settings = Settings()
+    x0, low = torch.zeros(64, 4, 2, 2), np.ones((64, 4, 2, 2), np.float32)
+    t, start = specialise(np.random.default_rng(0), torch.zeros(64, dtype=torch.long), x0, low,
+                          settings, step=settings.specialise_from)
+    from_low = start.flatten(1).mean(1) == 1
+    assert 0.3 < from_low.float().mean() < 0.7  # low_start = 0.5
+    assert (t[from_low] >= settings.low_start_t_min).all()
+    assert (t <= settings.specialise_t).all() and (t[~from_low] >= 0).all()
+    t, start = specialise(np.random.default_rng(0), torch.zeros(64, dtype=torch.long), x0, low,
+                          settings, step=settings.refine_from)
+    assert (t <= settings.refine_t).all() and (start.flatten(1).mean(1) == 1).float().mean() > 0.6
