@@ -44,12 +44,14 @@ def engine_dir(workdir: Path) -> Path:
         return engine
 
 
-def window_png(path: Path, hu: np.ndarray, centre: float, width: float) -> None:
+def window_png(path: Path, hu: np.ndarray, centre: float, width: float, zoom: int = 3) -> None:
+    """``hu`` in the window, each pixel drawn as zoom x zoom (a 128-px slice is small on screen)."""
     from PIL import Image
 
     unit = np.clip((hu - (centre - width / 2)) / width, 0, 1)
+    pixels = np.kron((unit * 255).round().astype(np.uint8), np.ones((zoom, zoom), np.uint8))
     with atomic_path(path, overwrite=True) as tmp:
-        Image.fromarray((unit * 255).round().astype(np.uint8)).save(tmp, "PNG")
+        Image.fromarray(pixels).save(tmp, "PNG")
 
 
 def load_pair() -> dict[str, np.ndarray]:
@@ -63,12 +65,6 @@ def psnr(reference: np.ndarray, image: np.ndarray, low: float = -1000, high: flo
     """PSNR in the window [low, high] HU with data range high - low, as `models evaluate`."""
     diff = np.clip(image, low, high) - np.clip(reference, low, high)
     return float(20 * np.log10((high - low) / np.sqrt(np.mean(diff**2))))
-
-
-def lesion_contrast(hu: np.ndarray, lesion: np.ndarray) -> float:
-    y, x = np.mgrid[0 : hu.shape[0], 0 : hu.shape[1]]
-    d = np.hypot(y - lesion[0], x - lesion[1])
-    return float(hu[d <= lesion[2]].mean() - hu[(d >= lesion[2] + 2) & (d <= lesion[2] + 5)].mean())
 
 
 def enhance_file(pipe, source: Path, out: Path) -> Path:
@@ -87,6 +83,8 @@ def run_demo(workdir: Path) -> Path:
     from scanside import Pipeline
     from scanside.dicom import read_header, read_values
     from scanside.dicom.synthetic import simulated_ct
+    from scanside.models.ctsim import Lesion
+    from scanside.models.evaluate import region_contrast
 
     workdir.mkdir(parents=True, exist_ok=True)
     pipe = Pipeline.load(engine_dir(workdir))
@@ -120,10 +118,14 @@ def run_demo(workdir: Path) -> Path:
           f"enhanced in {seconds:.2f} s incl. DICOM read/write:")
     print(f"  PSNR vs full dose (window [-1000, 1000] HU): low-dose {psnr(full, low):.2f} dB -> "
           f"enhanced {psnr(full, result):.2f} dB")
-    for lesion in pair["lesions"]:
-        print(f"  lesion r={lesion[2]:.1f} px: contrast reference {lesion_contrast(full, lesion):+.1f} "
-              f"HU, low-dose {lesion_contrast(low, lesion):+.1f}, enhanced "
-              f"{lesion_contrast(result, lesion):+.1f}")
+    for row in pair["lesions"]:
+        lesion = Lesion(*map(float, row))
+
+        def contrast(image: np.ndarray) -> float:
+            return region_contrast(image, lesion, pair["phantom"])
+
+        print(f"  lesion r={lesion.radius:.1f} px: contrast reference {contrast(full):+.1f} HU, "
+              f"low-dose {contrast(low):+.1f}, enhanced {contrast(result):+.1f}")
     print(f"  DICOM:   {enhanced}  (derived, new series; preview {enhanced.with_suffix('.png')})")
     print(f"  picture: {picture}  (low-dose | enhanced | full dose, window L40/W400)")
     print("pydicom's CT_small.dcm (real CT, outside the training distribution):")

@@ -61,9 +61,19 @@ def read_folder(path: Path) -> list[np.ndarray]:
     return out
 
 
-def synthetic(count: int, size: int) -> list[np.ndarray]:
-    from scanside.demo import phantom
+def phantom(size: int = 64, seed: int = 0) -> np.ndarray:
+    """A CT-like test image in [0, 1]: body ellipse, two lungs, a bright spine, noise. Cheap
+    and dependency-free (no Radon transform), for calibration and held-out checks on demand."""
+    y, x = (np.mgrid[0:size, 0:size] + 0.5) / size * 2 - 1
+    image = np.where((x / 0.9) ** 2 + (y / 0.7) ** 2 < 1, 0.55, 0.0)
+    for cx in (-0.4, 0.4):
+        image = np.where(((x - cx) / 0.28) ** 2 + (y / 0.45) ** 2 < 1, 0.15, image)
+    image = np.where(x**2 + (y - 0.45) ** 2 < 0.12**2, 0.95, image)
+    noisy = image + 0.06 * np.random.default_rng(seed).standard_normal(image.shape)
+    return np.clip(noisy, 0, 1).astype(np.float32)
 
+
+def synthetic(count: int, size: int) -> list[np.ndarray]:
     return [phantom(size, seed=seed) for seed in range(count)]
 
 

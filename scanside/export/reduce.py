@@ -247,7 +247,7 @@ def reduce(staging: Path, manifest: Manifest, precisions: Mapping[str, Precision
 
 
 def _image(pipe) -> np.ndarray:
-    from scanside.demo import phantom
+    from .calibration import phantom
 
     m = pipe.manifest
     return phantom(m.height, seed=99)[: m.height, : m.width]

@@ -31,6 +31,7 @@ BLOB_RADIUS = 3  # px: the matched filter is a disk this size minus the ring aro
 RING = (5, 8)  # px: inner and outer radius of the ring the contrast is measured against
 BLOB_HU = 10.0  # a blob: matched-filter response of at least this (the weakest lesion is 15 HU)
 VAL_PAIRS = 16
+TISSUE_HU = 30.0  # ring pixels within this of the lesion's background count as its tissue
 
 
 def windowed(hu: np.ndarray) -> np.ndarray:
@@ -59,12 +60,20 @@ def disk(radius: float, outer: Optional[float] = None) -> np.ndarray:
     return (d <= radius) if outer is None else ((d >= radius) & (d <= outer))
 
 
-def region_contrast(image: np.ndarray, lesion: ctsim.Lesion) -> float:
-    """Mean HU inside the lesion minus the mean of the ring 2-5 px outside it."""
+def region_contrast(image: np.ndarray, lesion: ctsim.Lesion,
+                    phantom: Optional[np.ndarray] = None) -> float:
+    """Mean HU inside the lesion minus the mean of its surroundings: the ring 2-5 px outside
+    it, restricted (given the noiseless ``phantom``) to the tissue the lesion sits in, so that
+    a neighbouring organ, bone or lung does not count as contrast."""
     y, x = np.mgrid[0 : image.shape[0], 0 : image.shape[1]]
     d = np.hypot(y - lesion.y, x - lesion.x)
     inside = d <= lesion.radius
     ring = (d >= lesion.radius + 2) & (d <= lesion.radius + 5)
+    if phantom is not None:
+        background = float(np.median(phantom[inside])) - lesion.contrast_hu
+        same_tissue = ring & (np.abs(phantom - background) < TISSUE_HU)
+        if same_tissue.sum() >= 10:
+            ring = same_tissue
     return float(image[inside].mean() - image[ring].mean())
 
 
@@ -114,7 +123,9 @@ class Scores:
         self.psnr.append(psnr(ref, output))
         self.ssim.append(ssim(ref, output))
         for lesion in pair.phantom.lesions:
-            c_ref, c_out = region_contrast(ref, lesion), region_contrast(output, lesion)
+            truth = pair.phantom.hu
+            c_ref = region_contrast(ref, lesion, truth)
+            c_out = region_contrast(output, lesion, truth)
             self.contrast_error.append(abs(c_out - c_ref) / max(abs(c_ref), 1e-6))
             self.lost += int(c_out * np.sign(c_ref) < 0.5 * abs(c_ref))
             self.lesions += 1

@@ -37,7 +37,10 @@ log = logging.getLogger(__name__)
 PROMPT = "low-dose CT, denoise"  # the task prompt the default model is trained with
 # The settings the model ships with (its scanside.json; the engine's manifest carries them).
 # Chosen on the validation split by `scanside models evaluate`, never on the test split.
-ENHANCE = {"prompt": PROMPT, "strength": 1.0, "steps": 20, "guidance": 1.0}
+# Measured on 16 validation pairs (PSNR dB at strength 0.05 / 0.1 / 0.15 / 0.2 / 0.3, after the
+# first 3600 UNet steps): 40.44 / 40.83 / 40.78 / 40.73 / 40.69. Strength 0.1 of the 20-step
+# schedule runs its last two steps (t = 51, 1).
+ENHANCE = {"prompt": PROMPT, "strength": 0.1, "steps": 20, "guidance": 1.0}
 STAGE_SEED = {"vae": 1, "unet": 2}
 
 
@@ -49,9 +52,12 @@ class Settings:
     vae_steps: int = 2500
     vae_batch: int = 2  # small batches: measured 4x faster to a given error than 8
     vae_lr: float = 2e-3
-    unet_steps: int = 3600
+    unet_steps: int = 5000
     unet_batch: int = 8
     unet_lr: float = 3e-4
+    # A warm restart: one cosine cycle up to here, a second at a third of the peak after it
+    # (the refined phase was still improving when the first cycle's rate had decayed).
+    unet_restart: int = 3600
     ema_decay: float = 0.999
     drop_image: float = 0.05  # share of samples without the low-dose latent
     drop_prompt: float = 0.05  # ... without the prompt
@@ -108,6 +114,14 @@ def cosine_lr(step: int, total: int, peak: float, warmup: int = 100) -> float:
         return peak * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def unet_lr(step: int, settings: Settings) -> float:
+    """Cosine to step unet_restart, then a second cosine at a third of the peak."""
+    if step < settings.unet_restart:
+        return cosine_lr(step, settings.unet_restart, settings.unet_lr)
+    return cosine_lr(step - settings.unet_restart, settings.unet_steps - settings.unet_restart,
+                     settings.unet_lr / 3, warmup=1)
 
 
 class Checkpoints:
@@ -311,7 +325,7 @@ def train_unet(unet, scheduler, latents: dict, embeddings, scaling: float, setti
         cond = torch.where(no_image.view(-1, 1, 1, 1), torch.zeros_like(cond), cond)
         text = torch.where(no_prompt.view(-1, 1, 1), empty, task)
         for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, settings.unet_steps, settings.unet_lr)
+            group["lr"] = unet_lr(step, settings)
         pred = unet(torch.cat([xt, cond], dim=1), t, text).sample
         loss = (pred - target).pow(2).mean()
         opt.zero_grad(set_to_none=True)
@@ -401,6 +415,6 @@ def train_default(out: "str | Path", settings: Settings = Settings(),
     minutes = (time.perf_counter() - started) / 60
     model_dir = write_model(parts, tokenizer_dir, out, settings,
                             {"vae_scaling_factor": scaling,
-                             "this_run_minutes": round(minutes, 1)})
+                             "last_session_minutes": round(minutes, 1)})
     echo(f"done: {model_dir} ({minutes:.1f} min in this run)")
     return model_dir

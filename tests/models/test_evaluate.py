@@ -54,6 +54,14 @@ def test_region_contrast_recovers_a_lesion():
     assert region_contrast(flat(), lesion) == pytest.approx(0.0)
 
 
+def test_region_contrast_ignores_a_neighbouring_tissue_given_the_phantom():
+    lesion = ctsim.Lesion(48.0, 48.0, 4.0, -25.0)
+    phantom = with_disk(flat(), 48, 48, 4, -25.0)
+    phantom[:, 53:] = -850.0  # lung right of the lesion, inside its ring
+    assert region_contrast(phantom, lesion) > 100  # the dark lung counts as "surroundings"
+    assert region_contrast(phantom, lesion, phantom) == pytest.approx(-25.0)
+
+
 def test_false_blobs_counts_new_blobs_only():
     lesion = ctsim.Lesion(30.0, 30.0, 4.0, 30.0)
     reference = with_disk(flat(), 30, 30, 4, 30.0)
@@ -89,7 +97,7 @@ def test_evaluate_end_to_end_on_a_tiny_trained_model(tmp_path, capsys):
     model = train_default(tmp_path / "run", settings, echo=lambda _: None)
     export_model(model, tmp_path / "engine")
     code = main(["models", "evaluate", str(tmp_path / "engine"), "--pairs", "2", "--steps", "2",
-                 "--workers", "1", "--json", str(tmp_path / "eval.json")])
+                 "--strength", "1", "--workers", "1", "--json", str(tmp_path / "eval.json")])
     out = capsys.readouterr().out
     assert code == 0
     for name in ("low-dose input", "gaussian (sigma", "nl-means (h", "scanside"):

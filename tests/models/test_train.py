@@ -17,7 +17,7 @@ from scanside.models.train import Settings, dihedral, train_default  # noqa: E40
 
 TINY = Settings(recipe="ct-tiny", train_pairs=4, vae_steps=3, vae_batch=2, unet_steps=4,
                 unet_batch=2, checkpoint_every=1, workers=1, specialise_from=2,
-                refine_from=3)  # every phase
+                refine_from=3, unet_restart=3)  # every phase
 UNET = "unet/diffusion_pytorch_model.safetensors"
 
 
