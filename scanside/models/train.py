@@ -52,12 +52,12 @@ class Settings:
     vae_steps: int = 2500
     vae_batch: int = 2  # small batches: measured 4x faster to a given error than 8
     vae_lr: float = 2e-3
-    unet_steps: int = 5000
+    unet_steps: int = 6000
     unet_batch: int = 8
     unet_lr: float = 3e-4
-    # A warm restart: one cosine cycle up to here, a second at a third of the peak after it
-    # (the refined phase was still improving when the first cycle's rate had decayed).
-    unet_restart: int = 3600
+    # Warm restarts: one cosine cycle up to the first, then a cycle per segment at a third of
+    # the previous peak (the refined phase was still improving each time the rate had decayed).
+    unet_restarts: tuple[int, ...] = (3600, 5000)
     ema_decay: float = 0.999
     drop_image: float = 0.05  # share of samples without the low-dose latent
     drop_prompt: float = 0.05  # ... without the prompt
@@ -117,11 +117,14 @@ def cosine_lr(step: int, total: int, peak: float, warmup: int = 100) -> float:
 
 
 def unet_lr(step: int, settings: Settings) -> float:
-    """Cosine to step unet_restart, then a second cosine at a third of the peak."""
-    if step < settings.unet_restart:
-        return cosine_lr(step, settings.unet_restart, settings.unet_lr)
-    return cosine_lr(step - settings.unet_restart, settings.unet_steps - settings.unet_restart,
-                     settings.unet_lr / 3, warmup=1)
+    """Cosine cycles between the restarts, each peaking at a third of the one before."""
+    edges = (0, *settings.unet_restarts, settings.unet_steps)
+    for cycle, (start, end) in enumerate(zip(edges, edges[1:])):
+        if step < end or end == settings.unet_steps:
+            if cycle == 0:
+                return cosine_lr(step, end, settings.unet_lr)
+            return cosine_lr(step - start, end - start, settings.unet_lr / 3**cycle, warmup=1)
+    raise AssertionError("unreachable")
 
 
 class Checkpoints:
@@ -392,7 +395,8 @@ def train_default(out: "str | Path", settings: Settings = Settings(),
     started = time.perf_counter()
     ckpt = Checkpoints(out / "train")
     settings_file = out / "train" / "settings.json"
-    if settings_file.is_file() and json.loads(settings_file.read_text()) != asdict(settings):
+    as_json = json.loads(json.dumps(asdict(settings)))  # tuples read back as lists
+    if settings_file.is_file() and json.loads(settings_file.read_text()) != as_json:
         from scanside.errors import InputError
 
         raise InputError(f"{out}: holds a run with other settings ({settings_file}); resume it "

@@ -17,7 +17,7 @@ from scanside.models.train import Settings, dihedral, train_default  # noqa: E40
 
 TINY = Settings(recipe="ct-tiny", train_pairs=4, vae_steps=3, vae_batch=2, unet_steps=4,
                 unet_batch=2, checkpoint_every=1, workers=1, specialise_from=2,
-                refine_from=3, unet_restart=3)  # every phase
+                refine_from=3, unet_restarts=(3,))  # every phase
 UNET = "unet/diffusion_pytorch_model.safetensors"
 
 
@@ -104,3 +104,13 @@ def test_specialised_batches_start_from_the_low_dose_latent_in_range():
     t, start = specialise(np.random.default_rng(0), torch.zeros(64, dtype=torch.long), x0, low,
                           settings, step=settings.refine_from)
     assert (t <= settings.refine_t).all() and (start.flatten(1).mean(1) == 1).float().mean() > 0.6
+
+
+def test_learning_rate_restarts_keep_earlier_steps_rates():
+    from scanside.models.train import cosine_lr, unet_lr
+
+    one = Settings(unet_steps=100, unet_restarts=())
+    two = Settings(unet_steps=150, unet_restarts=(100,))
+    assert all(unet_lr(k, one) == unet_lr(k, two) == cosine_lr(k, 100, one.unet_lr)
+               for k in range(100))
+    assert unet_lr(100, two) == pytest.approx(two.unet_lr / 3)  # the restart's peak
