@@ -276,17 +276,16 @@ def cmd_models_evaluate(args: argparse.Namespace) -> int:
                       seed=args.seed)
     print(table(result))
     if args.json:
-        from scanside.files import atomic_path
+        from scanside.bench.report import write_json
 
-        with atomic_path(args.json, overwrite=True) as tmp:
-            tmp.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(result, args.json)
         print(f"wrote {args.json}")
     return 0
 
 
 def cmd_models_simulate(args: argparse.Namespace) -> int:
     from scanside.dicom.synthetic import simulated_ct
-    from scanside.files import atomic_path
+    from scanside.dicom.write import save
     from scanside.models import ctsim
 
     seeds = ctsim.split_seeds(args.split, args.pairs)
@@ -297,9 +296,7 @@ def cmd_models_simulate(args: argparse.Namespace) -> int:
         for dose in ("low", "full"):
             ds = simulated_ct(getattr(pair, dose), f"scanside simulated {dose}-dose CT",
                               ctsim.PIXEL_CM * 10)
-            with atomic_path(args.out_dir / dose / f"{args.split}{seed}.dcm",
-                             overwrite=args.overwrite) as tmp:
-                ds.save_as(tmp, enforce_file_format=True)
+            save(ds, args.out_dir / dose / f"{args.split}{seed}.dcm", args.overwrite)
     print(f"wrote {len(pairs)} simulated low-dose slices to {args.out_dir / 'low'} and their "
           f"full-dose references to {args.out_dir / 'full'}")
     return 0

@@ -61,12 +61,6 @@ def load_pair() -> dict[str, np.ndarray]:
         return {name: data[name] for name in data.files}
 
 
-def psnr(reference: np.ndarray, image: np.ndarray, low: float = -1000, high: float = 1000) -> float:
-    """PSNR in the window [low, high] HU with data range high - low, as `models evaluate`."""
-    diff = np.clip(image, low, high) - np.clip(reference, low, high)
-    return float(20 * np.log10((high - low) / np.sqrt(np.mean(diff**2))))
-
-
 def enhance_file(pipe, source: Path, out: Path) -> Path:
     from scanside.dicom import enhance_series
     from scanside.errors import ScansideError
@@ -83,8 +77,9 @@ def run_demo(workdir: Path) -> Path:
     from scanside import Pipeline
     from scanside.dicom import read_header, read_values
     from scanside.dicom.synthetic import simulated_ct
+    from scanside.dicom.write import save
     from scanside.models.ctsim import Lesion
-    from scanside.models.evaluate import region_contrast
+    from scanside.models.evaluate import psnr, region_contrast
 
     workdir.mkdir(parents=True, exist_ok=True)
     pipe = Pipeline.load(engine_dir(workdir))
@@ -97,9 +92,8 @@ def run_demo(workdir: Path) -> Path:
     shutil.rmtree(out, ignore_errors=True)  # the demo's own output from an earlier run
     inputs.mkdir(exist_ok=True)
     simulated = inputs / "simulated_low_dose_ct.dcm"
-    with atomic_path(simulated, overwrite=True) as tmp:
-        simulated_ct(pair["low"].astype(np.float32), "scanside demo: simulated low-dose CT",
-                     0.8).save_as(tmp, enforce_file_format=True)
+    save(simulated_ct(pair["low"].astype(np.float32), "scanside demo: simulated low-dose CT",
+                      0.8), simulated, overwrite=True)
     ct_small = inputs / "CT_small.dcm"
     shutil.copyfile(Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm",
                     ct_small)

@@ -143,7 +143,8 @@ def series_number(source: Dataset) -> int:
     return 1000 + int(source.get("SeriesNumber", 0) or 0)
 
 
-def save(ds: Dataset, path: Path) -> None:
-    """Write ``ds`` to ``path`` through a temporary name; never over an existing file."""
-    with atomic_path(path) as tmp:
+def save(ds: Dataset, path: Path, overwrite: bool = False) -> None:
+    """Write ``ds`` to ``path`` through a temporary name; over an existing file only if
+    ``overwrite``."""
+    with atomic_path(path, overwrite=overwrite) as tmp:
         ds.save_as(tmp, enforce_file_format=True)
