@@ -230,9 +230,7 @@ class Pipeline:
                                    scheduler=scheduler, negative_prompt=negative_prompt,
                                    noise=noise)
         self.check_guidance(guidance)
-        fixed_hw = None if self.manifest.dynamic else (self.manifest.height, self.manifest.width)
-        prepared = images.prepare(image, self.manifest.image_channels, fixed_hw,
-                                  self.manifest.vae_factor)
+        prepared = self.prepare(image)
         plan = self.plan(scheduler, steps, strength)
         module = schedulers.module_for(plan.algorithm)
         fixed, draw = noise_source(noise, seed, "noise")
@@ -253,6 +251,20 @@ class Pipeline:
             x = self.denoise(plan, x, prompt, negative_prompt or "", guidance, draw, condition,
                              progress)
         return images.finish(self.decode(x), prepared.height, prepared.width, prepared.gray)
+
+    def prepare(self, image: np.ndarray) -> "images.Prepared":
+        """``image`` as this engine's pixels: channels, fixed size, VAE factor."""
+        m = self.manifest
+        fixed_hw = None if m.dynamic else (m.height, m.width)
+        return images.prepare(image, m.image_channels, fixed_hw, m.vae_factor)
+
+    def reconstruct(self, image: np.ndarray) -> np.ndarray:
+        """``image`` through the VAE alone (encode, posterior mean, decode), in its layout:
+        the closest any enhancement by this engine can come to it."""
+        prepared = self.prepare(image)
+        mean, _ = self.encode(prepared.pixels)
+        decoded = self.decode(mean * np.float32(self.manifest.vae_scaling_factor))
+        return images.finish(decoded, prepared.height, prepared.width, prepared.gray)
 
     def describe(self, *, prompt: Optional[str] = None, strength: Optional[float] = None,
                  steps: Optional[int] = None, guidance: Optional[float] = None, seed: int = 0,

@@ -8,7 +8,10 @@ import pytest
 pytest.importorskip("skimage")
 
 from scanside.models import ctsim  # noqa: E402
-from scanside.models.ctsim import FULL_DOSE, LOW_DOSE, make_pair, make_phantom, simulate_scan  # noqa: E402
+from scanside.models.ctsim import (  # noqa: E402
+    FULL_DOSE, LESION_CONTRAST, LESION_MARGIN, LOW_DOSE, ellipse, make_pair, make_phantom,
+    simulate_scan,
+)
 
 
 def test_phantoms_are_reproducible_and_differ_by_seed():
@@ -25,11 +28,28 @@ def test_phantom_anatomy_in_hounsfield_units(size):
     assert (ph.hu == -1000).mean() > 0.2  # air around the body
     assert ((ph.hu > -900) & (ph.hu < -800)).any()  # lungs
     assert (ph.hu > 700).any()  # bone
-    assert ph.lesions
-    for lesion in ph.lesions:
-        assert 15 <= abs(lesion.contrast_hu) <= 40  # low contrast
-        value = ph.hu[int(lesion.y), int(lesion.x)]
-        assert -200 < value < 250  # inside soft tissue
+    with_lesions = [make_phantom(seed, size) for seed in range(1, 11)]
+    # A lesion needs a patch of one tissue around it; a few phantoms find none (seed 0).
+    assert sum(bool(p.lesions) for p in with_lesions) >= 8
+    for p in with_lesions:
+        for lesion in p.lesions:
+            assert LESION_CONTRAST[0] <= abs(lesion.contrast_hu) <= LESION_CONTRAST[1]
+            assert -200 < p.hu[int(lesion.y), int(lesion.x)] < 250  # inside soft tissue
+
+
+def test_a_lesion_lies_in_one_tissue_as_does_most_of_its_measurement_ring():
+    # Lesions used to straddle organ edges, where "lesion minus its surroundings" is not
+    # defined. Now the lesion sits clear of edges and most of the ring the evaluation
+    # measures against (2-5 px outside it) is its own tissue.
+    for seed in range(8):
+        ph = make_phantom(seed)
+        for lesion in ph.lesions:
+            r, shape = lesion.radius, ph.hu.shape
+            disk = lambda radius: ellipse(shape, lesion.y, lesion.x, radius, radius)  # noqa: E731
+            background = float(np.median(ph.hu[disk(r + 3) & ~disk(r + 1)]))
+            assert np.abs(ph.hu[disk(r + 3) & ~disk(r + 1)] - background).max() < 40  # texture
+            ring = ph.hu[disk(r + LESION_MARGIN) & ~disk(r + 3)]
+            assert (np.abs(ring - background) < 40).mean() >= 0.6
 
 
 def test_dose_sets_the_noise_and_the_noise_is_ct_like():
@@ -42,6 +62,20 @@ def test_dose_sets_the_noise_and_the_noise_is_ct_like():
     assert full[soft].std() < low[soft].std() / 5
     # FBP noise is correlated between neighbours; white noise would give ~0
     assert np.corrcoef(low[:, :-1].ravel(), low[:, 1:].ravel())[0, 1] > 0.05
+
+
+def test_the_full_dose_reference_is_faithful_in_soft_tissue():
+    # The bare ramp kernel left 15.6 HU RMS of deterministic ringing in soft tissue (measured on
+    # 4 validation phantoms), more than the lesions' contrast; the Hann kernel leaves ~3.4 HU.
+    from scipy.ndimage import binary_dilation, sobel
+
+    ph = make_phantom(1)
+    edges = binary_dilation(np.hypot(sobel(ph.hu, 0), sobel(ph.hu, 1)) > 50, iterations=2)
+    soft = (ph.hu > -500) & (ph.hu < 300) & ~edges
+    full = simulate_scan(ph.hu, FULL_DOSE, 2)
+    assert np.sqrt(np.mean((full - ph.hu)[soft] ** 2)) < 6
+    ramp = simulate_scan(ph.hu, FULL_DOSE, 2, kernel="ramp")
+    assert np.sqrt(np.mean((ramp - ph.hu)[soft] ** 2)) > 10
 
 
 def test_pairs_are_reproducible():

@@ -86,6 +86,23 @@ def test_scores_count_a_flattened_lesion_as_lost():
     assert lost.summary()["lesions_lost"] == 1
 
 
+def test_lesion_error_is_taken_over_the_lesions_the_reference_shows():
+    # Designed at 30 HU; the reference shows one fully and the other at 2 HU (blurred away or
+    # cancelled by texture), where any relative error is unbounded.
+    shown, hidden = ctsim.Lesion(30.0, 30.0, 4.0, 30.0), ctsim.Lesion(66.0, 66.0, 4.0, 30.0)
+    ref = with_disk(with_disk(flat(), 30, 30, 4, 30.0), 66, 66, 4, 2.0)
+    pair = ctsim.Pair(low=ref, full=ref, phantom=ctsim.Phantom(ref.astype(np.float32),
+                                                                (shown, hidden)))
+    scores = Scores()
+    scores.add(with_disk(with_disk(flat(), 30, 30, 4, 27.0), 66, 66, 4, 6.0), pair)
+    s = scores.summary()
+    assert s["lesions_shown"] == 1 and s["lesions"] == 2
+    assert s["lesion_contrast_error"] == pytest.approx(0.1)  # 3 HU of 30
+    assert s["lesion_contrast_error_all"] == pytest.approx((0.1 + 2.0) / 2)  # 4 HU of 2
+    assert s["lesion_contrast_error_pooled"] == pytest.approx((3 + 4) / (30 + 2))
+    assert s["lesions_lost"] == 0
+
+
 def test_evaluate_end_to_end_on_a_tiny_trained_model(tmp_path, capsys):
     pytest.importorskip("torch")
     from scanside.cli import main
