@@ -163,6 +163,17 @@ def make_pairs(seeds: "list[int]", size: int = 128, workers: int = 1) -> list[Pa
         return pool.map(make, seeds, chunksize=max(1, len(seeds) // (workers * 8)))
 
 
+def pair_arrays(seed: int, size: int = 128) -> dict[str, np.ndarray]:
+    """One pair as the arrays the demo ships (``demo_pair.npz``): images rounded to int16 HU,
+    lesions as rows of (y, x, radius, contrast)."""
+    pair = make_pair(seed, size)
+    as_hu = lambda image: np.round(image).astype(np.int16)  # noqa: E731
+    return {"low": as_hu(pair.low), "full": as_hu(pair.full), "phantom": as_hu(pair.phantom.hu),
+            "lesions": np.array([[les.y, les.x, les.radius, les.contrast_hu]
+                                 for les in pair.phantom.lesions], np.float32).reshape(-1, 4),
+            "seed": np.int64(seed)}
+
+
 def to_model_range(hu: np.ndarray) -> np.ndarray:
     """HU -> the model's [-1, 1] (window [-1000, 1000], as `scanside enhance` feeds CT)."""
     return (np.clip(hu, -1000.0, 1000.0) / 1000.0).astype(np.float32)

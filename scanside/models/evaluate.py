@@ -218,7 +218,7 @@ def evaluate(engine_dir: Optional[Path] = None, *, pairs: int = ctsim.TEST_PAIRS
     val = ctsim.make_pairs(ctsim.split_seeds("val", VAL_PAIRS), size, workers)
     test = ctsim.make_pairs(ctsim.split_seeds(split, pairs), size, workers)
     sigma = tune(gaussian, np.arange(0.4, 3.01, 0.1).round(2), val)
-    h = tune(nl_means, np.arange(0.4, 2.01, 0.1).round(2), val)
+    h = tune(nl_means, np.arange(0.4, 3.01, 0.1).round(2), val)
     echo(f"baselines tuned on validation: Gaussian sigma {sigma:.1f} px, NLM h {h:.1f} x sigma")
     methods: dict[str, Callable[[np.ndarray], np.ndarray]] = {
         "low-dose input": lambda hu: hu,

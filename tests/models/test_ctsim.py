@@ -93,3 +93,13 @@ def test_splits_are_disjoint_and_parallel_simulation_is_identical():
     parallel = ctsim.make_pairs(seeds, size=32, workers=2)
     for a, b in zip(serial, parallel):
         assert np.array_equal(a.low, b.low) and np.array_equal(a.full, b.full)
+
+
+def test_the_shipped_demo_pair_is_what_the_simulator_makes():
+    from scanside.runtime.default import DEFAULT_MODEL
+
+    with np.load(DEFAULT_MODEL / "demo_pair.npz") as shipped:
+        made = ctsim.pair_arrays(int(shipped["seed"]))
+        assert int(shipped["seed"]) == ctsim.SPLIT_BASE["test"]  # held out from training
+        for name, array in made.items():
+            np.testing.assert_array_equal(shipped[name], array, err_msg=name)

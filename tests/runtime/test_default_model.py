@@ -60,6 +60,18 @@ def test_it_denoises_the_held_out_demo_slice(pipe):
     assert psnr(result) >= psnr(low) + 3
 
 
+def test_reconstruct_is_the_vae_round_trip(pipe):
+    with np.load(default.DEFAULT_MODEL / "demo_pair.npz") as pair:
+        full = pair["full"].astype(np.float32)
+    unit = (np.clip(full, -1000, 1000) + 1000) / 2000
+    again = pipe.reconstruct(unit)
+    assert again.shape == unit.shape and again.dtype == np.float32
+    # The autoencoder alone keeps the clean slice far closer than any enhancement (the
+    # ceiling `scanside models evaluate` reports); seeded random weights would not.
+    error_hu = 2000 * np.sqrt(np.mean((again - unit) ** 2))
+    assert error_hu < 15
+
+
 def test_callers_settings_win_over_the_models_which_win_over_scansides(pipe):
     own = pipe.manifest.enhance_defaults
     assert pipe.sampling_defaults()["prompt"] == own["prompt"]
