@@ -169,7 +169,7 @@ def test_demo_denoises_and_writes_derived_dicom(tmp_path, capsys):
     code, out, _ = run(capsys, "demo", "--workdir", tmp_path)
     assert code == 0
     low, enhanced = map(float, re.search(r"low-dose ([\d.]+) dB -> enhanced ([\d.]+) dB", out).groups())
-    assert enhanced >= low + 3  # measured +4.6 dB; see test_default_model
+    assert enhanced >= low + 5  # measured +6.3 dB; see test_default_model
     written = sorted((tmp_path / "enhanced").rglob("*.dcm"))
     assert len(written) == 2  # the simulated slice and CT_small, each in a new series
     for path in written:

@@ -55,9 +55,9 @@ def test_it_denoises_the_held_out_demo_slice(pipe):
 
     unit = (np.clip(low, -1000, 1000) + 1000) / 2000
     result = pipe.enhance(unit) * 2000 - 1000
-    # Measured +4.6 dB on this slice (+4.4 dB on the 100-pair test set); the issue's +6 dB
-    # target is not reached (see the model's README). This guards the shipped weights.
-    assert psnr(result) >= psnr(low) + 3
+    # Measured +6.3 dB on this slice (37.23 -> 43.52 dB; +6.3 dB on the 100-pair test set).
+    # This guards the shipped weights, with a margin for other CPUs' float rounding.
+    assert psnr(result) >= psnr(low) + 5
 
 
 def test_reconstruct_is_the_vae_round_trip(pipe):
