@@ -58,6 +58,13 @@ def add_sampling(p: argparse.ArgumentParser, guidance: float, strength: bool) ->
     if strength:
         p.add_argument("--strength", type=strength_arg, default=None,
                        help=f"how far to noise the input, in (0, 1] (default: {own}0.3)")
+        add_ensemble(p)
+
+
+def add_ensemble(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ensemble", type=int, choices=[1, 2, 4, 8], default=None,
+                   help="average this many rotated/mirrored views, that many times the work "
+                        "(default: the model's own, else 1)")
 
 
 # -- commands -----------------------------------------------------------------------------
@@ -135,7 +142,7 @@ def output_for(source: Path, out: Path, single: bool) -> Path:
 def sampling_of(args: argparse.Namespace) -> dict:
     return dict(prompt=args.prompt, strength=args.strength, steps=args.steps,
                 guidance=args.guidance, seed=args.seed, scheduler=args.scheduler,
-                negative_prompt=args.negative_prompt)
+                negative_prompt=args.negative_prompt, ensemble=args.ensemble)
 
 
 def cmd_enhance(args: argparse.Namespace) -> int:
@@ -273,7 +280,7 @@ def cmd_models_evaluate(args: argparse.Namespace) -> int:
 
     result = evaluate(args.engine_dir, pairs=args.pairs, split=args.split, workers=args.workers,
                       steps=args.steps, strength=args.strength, guidance=args.guidance,
-                      seed=args.seed)
+                      seed=args.seed, ensemble=args.ensemble)
     print(table(result))
     if args.json:
         from scanside.bench.report import write_json
@@ -440,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, default=None)
     p.add_argument("--strength", type=strength_arg, default=None)
     p.add_argument("--guidance", type=float, default=None)
+    add_ensemble(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=positive_int, default=2)
     p.add_argument("--json", type=Path, help="write the figures as JSON")

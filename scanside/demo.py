@@ -86,7 +86,8 @@ def run_demo(workdir: Path) -> Path:
     settings = pipe.sampling_defaults()
     print(f"model: scanside's built-in low-dose CT model ({pipe.manifest.precision.value} engine "
           f"{pipe.engine_dir}); prompt {settings['prompt']!r}, {settings['steps']} steps, "
-          f"strength {settings['strength']:g}, guidance {settings['guidance']:g}")
+          f"strength {settings['strength']:g}, guidance {settings['guidance']:g}, "
+          f"ensemble of {settings['ensemble']} views")
     pair = load_pair()
     inputs, out = workdir / "input", workdir / "enhanced"
     shutil.rmtree(out, ignore_errors=True)  # the demo's own output from an earlier run

@@ -72,7 +72,7 @@ def load(path: Path) -> Checkpoint:
 
 SETTINGS_FILE = "scanside.json"
 ENHANCE_KEYS = {"prompt": str, "negative_prompt": str, "strength": float, "steps": int,
-                "guidance": float, "scheduler": str}
+                "guidance": float, "scheduler": str, "ensemble": int}
 
 
 def read_enhance_defaults(path: Path) -> dict[str, Any]:

@@ -90,3 +90,34 @@ def finish(decoded: np.ndarray, height: int, width: int, gray: bool) -> np.ndarr
     image = image[:, :height, :width].transpose(1, 2, 0)  # (H, W, C)
     return image.mean(axis=2) if gray else image
 
+
+
+# Geometric self-ensemble: the views of the image enhanced and averaged (after turning each
+# back). 2: a mirror; 4: the shape-preserving rotations/flips; 8: all of them (square only).
+ENSEMBLE_VIEWS = {1: (0,), 2: (0, 4), 4: (0, 2, 4, 6), 8: tuple(range(8))}
+
+
+def dihedral(images: np.ndarray, k: int) -> np.ndarray:
+    """One of the 8 rotations/flips of (..., H, W): k % 4 quarter turns, mirrored if k >= 4."""
+    out = np.rot90(images, k % 4, axes=(-2, -1))
+    return np.ascontiguousarray(out[..., ::-1] if k >= 4 else out)
+
+
+def undo_dihedral(images: np.ndarray, k: int) -> np.ndarray:
+    """The inverse of ``dihedral(images, k)``."""
+    out = images[..., ::-1] if k >= 4 else images
+    return np.ascontiguousarray(np.rot90(out, -(k % 4), axes=(-2, -1)))
+
+
+def ensemble_views(ensemble: int, pixels_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The dihedral views an ``ensemble`` of that many averages, for pixels of this shape."""
+    whole = isinstance(ensemble, (int, np.integer)) and not isinstance(ensemble, bool)
+    if not whole or ensemble not in ENSEMBLE_VIEWS:
+        raise InputError(f"ensemble: {ensemble!r} is not one of 1, 2, 4, 8 (the number of "
+                         "rotated/mirrored views averaged; 1 turns it off)")
+    height, width = pixels_shape[-2:]
+    if ensemble == 8 and height != width:
+        raise InputError(f"ensemble: 8 views include quarter turns, which need a square "
+                         f"engine size (this one runs {height}x{width}); use 4 (mirrors and "
+                         "half turns) or export the engine square")
+    return ENSEMBLE_VIEWS[ensemble]

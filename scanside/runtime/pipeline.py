@@ -48,7 +48,8 @@ DIFFUSERS_NAMES = {
 
 # scanside's enhancement settings where neither the caller nor the model's manifest says.
 ENHANCE_DEFAULTS: dict[str, object] = {"prompt": "", "negative_prompt": None, "strength": 0.3,
-                                       "steps": 20, "guidance": 1.0, "scheduler": None}
+                                       "steps": 20, "guidance": 1.0, "scheduler": None,
+                                       "ensemble": 1}
 
 
 def seeded_noise(seed: int) -> NoiseSource:
@@ -209,32 +210,46 @@ class Pipeline:
                 guidance: Optional[float] = None, seed: int = 0,
                 scheduler: Union[str, SchedulerName, None] = None,
                 negative_prompt: Optional[str] = None, noise: Noise = None,
-                progress: bool = False, window: "Optional[Window]" = None):
+                progress: bool = False, window: "Optional[Window]" = None,
+                ensemble: Optional[int] = None):
         """Enhance ``image`` ((H, W) or (H, W, C), [0, 1] floats or uint8/16) -> same layout.
 
         Plain UNets run img2img (SDEdit): the image's latent is noised to ``strength`` and
         denoised. Image-conditioned UNets also see the image's latent at every step.
+        ``ensemble`` (1, 2, 4 or 8) enhances that many rotated/mirrored views and averages
+        them turned back: a geometric self-ensemble, that many times the work.
         Settings left as None take the model's own defaults (see ``sampling_defaults``).
         A pydicom Dataset gives a derived Dataset back (see scanside.dicom), in ``window``.
         """
         s = self.sampling_defaults(prompt=prompt, strength=strength, steps=steps,
                                    guidance=guidance, scheduler=scheduler,
-                                   negative_prompt=negative_prompt)
+                                   negative_prompt=negative_prompt, ensemble=ensemble)
         prompt, strength, steps = s["prompt"], s["strength"], s["steps"]
         guidance, scheduler, negative_prompt = s["guidance"], s["scheduler"], s["negative_prompt"]
+        ensemble = s["ensemble"]
         if isinstance(image, Dataset):
             from scanside.dicom import enhance_dataset
 
             return enhance_dataset(self, image, window=window, prompt=prompt, strength=strength,
                                    steps=steps, guidance=guidance, seed=seed,
                                    scheduler=scheduler, negative_prompt=negative_prompt,
-                                   noise=noise)
+                                   noise=noise, ensemble=ensemble)
         self.check_guidance(guidance)
         prepared = self.prepare(image)
+        views = images.ensemble_views(ensemble, prepared.pixels.shape)
         plan = self.plan(scheduler, steps, strength)
+        decoded = [images.undo_dihedral(self.enhance_pixels(
+            images.dihedral(prepared.pixels, k), plan, prompt, negative_prompt or "", guidance,
+            noise, seed, progress), k) for k in views]
+        mean = decoded[0] if len(decoded) == 1 else np.mean(decoded, axis=0)
+        return images.finish(mean, prepared.height, prepared.width, prepared.gray)
+
+    def enhance_pixels(self, pixels: np.ndarray, plan: Plan, prompt: str, negative_prompt: str,
+                       guidance: float, noise: Noise, seed: int, progress: bool) -> np.ndarray:
+        """Prepared (1, C, H, W) pixels -> the decoder's output for them."""
         module = schedulers.module_for(plan.algorithm)
         fixed, draw = noise_source(noise, seed, "noise")
-        mean, std = self.encode(prepared.pixels)
+        mean, std = self.encode(pixels)
         sf = np.float32(self.manifest.vae_scaling_factor)
         condition = None
         if self.manifest.conditioning is Conditioning.CONCAT:
@@ -248,9 +263,9 @@ class Pipeline:
         else:
             x = module.add_noise(plan, x0, start_noise).astype(np.float32)
         with self.timer.stage("loop"):
-            x = self.denoise(plan, x, prompt, negative_prompt or "", guidance, draw, condition,
+            x = self.denoise(plan, x, prompt, negative_prompt, guidance, draw, condition,
                              progress)
-        return images.finish(self.decode(x), prepared.height, prepared.width, prepared.gray)
+        return self.decode(x)
 
     def prepare(self, image: np.ndarray) -> "images.Prepared":
         """``image`` as this engine's pixels: channels, fixed size, VAE factor."""
@@ -268,19 +283,21 @@ class Pipeline:
 
     def describe(self, *, prompt: Optional[str] = None, strength: Optional[float] = None,
                  steps: Optional[int] = None, guidance: Optional[float] = None, seed: int = 0,
-                 scheduler: Union[str, SchedulerName, None] = None, **_: object) -> str:
+                 scheduler: Union[str, SchedulerName, None] = None,
+                 ensemble: Optional[int] = None, **_: object) -> str:
         """Provenance of an enhancement, for DICOM's DerivationDescription."""
         from scanside import __version__
 
         s = self.sampling_defaults(prompt=prompt, strength=strength, steps=steps,
-                                   guidance=guidance, scheduler=scheduler)
+                                   guidance=guidance, scheduler=scheduler, ensemble=ensemble)
         prompt, strength, steps = s["prompt"], s["strength"], s["steps"]
         guidance, scheduler = s["guidance"], s["scheduler"]
         plan = self.plan(scheduler, steps, strength)
         m = self.manifest
+        views = f"; ensemble of {s['ensemble']} views" if s["ensemble"] != 1 else ""
         return (f"scanside {__version__} diffusion enhancement; model sha256 {m.source_hash[:16]}; "
                 f"{m.precision.value}; backend {self.backend.value}; scheduler {plan.algorithm}; "
-                f"steps {steps}; strength {strength:g}; guidance {guidance:g}; seed {seed}; "
+                f"steps {steps}; strength {strength:g}; guidance {guidance:g}; seed {seed}{views}; "
                 f"prompt {prompt!r}")
 
     def image_size(self, height: Optional[int], width: Optional[int]) -> tuple[int, int]:

@@ -48,3 +48,29 @@ def test_dynamic_engine_pads_to_factor():
 def test_bad_images_are_named(image, fragment):
     with pytest.raises(InputError, match=fragment):
         images.prepare(image, 3, (64, 64), 8)
+
+
+@pytest.mark.parametrize("k", range(8))
+def test_dihedral_views_turn_back(k):
+    pixels = np.arange(2 * 4 * 4, dtype=np.float32).reshape(1, 2, 4, 4)
+    view = images.dihedral(pixels, k)
+    assert view.shape == pixels.shape
+    np.testing.assert_array_equal(images.undo_dihedral(view, k), pixels)
+
+
+def test_the_eight_views_are_distinct():
+    pixels = np.arange(16, dtype=np.float32).reshape(4, 4)
+    assert len({images.dihedral(pixels, k).tobytes() for k in range(8)}) == 8
+
+
+def test_ensemble_views_are_checked():
+    assert images.ensemble_views(1, (1, 1, 64, 64)) == (0,)
+    assert len(images.ensemble_views(8, (1, 1, 64, 64))) == 8
+    # mirrors and half turns keep a non-square shape; quarter turns do not
+    for k in images.ensemble_views(4, (1, 1, 64, 32)):
+        assert images.dihedral(np.zeros((64, 32)), k).shape == (64, 32)
+    with pytest.raises(InputError, match="ensemble: 8 views .* square .*64x32"):
+        images.ensemble_views(8, (1, 1, 64, 32))
+    for bad in (3, 0, True, 2.0):
+        with pytest.raises(InputError, match="ensemble: .* not one of 1, 2, 4, 8"):
+            images.ensemble_views(bad, (1, 1, 64, 64))
