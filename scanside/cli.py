@@ -62,7 +62,9 @@ def add_sampling(p: argparse.ArgumentParser, guidance: float, strength: bool) ->
 
 
 def add_ensemble(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ensemble", type=int, choices=[1, 2, 4, 8], default=None,
+    from scanside.runtime.images import ENSEMBLE_VIEWS
+
+    p.add_argument("--ensemble", type=int, choices=sorted(ENSEMBLE_VIEWS), default=None,
                    help="average this many rotated/mirrored views, that many times the work "
                         "(default: the model's own, else 1)")
 

@@ -317,11 +317,11 @@ def train_unet(unet, scheduler, latents: dict, embeddings, scaling: float, setti
         no_image = torch.from_numpy((u < settings.drop_image + settings.drop_both))
         lo, hi = settings.drop_image, settings.drop_image + settings.drop_both + settings.drop_prompt
         no_prompt = torch.from_numpy((u >= lo) & (u < hi))
-        start = x0
+        x_start = x0  # what x_t is noised from (not `start`, the step this run resumed at)
         if step >= settings.specialise_from:  # see Settings.specialise_from
-            t, start = specialise(rng, t, x0, latents["low"][pick] * scaling, settings, step)
+            t, x_start = specialise(rng, t, x0, latents["low"][pick] * scaling, settings, step)
         a = alphas[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * start + (1 - a).sqrt() * noise
+        xt = a.sqrt() * x_start + (1 - a).sqrt() * noise
         # v-prediction of the full-dose latent; for a low-dose start the "noise" is everything
         # in x_t that is not the full-dose signal, low-dose noise included.
         effective = (xt - a.sqrt() * x0) / (1 - a).sqrt()

@@ -113,7 +113,8 @@ def ensemble_views(ensemble: int, pixels_shape: tuple[int, ...]) -> tuple[int, .
     """The dihedral views an ``ensemble`` of that many averages, for pixels of this shape."""
     whole = isinstance(ensemble, (int, np.integer)) and not isinstance(ensemble, bool)
     if not whole or ensemble not in ENSEMBLE_VIEWS:
-        raise InputError(f"ensemble: {ensemble!r} is not one of 1, 2, 4, 8 (the number of "
+        allowed = ", ".join(map(str, ENSEMBLE_VIEWS))
+        raise InputError(f"ensemble: {ensemble!r} is not one of {allowed} (the number of "
                          "rotated/mirrored views averaged; 1 turns it off)")
     height, width = pixels_shape[-2:]
     if ensemble == 8 and height != width:
