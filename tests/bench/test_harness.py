@@ -111,3 +111,13 @@ def test_cli_refuses_wrong_size_and_peers_without_model(tiny_engine, capsys):
     assert "exported at 64" in capsys.readouterr().err
     assert main(["bench", str(tiny_engine), "--peers"]) == 2
     assert "--model MODEL_DIR" in capsys.readouterr().err
+
+
+def test_one_run_is_one_pass_even_where_the_model_defaults_to_an_ensemble():
+    # The built-in model's manifest asks for 8 views; a stage breakdown (and the peers it is
+    # compared with) is of one pass, so the bench pins ensemble 1 and says so.
+    from scanside.runtime.default import default_engine_dir
+
+    out = run_bench(default_engine_dir(), Settings(repeat=1, warmup=0, steps=20, strength=0.05),
+                    progress=False)
+    assert out["settings"]["unet_steps"] == 1 and out["settings"]["ensemble"] == 1
