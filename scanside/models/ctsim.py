@@ -111,6 +111,15 @@ def make_phantom(seed: int, size: int = 128) -> Phantom:
     return Phantom(hu.astype(np.float32), tuple(lesions))
 
 
+def lesion_mask(phantom: Phantom, grow: float = 0.0) -> np.ndarray:
+    """Bool (H, W): the phantom's lesion disks, each grown by ``grow`` px."""
+    y, x = np.mgrid[0 : phantom.hu.shape[0], 0 : phantom.hu.shape[1]]
+    mask = np.zeros(phantom.hu.shape, bool)
+    for les in phantom.lesions:
+        mask |= np.hypot(y - les.y, x - les.x) <= les.radius + grow
+    return mask
+
+
 def simulate_scan(hu: np.ndarray, incident: float, seed: int, views: int = VIEWS,
                   kernel: str = KERNEL) -> np.ndarray:
     """The phantom through a parallel-beam scan at ``incident`` photons per ray, in HU."""

@@ -103,3 +103,17 @@ def test_the_shipped_demo_pair_is_what_the_simulator_makes():
         assert int(shipped["seed"]) == ctsim.SPLIT_BASE["test"]  # held out from training
         for name, array in made.items():
             np.testing.assert_array_equal(shipped[name], array, err_msg=name)
+
+
+def test_lesion_mask_marks_each_lesion_disk_grown_by_the_margin():
+    from scanside.models.ctsim import lesion_mask
+
+    phantom = next(p for p in (make_phantom(seed, 128) for seed in range(1, 20))
+                   if len(p.lesions) >= 2)
+    y, x = np.mgrid[0:128, 0:128]
+    for grow in (0.0, 1.0):
+        disks = [np.hypot(y - les.y, x - les.x) <= les.radius + grow for les in phantom.lesions]
+        mask = lesion_mask(phantom, grow)
+        assert mask.sum() == sum(d.sum() for d in disks)  # disjoint disks, nothing else
+        assert all(mask[d].all() for d in disks)
+    assert lesion_mask(phantom, 1.0).sum() > lesion_mask(phantom, 0.0).sum()

@@ -10,7 +10,7 @@ pytest.importorskip("skimage")
 
 from scanside.models import ctsim  # noqa: E402
 from scanside.models.evaluate import (  # noqa: E402
-    Scores, false_blobs, psnr, region_contrast, ssim,
+    Scores, false_blobs, lesion_floor, psnr, region_contrast, ssim,
 )
 
 SIZE = 96
@@ -52,6 +52,20 @@ def test_region_contrast_recovers_a_lesion():
     image = with_disk(flat(), 48, 48, 4, -25.0)
     assert region_contrast(image, lesion) == pytest.approx(-25.0)
     assert region_contrast(flat(), lesion) == pytest.approx(0.0)
+
+
+def test_lesion_floor_measures_the_noise_inside_the_disk_and_uses_the_prior():
+    lesion = ctsim.Lesion(48.0, 48.0, 4.0, -30.0)
+    full = with_disk(flat(), 48, 48, 4, -30.0)
+    low = with_disk(full, 48, 48, 4, 6.0)  # the low-dose disk reads 6 HU high: 20 % error
+    faint = ctsim.Lesion(20.0, 20.0, 3.0, 40.0)  # designed, but the reference does not show it
+    pair = ctsim.Pair(low, full, ctsim.Phantom(full, (lesion, faint)))
+    floor = lesion_floor([pair] * 4)
+    assert floor["lesions"] == 4  # the faint one is left out
+    assert floor["measured"] == pytest.approx(0.2)
+    # every other lesion's contrast is -30 HU: the prior alone gives the answer
+    assert floor["bayes"] == pytest.approx(0.0)
+    assert lesion_floor([pair])["measured"] is None  # no prior from a single lesion
 
 
 def test_region_contrast_ignores_a_neighbouring_tissue_given_the_phantom():

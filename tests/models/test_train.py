@@ -16,8 +16,8 @@ from scanside.models import train  # noqa: E402
 from scanside.models.train import Settings, dihedral, train_default  # noqa: E402
 
 TINY = Settings(recipe="ct-tiny", train_pairs=4, vae_steps=3, vae_batch=2, unet_steps=4,
-                unet_batch=2, checkpoint_every=1, workers=1, specialise_from=2,
-                refine_from=3, unet_restarts=(3,))  # every phase
+                unet_batch=2, checkpoint_every=1, workers=1, specialise_from=1,
+                refine_from=2, unet_restarts=(2,), lesion_from=3)  # every phase
 UNET = "unet/diffusion_pytorch_model.safetensors"
 
 
@@ -43,6 +43,7 @@ def test_writes_an_fp16_diffusers_folder_with_its_settings(trained):
     info = json.loads((model_dir / "training.json").read_text())
     assert info["settings"]["seed"] == 0 and info["vae_scaling_factor"] > 0
     assert any(line.startswith("unet step 4/4  loss") for line in lines)  # progress is printed
+    assert any("lesion-weighted from step 3" in line for line in lines)
 
 
 def test_export_carries_the_model_settings_into_the_manifest(trained, tmp_path):
@@ -114,3 +115,24 @@ def test_learning_rate_restarts_keep_earlier_steps_rates():
     assert all(unet_lr(k, one) == unet_lr(k, two) == cosine_lr(k, 100, one.unet_lr)
                for k in range(100))
     assert unet_lr(100, two) == pytest.approx(two.unet_lr / 3)  # the restart's peak
+    lesions = Settings(unet_steps=200, unet_restarts=(100,), lesion_from=150, lesion_lr=1e-5)
+    assert all(unet_lr(k, lesions) == unet_lr(k, two) for k in range(150))
+    assert unet_lr(150, lesions) == pytest.approx(1e-5)  # its own cycle
+    assert unet_lr(199, lesions) < unet_lr(150, lesions)
+
+
+def test_lesion_masks_follow_the_phantoms_and_the_latents_views():
+    from scanside.models import ctsim
+    from scanside.models.train import latent_views, lesion_masks
+
+    settings = Settings(train_pairs=6)
+    masks = lesion_masks(settings, 64)
+    assert masks.shape == (12, 64, 64) and masks.dtype == bool
+    views = latent_views(settings.seed, 6)
+    for i, seed in enumerate(ctsim.split_seeds("train", 6)):
+        phantom = ctsim.make_phantom(seed, 64)
+        assert (masks[i] == ctsim.lesion_mask(phantom, settings.lesion_grow)).all()
+        assert (masks[6 + i] == dihedral(masks[i], int(views[i]))).all()
+        for les in phantom.lesions:  # every lesion centre is marked, its far ring is not
+            assert masks[i][int(round(les.y)), int(round(les.x))]
+    assert masks.any()
