@@ -89,6 +89,12 @@ def region_contrast(image: np.ndarray, lesion: ctsim.Lesion,
     return float(image[inside].mean() - image[ring].mean())
 
 
+def reference_shows(c_ref, designed):
+    """Whether the reference shows a lesion: at least SHOWN of its designed contrast, with its
+    sign (scalars or arrays)."""
+    return c_ref * np.sign(designed) >= SHOWN * np.abs(designed)
+
+
 def matched_filter(image: np.ndarray) -> np.ndarray:
     """Disk mean minus ring mean at every pixel: a lesion-shaped blob detector, in HU."""
     from scipy.ndimage import correlate
@@ -132,11 +138,11 @@ def lesion_floor(pairs: Sequence[ctsim.Pair]) -> dict[str, Any]:
     A denoiser knows neither position nor radius, so these are lower bounds in practice."""
     ref, meas, radius = [], [], []
     for pair in pairs:
+        y, x = np.mgrid[0 : pair.low.shape[0], 0 : pair.low.shape[1]]
         for lesion in pair.phantom.lesions:
             c_ref = region_contrast(pair.full, lesion, pair.phantom.hu)
-            if c_ref * np.sign(lesion.contrast_hu) < SHOWN * abs(lesion.contrast_hu):
+            if not reference_shows(c_ref, lesion.contrast_hu):
                 continue
-            y, x = np.mgrid[0 : pair.low.shape[0], 0 : pair.low.shape[1]]
             inside = np.hypot(y - lesion.y, x - lesion.x) <= lesion.radius
             ref.append(c_ref)
             meas.append(c_ref + float(pair.low[inside].mean() - pair.full[inside].mean()))
@@ -183,7 +189,7 @@ class Scores:
         if self.contrasts:
             ref, got, designed = (np.array(c) for c in zip(*self.contrasts))
             error = np.abs(got - ref) / np.maximum(np.abs(ref), 1e-6)
-            shown = ref * np.sign(designed) >= SHOWN * np.abs(designed)
+            shown = reference_shows(ref, designed)
             lost = got * np.sign(ref) < 0.5 * np.abs(ref)
             out.update({
                 "lesion_contrast_error": float(error[shown].mean()) if shown.any() else None,
