@@ -59,6 +59,10 @@ def add_sampling(p: argparse.ArgumentParser, guidance: float, strength: bool) ->
         p.add_argument("--strength", type=strength_arg, default=None,
                        help=f"how far to noise the input, in (0, 1] (default: {own}0.3)")
         add_ensemble(p)
+        p.add_argument("--max-tile", type=positive_int, default=None, metavar="PX",
+                       help="dynamic engines: run images whole up to PX on each side, else in "
+                            "PX tiles (the memory budget; default: the engine's largest size). "
+                            "Static engines always tile at their own size")
 
 
 def add_ensemble(p: argparse.ArgumentParser) -> None:
@@ -162,7 +166,7 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         from scanside.dicom.series import check_output_dir
 
         check_output_dir(args.out, dicoms)  # before the engine loads: fail fast
-    pipe = Pipeline.load(args.engine, args.backend)
+    pipe = Pipeline.load(args.engine, args.backend, max_tile=args.max_tile)
     started = time.perf_counter()
     written, failures, count = enhance_images(pipe, images, args, single=len(args.inputs) == 1)
     if dicoms:
@@ -228,9 +232,31 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_series(args: argparse.Namespace) -> int:
+    from scanside.bench import report
+    from scanside.bench.series import run_series
+
+    result = run_series(args.engine_dir, args.series, args.size or 512, args.threads)
+    print(f"{result['slices']} slices of {result['size']}x{result['size']} CT through "
+          f"`scanside enhance` (DICOM read, enhance, derived write), {result['precision']} "
+          f"engine, model settings: {result['slices_per_second']:.2f} slices/s, "
+          f"{result['seconds_per_slice']:.3f} s per slice ({result['machine'].get('cpu')})")
+    if args.json:
+        report.write_json(result, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from scanside.bench import report
     from scanside.bench.harness import Settings, Task, run_bench
+
+    if args.series:
+        return cmd_bench_series(args)
+    if args.engine_dir is None:
+        from scanside.runtime.default import default_engine_dir
+
+        args.engine_dir = default_engine_dir()
 
     settings = Settings(task=Task(args.task), size=args.size, steps=args.steps,
                         strength=args.strength, guidance=args.guidance, scheduler=args.scheduler,
@@ -270,8 +296,8 @@ def cmd_models_build(args: argparse.Namespace) -> int:
 def cmd_models_train(args: argparse.Namespace) -> int:
     from scanside.models.train import Settings, train_default
 
-    settings = Settings(seed=args.seed, train_pairs=args.train_pairs, vae_steps=args.vae_steps,
-                        unet_steps=args.unet_steps, workers=args.workers)
+    settings = Settings(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
+                        workers=args.workers)
     model_dir = train_default(args.out_dir, settings)
     print(f"trained model: {model_dir}; export it with `scanside export {model_dir} --out ENGINE`")
     return 0
@@ -379,7 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("bench", help="per-stage latency of an engine, against the peers")
-    p.add_argument("engine_dir", type=Path)
+    p.add_argument("engine_dir", type=Path, nargs="?", default=None,
+                   help="engine directory (default: the built-in model)")
     p.add_argument("--task", choices=["enhance", "generate"], default="enhance")
     p.add_argument("--size", type=int, help="square image size in pixels (default: the engine's)")
     p.add_argument("--steps", type=positive_int, default=20)
@@ -391,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
     p.add_argument("--threads", type=positive_int, help="ONNX Runtime intra-op threads")
     p.add_argument("--dicom", type=Path, help="enhance this DICOM file, timing its read and write")
+    p.add_argument("--series", type=positive_int, metavar="N",
+                   help="instead: N slices of --size (default 512) CT through `scanside enhance` "
+                        "with the model's own settings; reports slices per second")
     p.add_argument("--json", type=Path, help="write the full result as JSON")
     p.add_argument("--plot", type=Path, help="write a PNG chart of the stage breakdown")
     p.add_argument("--peers", action="store_true",
@@ -422,7 +452,6 @@ def build_parser() -> argparse.ArgumentParser:
                                               "needs the export and train extras)")
     p.add_argument("out_dir", type=Path, help="run folder: data, checkpoints, and model/ at the end")
     p.add_argument("--seed", type=int, default=Settings.seed, help="everything random follows it")
-    p.add_argument("--train-pairs", type=positive_int, default=Settings.train_pairs)
     p.add_argument("--vae-steps", type=positive_int, default=Settings.vae_steps)
     p.add_argument("--unet-steps", type=positive_int, default=Settings.unet_steps)
     p.add_argument("--workers", type=positive_int, default=Settings.workers,

@@ -137,9 +137,7 @@ def run_bench(engine_dir: Path, settings: Settings, progress: bool = True) -> di
     rss_before = machine.peak_rss_bytes()
     pipe = Pipeline.load(engine_dir, settings.backend, threads=settings.threads)
     size = settings.size or pipe.manifest.height
-    if not pipe.manifest.dynamic and size != pipe.manifest.height:
-        raise InputError(f"--size {size}: this engine was exported at {pipe.manifest.height}; "
-                         f"export one at {size} (scanside export --height {size} --width {size})")
+    grid = pipe.grid(*pipe.prepare(test_image(size, 0)).pixels.shape[-2:])
     recorder = Recorder()
     pipe.timer = recorder
     for _ in tqdm(range(settings.warmup), desc="warm-up", disable=not progress):
@@ -175,6 +173,7 @@ def run_bench(engine_dir: Path, settings: Settings, progress: bool = True) -> di
                      "scheduler": pipe.plan(settings.scheduler, settings.steps,
                                             settings.strength if settings.task is Task.ENHANCE else 1.0).algorithm,
                      "repeat": settings.repeat, "warmup": settings.warmup,
+                     "tiles": len(grid) if grid is not None else 1,
                      "dicom": str(settings.dicom) if settings.dicom else None},
         "stages": stages,
         "memory": {"peak_rss_bytes": peak_rss, "rss_before_load_bytes": rss_before,

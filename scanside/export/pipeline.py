@@ -53,11 +53,14 @@ def conditioning_of(shape: ModelShape, model_dir: Path) -> Conditioning:
     )
 
 
-def check_size(height: int, width: int, factor: int) -> None:
+def check_size(height: int, width: int, shape: ModelShape) -> None:
+    """Sizes the UNet can halve down to its lowest level (multiples of the model's divisor)."""
+    least = max(8 * shape.vae_factor, shape.divisor)
     for name, value in (("--height", height), ("--width", width)):
-        if value < 8 * factor or value % factor:
-            raise InputError(f"{name}: {value} is not a multiple of {factor} that is at least "
-                             f"{8 * factor}; use e.g. 512")
+        if value < least or value % shape.divisor:
+            raise InputError(f"{name}: {value} is not a multiple of {shape.divisor} (this model's "
+                             f"VAE factor x 2 ** UNet downsamplings) that is at least {least}; "
+                             "use e.g. 512")
 
 
 def staging_dir(out: Path, overwrite: bool) -> Path:
@@ -100,7 +103,7 @@ def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional
     shape = ModelShape.from_configs(checkpoint.configs)
     default = int(checkpoint.vae.config.sample_size)
     height, width = height or default, width or default
-    check_size(height, width, shape.vae_factor)
+    check_size(height, width, shape)
     conditioning = conditioning_of(shape, model_dir)
     if dynamic and any(p is not Precision.FP32 for p in precisions.values()):
         raise InputError("--precision with --dynamic: reduced precision is calibrated and checked "
@@ -133,7 +136,7 @@ def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional
     manifest = Manifest(
         source_hash=folder_hash(model_dir), precision=Precision.FP32, opset=opset,
         height=height, width=width, dynamic=dynamic, image_channels=shape.image_channels,
-        vae_factor=shape.vae_factor,
+        vae_factor=shape.vae_factor, divisor=shape.divisor,
         vae_scaling_factor=float(checkpoint.vae.config.scaling_factor),
         conditioning=conditioning, concat_scale=concat_scale,
         scheduler_config=checkpoint.scheduler_config, components=components,

@@ -257,4 +257,4 @@ def ref_pixels(pipe, image: np.ndarray) -> np.ndarray:
     from scanside.runtime import images
 
     m = pipe.manifest
-    return images.prepare(image, m.image_channels, (m.height, m.width), m.vae_factor).pixels
+    return images.prepare(image, m.image_channels, (m.height, m.width), m.divisor).pixels

@@ -27,6 +27,7 @@ class ModelShape:
     latent_channels: int
     unet_in_channels: int
     vae_factor: int
+    divisor: int  # image sizes are multiples of it: vae_factor x 2 ** UNet downsamplings
 
     @classmethod
     def from_configs(cls, configs: Mapping[str, Mapping[str, Any]]) -> "ModelShape":
@@ -36,6 +37,7 @@ class ModelShape:
             text_dim=text["hidden_size"], image_channels=vae["in_channels"],
             latent_channels=vae["latent_channels"], unet_in_channels=unet["in_channels"],
             vae_factor=2 ** (len(vae["block_out_channels"]) - 1),
+            divisor=2 ** (len(vae["block_out_channels"]) - 1 + len(unet["block_out_channels"]) - 1),
         )
 
 
@@ -43,11 +45,14 @@ def build_specs(shape: ModelShape, height: int, width: int, dynamic: bool) -> di
     f = shape.vae_factor
     static = {} if dynamic else {"H": height, "W": width, "h": height // f, "w": width // f}
     ranges = {"B": (1, 1, 4), "UB": (1, 2, 8)}
-    if dynamic:  # multiples of the VAE factor from 256 to 1024 pixels, tuned at the asked size
+    if dynamic:
+        # Multiples of the divisor from 64 pixels (a small CT or MR matrix runs at its own size
+        # instead of padded to 256) to 1024 (larger images run in tiles), tuned at the asked size.
+        low = max(64, shape.divisor)
         for big, small in (("H", "h"), ("W", "w")):
             opt = height if big == "H" else width
-            ranges[big] = (256, opt, 1024)
-            ranges[small] = (256 // f, opt // f, 1024 // f)
+            ranges[big] = (low, opt, max(1024, opt))
+            ranges[small] = (low // f, opt // f, max(1024, opt) // f)
     r = ranges
     c, lc = shape.image_channels, shape.latent_channels
     return {

@@ -17,6 +17,7 @@ Needs scikit-image (``pip install 'scanside[train]'``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -120,20 +121,87 @@ def lesion_mask(phantom: Phantom, grow: float = 0.0) -> np.ndarray:
     return mask
 
 
-def simulate_scan(hu: np.ndarray, incident: float, seed: int, views: int = VIEWS,
-                  kernel: str = KERNEL) -> np.ndarray:
-    """The phantom through a parallel-beam scan at ``incident`` photons per ray, in HU."""
-    from skimage.transform import iradon, radon
+def views_for(size: int) -> int:
+    """Projections a ``size``-pixel field needs (~pi/2 per pixel across), at least VIEWS."""
+    return max(VIEWS, int(np.ceil(np.pi / 2 * size)))
+
+
+@dataclass(frozen=True)
+class Projection:
+    """Noise-free line integrals of one slice: the costly half of a scan, shared by every
+    dose simulated from it."""
+    line_integrals: np.ndarray  # (detectors, views), attenuation x length (unitless)
+    theta: np.ndarray  # view angles, degrees
+    size: int  # the slice's pixels across (square)
+    pixel_cm: float
+
+
+def project(hu: np.ndarray, pixel_cm: float = PIXEL_CM, views: Optional[int] = None) -> Projection:
+    """Parallel-beam line integrals of a square HU slice with ``pixel_cm`` pixels."""
+    from skimage.transform import radon
+
+    if hu.ndim != 2 or hu.shape[0] != hu.shape[1]:
+        raise ValueError(f"project: slice shape {hu.shape} is not square")
+    theta = np.linspace(0.0, 180.0, views or views_for(hu.shape[0]), endpoint=False)
+    mu = np.clip(MU_WATER * (1 + hu.astype(np.float64) / 1000.0), 0, None)  # 1/cm
+    return Projection(radon(mu, theta=theta, circle=False) * pixel_cm, theta, hu.shape[0],
+                      pixel_cm)
+
+
+def reconstruct(proj: Projection, incident: float, seed: int, kernel: str = KERNEL) -> np.ndarray:
+    """Poisson counts at ``incident`` photons per ray, log, filtered back projection -> HU."""
+    from skimage.transform import iradon
 
     rng = np.random.default_rng(seed)
-    theta = np.linspace(0.0, 180.0, views, endpoint=False)
-    mu = np.clip(MU_WATER * (1 + hu.astype(np.float64) / 1000.0), 0, None)  # 1/cm
-    line_integrals = radon(mu, theta=theta, circle=False) * PIXEL_CM
-    counts = np.maximum(rng.poisson(incident * np.exp(-line_integrals)), 1)  # photon starvation
-    measured = -np.log(counts / incident) / PIXEL_CM
-    mu_rec = iradon(measured, theta=theta, circle=False, filter_name=kernel,
-                    output_size=hu.shape[0])
+    counts = np.maximum(rng.poisson(incident * np.exp(-proj.line_integrals)), 1)  # starvation
+    measured = -np.log(counts / incident) / proj.pixel_cm
+    mu_rec = iradon(measured, theta=proj.theta, circle=False, filter_name=kernel,
+                    output_size=proj.size)
     return ((mu_rec / MU_WATER - 1) * 1000).astype(np.float32)
+
+
+def simulate_scan(hu: np.ndarray, incident: float, seed: int, views: int = VIEWS,
+                  kernel: str = KERNEL, pixel_cm: float = PIXEL_CM) -> np.ndarray:
+    """The slice through a parallel-beam scan at ``incident`` photons per ray, in HU."""
+    return reconstruct(project(hu, pixel_cm, views), incident, seed, kernel)
+
+
+def soft_tissue(reference: np.ndarray) -> np.ndarray:
+    """Bool mask of the reference's soft tissue (-150..150 HU) away from edges: where a noise
+    level is read. Needs scipy."""
+    from scipy import ndimage
+
+    soft = (reference > -150) & (reference < 150)
+    return ndimage.binary_erosion(soft, iterations=3)
+
+
+def noise_hu(image: np.ndarray, reference: np.ndarray) -> float:
+    """Noise std of ``image`` (HU) in the reference's soft tissue; where a slice has too
+    little of it (a lung or bone crop), over the whole object instead."""
+    from scipy import ndimage
+
+    mask = soft_tissue(reference)
+    if mask.sum() < 50:
+        mask = ndimage.binary_erosion(reference > -900, iterations=3)
+    return float((image - reference)[mask].std()) if mask.sum() >= 50 else float("nan")
+
+
+def scan_at_noise(proj: Projection, reference: np.ndarray, sigma_hu: float, seed: int,
+                  pilot: float = 1e4) -> tuple[np.ndarray, float]:
+    """A scan whose soft-tissue noise is ``sigma_hu`` (within a few %): a pilot scan at
+    ``pilot`` photons measures the object's noise, and since quantum noise goes as
+    1/sqrt(photons) the count that gives ``sigma_hu`` follows. Returns (image, photons)."""
+    measured = noise_hu(reconstruct(proj, pilot, seed), reference)
+    incident = photons_for(pilot, measured, sigma_hu)
+    return reconstruct(proj, incident, seed + 1), incident
+
+
+def photons_for(pilot: float, measured_hu: float, sigma_hu: float) -> float:
+    """Photons per ray that give ``sigma_hu`` where ``pilot`` photons gave ``measured_hu``."""
+    if not np.isfinite(measured_hu) or measured_hu <= 0:
+        raise ValueError(f"photons_for: noise {measured_hu} HU measured at {pilot:g} photons; "
+                         "the slice has no object to measure noise in")
+    return float(pilot * (measured_hu / sigma_hu) ** 2)
 
 
 @dataclass(frozen=True)
@@ -153,17 +221,19 @@ def make_pair(seed: int, size: int = 128, low: float = LOW_DOSE, full: float = F
 # Splits are disjoint seed ranges, so anyone regenerates exactly the same train/val/test sets.
 SPLIT_BASE = {"train": 0, "val": 1_000_000, "test": 2_000_000}
 TEST_PAIRS = 100  # the held-out test set
+TEST_SIZE = 128  # px: the phantoms' test slices (the model itself takes any size)
 
 
 def split_seeds(split: str, count: int) -> list[int]:
     return [SPLIT_BASE[split] + i for i in range(count)]
 
 
-def make_pairs(seeds: "list[int]", size: int = 128, workers: int = 1) -> list[Pair]:
+def make_pairs(seeds: "list[int]", size: int = 128, workers: int = 1,
+               low: float = LOW_DOSE) -> list[Pair]:
     """Pairs for ``seeds``, in order; ``workers`` processes share the Radon/FBP work."""
     from functools import partial
 
-    make = partial(make_pair, size=size)
+    make = partial(make_pair, size=size, low=low)
     if workers <= 1 or len(seeds) < 4:
         return [make(s) for s in seeds]
     import multiprocessing

@@ -18,7 +18,14 @@ would inflate SSIM), against the full-dose reconstruction of the same phantom:
 - the low-dose data's own limit on lesion contrast (``lesion_floor``): how well an oracle that
   knows every lesion's position, radius and true background, and the distribution of lesion
   contrasts, could measure contrast from the low-dose image. No method is expected below it;
-- wall time of one enhancement through the engine, after a warm-up.
+- wall time of one enhancement through the engine, after a warm-up;
+- BM3D (the ``bm3d`` package, when installed: a measurement peer under Tampere University's
+  non-commercial licence, never a runtime dependency), given the image's true noise level
+  (measured against the reference: an oracle, which favours it) times a factor tuned on
+  validation;
+- the same phantoms at 1/4x to 4x the nominal dose (PSNR of the input, BM3D and the model);
+- real anatomy (``realct``): pydicom's two real CT slices through the scan chain at 20, 40 and
+  80 HU of noise, with the HU bias over flat regions.
 
 The same command measures fp32, fp16 and int8 engines of one model.
 """
@@ -34,7 +41,7 @@ import numpy as np
 
 from scanside.dicom.window import Window
 
-from . import ctsim
+from . import ctsim, realct
 
 WINDOW = (-1000.0, 1000.0)
 DATA_RANGE = WINDOW[1] - WINDOW[0]
@@ -223,10 +230,38 @@ def nl_means(hu: np.ndarray, h: float) -> np.ndarray:
                             fast_mode=True)
 
 
+def have_bm3d() -> bool:
+    try:
+        import bm3d  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def bm3d_filter(hu: np.ndarray, factor: float, noise_hu: float) -> np.ndarray:
+    """BM3D on the windowed image with sigma = ``factor`` x the image's noise level (HU)."""
+    import bm3d
+
+    return bm3d.bm3d(windowed(hu), sigma_psd=factor * noise_hu)
+
+
+def oracle_noise(low: np.ndarray, reference: np.ndarray) -> float:
+    """The low-dose image's soft-tissue noise, measured against its reference."""
+    return ctsim.noise_hu(low, reference)
+
+
 def tune(method: Callable[[np.ndarray, float], np.ndarray], grid: Sequence[float],
          pairs: Sequence[ctsim.Pair]) -> float:
     """The grid value with the best mean PSNR on ``pairs`` (validation data only)."""
     scores = [np.mean([psnr(p.full, method(p.low, v)) for p in pairs]) for v in grid]
+    return float(grid[int(np.argmax(scores))])
+
+
+def tune_bm3d(pairs: Sequence[ctsim.Pair]) -> float:
+    """BM3D's noise factor with the best mean PSNR on validation ``pairs``."""
+    grid = (0.6, 0.8, 1.0, 1.2, 1.5)
+    scores = [np.mean([psnr(p.full, bm3d_filter(p.low, c, oracle_noise(p.low, p.full)))
+                       for p in pairs]) for c in grid]
     return float(grid[int(np.argmax(scores))])
 
 
@@ -261,39 +296,78 @@ def evaluate(engine_dir: Optional[Path] = None, *, pairs: int = ctsim.TEST_PAIRS
     ``split``: "test" for the figures, "val" to choose sampling settings without touching
     the test set."""
     pipe, enhance = model_enhancer(engine_dir, sampling)
-    size = pipe.manifest.height
+    size = ctsim.TEST_SIZE
     echo(f"simulating {VAL_PAIRS} validation and {pairs} {split} pairs at {size} px ...")
     val = ctsim.make_pairs(ctsim.split_seeds("val", VAL_PAIRS), size, workers)
     test = ctsim.make_pairs(ctsim.split_seeds(split, pairs), size, workers)
     sigma = tune(gaussian, np.arange(0.4, 3.01, 0.1).round(2), val)
     h = tune(nl_means, np.arange(0.5, 10.01, 0.25).round(2), val)
     echo(f"baselines tuned on validation: Gaussian sigma {sigma:.1f} px, NLM h {h:.1f} x sigma")
-    methods: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-        "low-dose input": lambda hu: hu,
-        f"gaussian (sigma {sigma:.1f})": lambda hu: gaussian(hu, sigma),
-        f"nl-means (h {h:.1f} sigma)": lambda hu: nl_means(hu, h),
-        "scanside": enhance,
+    methods: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+        "low-dose input": lambda hu, ref: hu,
+        f"gaussian (sigma {sigma:.1f})": lambda hu, ref: gaussian(hu, sigma),
+        f"nl-means (h {h:.1f} sigma)": lambda hu, ref: nl_means(hu, h),
     }
+    bm3d_factor = None
+    if have_bm3d():
+        bm3d_factor = tune_bm3d(val)
+        echo(f"BM3D tuned on validation: sigma {bm3d_factor:g} x the true noise level")
+        methods[f"bm3d ({bm3d_factor:g} x noise)"] = (
+            lambda hu, ref: bm3d_filter(hu, bm3d_factor, oracle_noise(hu, ref)))
+    else:
+        echo("BM3D: not installed (pip install bm3d; non-commercial licence), left out")
+    methods["scanside"] = lambda hu, ref: enhance(hu)
     enhance(test[0].low)  # warm-up: first runs allocate ORT's arena
     results: dict[str, Scores] = {name: Scores() for name in methods}
     for i, pair in enumerate(test):
         for name, method in methods.items():
             started = time.perf_counter()
-            out = method(pair.low)
+            out = method(pair.low, pair.full)
             results[name].seconds.append(time.perf_counter() - started)
             results[name].add(out, pair)
         if (i + 1) % 20 == 0:
             echo(f"  {i + 1}/{len(test)} test pairs")
     ceiling = float(np.mean([psnr(p.full, vae_round_trip(pipe, p.full)) for p in test]))
+    sweep = dose_sweep(methods, ctsim.split_seeds(split, pairs)[:DOSE_PAIRS],
+                       test[:DOSE_PAIRS], workers, echo)
+    echo("real anatomy: pydicom's CT slices through the scan chain at 20/40/80 HU ...")
+    real = realct.score({"low-dose input": lambda hu, pair: hu, **(
+        {"bm3d": lambda hu, pair: bm3d_filter(hu, bm3d_factor, pair.measured_hu)}
+        if bm3d_factor is not None else {}), "scanside": lambda hu, pair: enhance(hu)},
+        realct.real_pairs(repeats=REAL_DRAWS), psnr)
     m = pipe.manifest
     return {
         "vae_round_trip_psnr_db": ceiling, "lesion_floor": lesion_floor(test),
+        "dose_sweep": sweep, "real_anatomy": real, "bm3d_factor": bm3d_factor,
         "engine": str(pipe.engine_dir), "precision": m.precision.value,
         "model_hash": m.source_hash, "size": size, "split": split, "test_pairs": len(test),
         "sampling": {k: v for k, v in pipe.sampling_defaults(**sampling).items()},
         "window_hu": list(WINDOW), "data_range": DATA_RANGE,
         "methods": {name: scores.summary() for name, scores in results.items()},
     }
+
+
+DOSES = (0.25, 0.5, 1.0, 2.0, 4.0)  # x the nominal low dose (ctsim.LOW_DOSE)
+DOSE_PAIRS = 30
+REAL_DRAWS = 3  # independent noise draws per real slice and noise level (see realct)
+
+
+def dose_sweep(methods: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]],
+               seeds: Sequence[int], nominal: Sequence[ctsim.Pair], workers: int,
+               echo: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Mean PSNR of the input, BM3D and the model on the phantoms of ``seeds`` at every dose
+    (``nominal``: their pairs at the nominal dose, already simulated)."""
+    keep = {n: f for n, f in methods.items()
+            if n == "low-dose input" or n == "scanside" or n.startswith("bm3d")}
+    rows = []
+    for dose in DOSES:
+        echo(f"  dose {dose:g}x: {len(seeds)} pairs")
+        scans = nominal if dose == 1.0 else ctsim.make_pairs(
+            list(seeds), ctsim.TEST_SIZE, workers, low=ctsim.LOW_DOSE * dose)
+        rows.append({"dose": dose, "pairs": len(scans), "psnr_db": {
+            name: float(np.mean([psnr(p.full, f(p.low, p.full)) for p in scans]))
+            for name, f in keep.items()}})
+    return rows
 
 
 def table(result: dict[str, Any]) -> str:
@@ -322,4 +396,12 @@ def table(result: dict[str, Any]) -> str:
                     f"{percent(floor['bayes'])} with the contrast prior")
     rows.append(f"VAE round trip of the reference (the ceiling for any output): "
                 f"{result['vae_round_trip_psnr_db']:.2f} dB")
+    sweep = result.get("dose_sweep") or []
+    if sweep:
+        names = list(sweep[0]["psnr_db"])
+        rows.append("dose sweep (PSNR dB): " + " | ".join(names))
+        for r in sweep:
+            rows.append(f"  {r['dose']:>5g}x  " + "  ".join(f"{r['psnr_db'][n]:>7.2f}" for n in names))
+    if result.get("real_anatomy"):
+        rows.append(realct.table(result["real_anatomy"]))
     return "\n".join(rows)

@@ -2,15 +2,19 @@
 
 Three stages, each resumable from its last checkpoint in OUT_DIR/train/:
 
-1. data   synthetic phantom pairs (ctsim): low-dose and full-dose reconstructions in HU;
+1. data   scenes with anatomy (``anatomy``: Colin27 pseudo-CT heads, photographs mapped to
+          HU, ctsim phantoms) at CT pixel sizes, each projected once and reconstructed at a
+          near-noiseless reference dose and at two low doses of random noise level (15-90 HU
+          in soft tissue); 128-px patches of (low, reference) pairs and lesion masks;
 2. vae    a grayscale AutoencoderKL learns to reconstruct both doses;
-3. unet   an image-conditioned UNet learns v-prediction of the full-dose latent, seeing the
+3. unet   an image-conditioned UNet learns v-prediction of the reference latent, seeing the
           noisy latent concatenated with the low-dose image's latent (instruct-pix2pix's
           layout: unscaled posterior mean, so the export's default concat scale of 1 fits)
           and the task prompt's embedding from a frozen, randomly initialised CLIP text
           encoder (as SD freezes its CLIP). Image and prompt are each dropped for a share of
-          samples, so classifier-free guidance works. Its phases narrow to what enhancement
-          runs, and the last weighs the phantoms' lesion pixels more (see Settings).
+          samples, so classifier-free guidance works. Latents are encoded per step from
+          patches turned by a random rotation/flip and with their noise scaled by a random
+          factor, so every batch is new and the doses between those simulated are covered.
 
 Every random draw of step k comes from a generator seeded by (seed, stage, k), so a run that
 resumes from a checkpoint makes exactly the batches an uninterrupted run would have made.
@@ -33,95 +37,77 @@ import numpy as np
 
 from scanside.runtime.images import dihedral  # the scan geometry is rotation-invariant
 
-from . import ctsim
+from . import anatomy, ctsim
 from .recipes import Recipe, RecipeName, build_components, recipe, write_tokenizer
 
 log = logging.getLogger(__name__)
 PROMPT = "low-dose CT, denoise"  # the task prompt the default model is trained with
 # The settings the model ships with (its scanside.json; the engine's manifest carries them).
-# Chosen on the validation split by `scanside models evaluate`, never on the test split.
-# Measured on 16 validation pairs after all 7500 UNet steps, one view, strength 0.05 / 0.1 of
-# the 20-step schedule: PSNR 43.20 / 43.34 dB, lesions lost 16 / 36 %, lesion contrast error
-# 31 / 49 % (input: 36.91 dB, 4 % lost, 31 %; on the 6000-step model 0.15-0.3 lost 72 % and
-# scored lower). Strength 0.05 runs the schedule's last step only (t = 1, one UNet
-# evaluation): 0.14 dB below 0.1 but it keeps far more lesions, and a denoiser that erases
-# lesions is worse than a noisy image. An ensemble of the 8 rotated/mirrored views
-# (runtime.images.ENSEMBLE_VIEWS) adds 0.23 dB on validation (43.20 -> 43.43; lesion error
-# 31 % both, lost 16 -> 12 %) for 8x the work, 0.8 s per slice on 2 cores; callers who
-# need speed pass ensemble=1.
-ENHANCE = {"prompt": PROMPT, "strength": 0.05, "steps": 20, "guidance": 1.0, "ensemble": 8}
+# Strength 0.05 of the 20-step DDIM schedule runs its last step only (t = 1, one UNet
+# evaluation): the model is trained for exactly that (Settings.refine_t). One view: the
+# 8-view self-ensemble cost 8x the time for 0.2 dB on the previous model, and a 512 px slice
+# must take under a second on a 2-core CPU.
+ENHANCE = {"prompt": PROMPT, "strength": 0.05, "steps": 20, "guidance": 1.0, "ensemble": 1}
 STAGE_SEED = {"vae": 1, "unet": 2}
+REFERENCE_PHOTONS = 1e7  # per ray: the reference's noise is ~1 HU, far below any low dose
 
 
 @dataclass(frozen=True)
 class Settings:
     seed: int = 0
     recipe: str = RecipeName.CT_DEFAULT.value
-    train_pairs: int = 2000
-    vae_steps: int = 2500
-    vae_batch: int = 2  # small batches: measured 4x faster to a given error than 8
+    # Scenes per source (anatomy.Source), and what each gives: two low doses, patches each.
+    # Sized for this CPU: a 0.4 mm head is a 450 px scene, ~8 s to simulate, so heads give
+    # more patches per scene. About 3,000 patch pairs in ~6 min on 2 cores.
+    scenes: tuple[tuple[str, int], ...] = (("head", 64), ("natural", 100), ("phantom", 120))
+    patches: tuple[tuple[str, int], ...] = (("head", 10), ("natural", 5), ("phantom", 3))
+    patch: int = 128
+    doses: int = 2
+    # Soft-tissue noise of the simulated low doses, HU, log-uniform: about 1/4x to 4x the dose
+    # of the ~40 HU the real-anatomy test calls nominal (noise goes as 1/sqrt(dose)).
+    noise_hu: tuple[float, float] = (15.0, 90.0)
+    # Each sample's noise (low - reference) is scaled by a log-uniform factor in this range,
+    # which covers the doses between and around those simulated (Gaussian approximation of
+    # the quantum noise, good above a few tens of photons per ray).
+    noise_scale: tuple[float, float] = (0.7, 1.4)
+    vae_steps: int = 1500
+    vae_batch: int = 4
     vae_lr: float = 2e-3
-    unet_steps: int = 7500
+    unet_steps: int = 4000  # ~1 s each on 2 cores
     unet_batch: int = 8
     unet_lr: float = 3e-4
-    # Warm restarts: one cosine cycle up to the first, then a cycle per segment at a third of
-    # the previous peak (the refined phase was still improving each time the rate had decayed).
-    unet_restarts: tuple[int, ...] = (3600, 5000)
     ema_decay: float = 0.999
     drop_image: float = 0.05  # share of samples without the low-dose latent
     drop_prompt: float = 0.05  # ... without the prompt
     drop_both: float = 0.05  # ... without either
     checkpoint_every: int = 100
     workers: int = 2
-    # From this UNet step on, training specialises in what enhancement runs: timesteps up to
-    # specialise_t, and for a share low_start of samples the diffusion starts from the
-    # LOW-dose latent (t >= low_start_t_min), as the runtime's img2img start does, with the
-    # full-dose latent as the target. Before it the UNet learns the whole diffusion from the
-    # full-dose latent, which alone left low-dose noise in place at low strengths (measured on
-    # the first model's run: +0.2 dB at step 1000) and lost detail from pure noise (-2.6 dB).
-    specialise_from: int = 1200
-    specialise_t: int = 150
-    low_start: float = 0.5
-    low_start_t_min: int = 40
-    # From this step on, the last phase narrows to the few smallest timesteps the default
-    # enhancement uses (t <= refine_t, low-dose starts from t = 1): there the scheduler
-    # carries the image through x_t and the UNet only predicts the noise to remove, the
-    # residual a CT denoiser learns best (measured at step 1600: +1.5 dB, mostly limited
-    # by the 120 HU of diffusion noise a t = 49 start adds).
-    refine_from: int = 2000
+    # Training covers only the smallest timesteps, where enhancement runs (t <= refine_t):
+    # the scheduler carries the image through x_t and the UNet predicts what to remove. A
+    # share low_start of samples start from the LOW-dose latent at t >= 1, as the runtime's
+    # img2img start does, with the reference latent as the target; the rest are plain
+    # diffusion from the reference latent. (The previous model's phases over the whole
+    # diffusion did not help enhancement: see the model card's history.)
     refine_t: int = 60
-    refine_low_start: float = 0.75
-    # From this step on the loss weighs lesion pixels (the phantoms' lesion disks, grown by
-    # lesion_grow px) lesion_weight times more, on a cosine cycle of its own peaking at
-    # lesion_lr. Plain MSE made the model the posterior mean, which shrank lesion contrast to
-    # a median 0.62x the reference's: a faint blob in noise is more often noise than lesion,
-    # and lesions are 0.7 % of the pixels. Weighting them is training on a prior with more
-    # lesions, the trade a reader wants (a missed lesion costs more than a kept blob).
-    # Measured on 40 validation pairs (one view, strength 0.05), EMA weights after 1500 steps
-    # of it at weight 0 (no phase) / 20 / 60 / 200: 43.34 / 43.42 / 43.38 / 43.29 dB, lesion
-    # contrast error 44.1 / 37.8 / 35.1 / 33.8 %, lost 32 / 27 / 25 / 21 %, false blobs 2.00 /
-    # 2.23 / 2.40 / 2.42 per image. 200: a lost lesion matters more than 0.1 dB.
-    lesion_from: int = 6000
+    low_start: float = 0.75
+    # The loss weighs lesion pixels (the phantoms' lesion disks, grown by lesion_grow px)
+    # lesion_weight times more. Plain MSE made the model the posterior mean, which shrank
+    # lesion contrast to a median 0.62x the reference's; weight 200 was chosen on validation
+    # for the previous model (lesion error 44 -> 34 %, lost 32 -> 21 %, -0.05 dB).
     lesion_weight: float = 200.0
     lesion_grow: float = 1.0
-    lesion_lr: float = 3e-5
 
 
-def specialise(rng: np.random.Generator, t, x0, x0_low: np.ndarray, settings: Settings,
-               step: int):
-    """(timesteps, start latents) of a specialised batch; see Settings.specialise_from."""
+def batch_start(rng: np.random.Generator, x0, x0_low, settings: Settings):
+    """(timesteps, start latents) of a batch; see Settings.refine_t."""
     import torch
 
-    b = len(t)
-    if step >= settings.refine_from:
-        t_max, t_min_low, share = settings.refine_t, 1, settings.refine_low_start
-    else:
-        t_max, t_min_low, share = settings.specialise_t, settings.low_start_t_min, settings.low_start
-    low = rng.random(b) < share
-    t_clean = rng.integers(0, t_max + 1, b)
-    t_low = rng.integers(t_min_low, t_max + 1, b)
+    b = len(x0)
+    low = rng.random(b) < settings.low_start
+    t_clean = rng.integers(0, settings.refine_t + 1, b)
+    t_low = rng.integers(1, settings.refine_t + 1, b)
     t = torch.from_numpy(np.where(low, t_low, t_clean))
-    start = torch.where(torch.from_numpy(low).view(-1, 1, 1, 1), torch.from_numpy(x0_low), x0)
+    start = torch.where(torch.from_numpy(low).view(-1, 1, 1, 1), x0_low, x0)
     return t, start
 
 
@@ -133,19 +119,7 @@ def cosine_lr(step: int, total: int, peak: float, warmup: int = 100) -> float:
 
 
 def unet_lr(step: int, settings: Settings) -> float:
-    """Cosine cycles between the restarts, each peaking at a third of the one before; the
-    lesion-weighted phase has a cycle of its own (Settings.lesion_from)."""
-    if step >= settings.lesion_from:
-        return cosine_lr(step - settings.lesion_from, settings.unet_steps - settings.lesion_from,
-                         settings.lesion_lr, warmup=1)
-    last = min(settings.unet_steps, settings.lesion_from)
-    edges = (0, *settings.unet_restarts, last)
-    for cycle, (start, end) in enumerate(zip(edges, edges[1:])):
-        if step < end or end == last:
-            if cycle == 0:
-                return cosine_lr(step, end, settings.unet_lr)
-            return cosine_lr(step - start, end - start, settings.unet_lr / 3**cycle, warmup=1)
-    raise AssertionError("unreachable")
+    return cosine_lr(step, settings.unet_steps, settings.unet_lr)
 
 
 class Checkpoints:
@@ -192,26 +166,102 @@ class Progress:
 
 
 # -- stage 1: data ------------------------------------------------------------------------
-def load_data(out: Path, settings: Settings, size: int, echo: Callable[[str], None]) -> dict:
-    """Train and validation pairs in the model's range, cached in OUT_DIR/train/data.npz."""
+def scene_patches(job: tuple[str, int, Settings]) -> dict[str, np.ndarray]:
+    """One scene's training patches: (n, P, P) low, full (model range) and lesion masks."""
+    source, seed, settings = job
+    scene = anatomy.make_scene(source, seed)
+    rng = np.random.default_rng([settings.seed, seed, list(anatomy.Source).index(scene.source)])
+    proj = ctsim.project(scene.hu, scene.pixel_mm / 10)
+    full = ctsim.reconstruct(proj, REFERENCE_PHOTONS, int(rng.integers(2**31)))
+    pilot = 1e4
+    measured = ctsim.noise_hu(ctsim.reconstruct(proj, pilot, int(rng.integers(2**31))), full)
+    lesions = ctsim.lesion_mask(ctsim.Phantom(scene.hu, scene.lesions), settings.lesion_grow)
+    per_dose = dict(settings.patches)[scene.source.value]
+    size, p = scene.hu.shape[0], settings.patch
+    out: dict[str, list] = {"low": [], "full": [], "lesions": []}
+    for _ in range(settings.doses):
+        sigma = float(np.exp(rng.uniform(*np.log(settings.noise_hu))))
+        low = ctsim.reconstruct(proj, ctsim.photons_for(pilot, measured, sigma),
+                                int(rng.integers(2**31)))
+        for _ in range(per_dose if size > p else 1):
+            for _try in range(20):  # a patch mostly of the object, not of the air around it
+                y, x = rng.integers(0, size - p + 1, 2)
+                if (full[y : y + p, x : x + p] > -900).mean() >= 0.3:
+                    break
+            for name, image in (("low", low), ("full", full)):
+                out[name].append(ctsim.to_model_range(image[y : y + p, x : x + p]))
+            out["lesions"].append(lesions[y : y + p, x : x + p])
+    return {name: np.stack(v) for name, v in out.items()}
+
+
+def scene_job(job: tuple[str, int, Settings]) -> tuple[tuple, dict[str, np.ndarray]]:
+    """``scene_patches`` for a worker: the job back with its result, and errors naming it."""
+    try:
+        return job, scene_patches(job)
+    except Exception as exc:
+        raise RuntimeError(f"data: scene {job[0]} {job[1]} failed: {exc!r}") from exc
+
+
+def scene_file(folder: Path, job: tuple[str, int, Settings]) -> Path:
+    return folder / f"{job[0]}-{job[1]:05d}.npz"
+
+
+def save_scene(folder: Path, job: tuple[str, int, Settings], part: dict[str, np.ndarray]) -> None:
+    path = scene_file(folder, job)
+    tmp = path.with_name(path.stem + ".partial.npz")
+    np.savez(tmp, **part)
+    os.replace(tmp, path)
+
+
+def load_data(out: Path, settings: Settings, echo: Callable[[str], None]) -> dict:
+    """Training patches, cached in OUT_DIR/train/data.npz (keyed by the data settings)."""
     path = out / "train" / "data.npz"
-    key = f"{settings.train_pairs}-{size}"
+    key = json.dumps([settings.seed, settings.scenes, settings.patches, settings.patch,
+                      settings.doses, settings.noise_hu, settings.lesion_grow])
     if path.is_file():
         with np.load(path) as cached:
             if str(cached["key"]) == key:
-                return {name: cached[name] for name in ("low", "full")}
+                return {name: cached[name] for name in ("low", "full", "lesions")}
     started = time.perf_counter()
-    echo(f"data: simulating {settings.train_pairs} phantom pairs at {size} px "
-         f"({settings.workers} processes) ...")
-    pairs = ctsim.make_pairs(ctsim.split_seeds("train", settings.train_pairs), size,
-                             settings.workers)
-    data = {"low": np.stack([ctsim.to_model_range(p.low) for p in pairs]),
-            "full": np.stack([ctsim.to_model_range(p.full) for p in pairs])}
+    jobs = [(source, seed, settings) for source, count in settings.scenes for seed in range(count)]
+    folder = out / "train" / "scenes"  # one file per scene: an interrupted stage resumes
+    folder.mkdir(parents=True, exist_ok=True)
+    todo = [job for job in jobs if not scene_file(folder, job).is_file()]
+    echo(f"data: simulating {len(todo)} of {len(jobs)} scenes ({settings.workers} processes) ...")
+    if settings.workers > 1 and len(todo) > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(settings.workers) as pool:
+            for done, (job, part) in enumerate(pool.imap_unordered(scene_job, todo), 1):
+                save_scene(folder, job, part)
+                if done % 50 == 0:
+                    echo(f"data: {done}/{len(todo)} scenes")
+    else:
+        for job in todo:
+            save_scene(folder, job, scene_job(job)[1])
+    parts = []
+    for job in jobs:
+        with np.load(scene_file(folder, job)) as part:
+            parts.append({name: part[name] for name in ("low", "full", "lesions")})
+    data = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
     tmp = path.with_name("data.partial.npz")
     np.savez(tmp, key=key, **data)
     os.replace(tmp, path)
-    echo(f"data: done in {time.perf_counter() - started:.0f} s")
+    echo(f"data: {len(data['full'])} patch pairs in {time.perf_counter() - started:.0f} s")
     return data
+
+
+def sample(data: dict, rng: np.random.Generator, batch: int, settings: Settings):
+    """A training batch: (low, full, lesions), (B, P, P) each, every patch turned by a random
+    rotation/flip and its noise scaled by a random factor (Settings.noise_scale)."""
+    pick = rng.choice(len(data["full"]), batch, replace=False)
+    views = rng.integers(0, 8, batch)
+    scale = np.exp(rng.uniform(*np.log(settings.noise_scale), batch)).astype(np.float32)
+    turn = lambda name: np.stack([dihedral(data[name][i], int(k))  # noqa: E731
+                                  for i, k in zip(pick, views)])
+    full, low, lesions = turn("full"), turn("low"), turn("lesions")
+    low = full + scale[:, None, None] * (low - full)
+    return low, full, lesions
 
 
 # -- stage 2: VAE -------------------------------------------------------------------------
@@ -230,18 +280,15 @@ def train_vae(vae, data: dict, settings: Settings, ckpt: Checkpoints,
         return
     echo(f"vae: {sum(p.numel() for p in vae.parameters()) / 1e6:.2f} M parameters, "
          f"steps {start}..{settings.vae_steps}")
-    full, low = data["full"], data["low"]
     vae.train()
     progress = Progress("vae", settings.vae_steps, start, 20, echo)
     for step in range(start, settings.vae_steps):
         rng = np.random.default_rng([settings.seed, STAGE_SEED["vae"], step])
-        # Mostly full-dose images: the decoder's precision on clean images bounds the final
-        # PSNR; a quarter low-dose so the encoder also knows the noisy inputs it conditions on.
-        pick = rng.choice(len(full), settings.vae_batch, replace=False)
+        # Mostly references: the decoder's precision on clean images bounds the final PSNR;
+        # a quarter low-dose so the encoder also knows the noisy inputs it conditions on.
+        low, full, _ = sample(data, rng, settings.vae_batch, settings)
         noisy = rng.random(settings.vae_batch) < 0.25
-        batch = np.stack([dihedral((low if n else full)[i], int(rng.integers(8)))
-                          for i, n in zip(pick, noisy)])
-        x = torch.from_numpy(batch[:, None])
+        x = torch.from_numpy(np.where(noisy[:, None, None], low, full)[:, None])
         torch.manual_seed(int(rng.integers(2**31)))
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, settings.vae_steps, settings.vae_lr)
@@ -250,9 +297,7 @@ def train_vae(vae, data: dict, settings: Settings, ckpt: Checkpoints,
         # both use the mean, and decoding samples (std starts near 1, far above the signal)
         # made reconstruction error stall at ~45 HU. MSE is the PSNR the model is judged by.
         # The KL term is per latent element, weighted 1e-6 against the per-pixel MSE, as in
-        # SD's VAE (whose losses are sums): diffusers' kl() sums over the latent, and that sum
-        # at 1e-6 against a *mean* MSE squeezed the latent to std 0.05 and held the error
-        # near 27 HU.
+        # SD's VAE (whose losses are sums).
         recon = vae.decode(posterior.mode()).sample
         kl = posterior.kl().mean() / posterior.mean[0].numel()
         loss = (recon - x).pow(2).mean() + 1e-6 * kl
@@ -267,62 +312,25 @@ def train_vae(vae, data: dict, settings: Settings, ckpt: Checkpoints,
     vae.eval()
 
 
-def encode_all(vae, images: np.ndarray, batch: int = 32) -> np.ndarray:
-    """Posterior means of (N, H, W) images -> (N, 4, h, w) float32."""
+def encode(vae, images: np.ndarray):
+    """Posterior means of (B, H, W) images -> (B, 4, h, w) torch tensor."""
     import torch
 
-    out = []
     with torch.no_grad():
-        for i in range(0, len(images), batch):
-            x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch, None]))
-            out.append(vae.encode(x).latent_dist.mean.numpy())
-    return np.concatenate(out)
+        return vae.encode(torch.from_numpy(np.ascontiguousarray(images[:, None]))).latent_dist.mean
 
 
-def latent_views(seed: int, pairs: int) -> np.ndarray:
-    """The rotation/flip (runtime.images.dihedral's k, never 0) of each pair's second latent."""
-    return np.random.default_rng([seed, 3]).integers(1, 8, pairs)
-
-
-def augmented_latents(vae, data: dict, out: Path, seed: int,
-                      echo: Callable[[str], None]) -> dict:
-    """Latents of every pair as simulated and in one random rotation/flip of it, cached next to
-    the checkpoints. (All 8 views at 4x128x128 float32 would be 8 GB for 2000 pairs.)"""
-    path = out / "train" / "latents.npz"
-    if path.is_file():
-        with np.load(path) as cached:
-            return {name: cached[name] for name in ("low", "full")}
-    started = time.perf_counter()
-    views = latent_views(seed, len(data["full"]))
-    lat = {}
-    for name in ("low", "full"):
-        turned = np.stack([dihedral(image, int(k)) for image, k in zip(data[name], views)])
-        lat[name] = np.concatenate([encode_all(vae, data[name]), encode_all(vae, turned)])
-    tmp = path.with_name("latents.partial.npz")
-    np.savez(tmp, **lat)
-    os.replace(tmp, path)
-    echo(f"latents: {len(lat['full'])} pairs encoded in {time.perf_counter() - started:.0f} s")
-    return lat
-
-
-def lesion_masks(settings: Settings, size: int) -> np.ndarray:
-    """(2 * train_pairs, size, size) bool: each pair's lesion disks grown by lesion_grow px, in
-    the order and views of augmented_latents. From the phantoms alone (no scan: ~20 ms each);
-    the latent factor is 1, so a pixel mask is a latent mask."""
-    seeds = ctsim.split_seeds("train", settings.train_pairs)
-    masks = np.stack([ctsim.lesion_mask(ctsim.make_phantom(s, size), settings.lesion_grow)
-                      for s in seeds])
-    turned = np.stack([dihedral(m, int(k))
-                       for m, k in zip(masks, latent_views(settings.seed, len(masks)))])
-    return np.concatenate([masks, turned])
+def latent_scale(vae, data: dict, count: int = 256) -> float:
+    """1 / std of reference latents: SD's scaling factor, from a fixed sample of patches."""
+    pick = np.random.default_rng(0).choice(len(data["full"]), min(count, len(data["full"])),
+                                           replace=False)
+    return float(1.0 / encode(vae, data["full"][np.sort(pick)]).std())
 
 
 # -- stage 3: UNet ------------------------------------------------------------------------
-def train_unet(unet, scheduler, latents: dict, embeddings, scaling: float, settings: Settings,
-               ckpt: Checkpoints, echo: Callable[[str], None],
-               lesions: "Callable[[], np.ndarray] | None" = None):
-    """Returns the EMA copy of the UNet (the weights that ship). ``lesions`` makes the masks
-    of the lesion-weighted phase (Settings.lesion_from) when it is reached."""
+def train_unet(unet, vae, scheduler, data: dict, embeddings, scaling: float, settings: Settings,
+               ckpt: Checkpoints, echo: Callable[[str], None]):
+    """Returns the EMA copy of the UNet (the weights that ship)."""
     import copy
 
     import torch
@@ -339,35 +347,27 @@ def train_unet(unet, scheduler, latents: dict, embeddings, scaling: float, setti
     if start >= settings.unet_steps:
         return ema
     echo(f"unet: {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M parameters, "
-         f"steps {start}..{settings.unet_steps}")
+         f"steps {start}..{settings.unet_steps} (lesion pixels x{settings.lesion_weight:g})")
     alphas = torch.from_numpy(np.asarray(scheduler.alphas_cumprod, dtype=np.float32))
     empty, task = embeddings
     unet.train()
     progress = Progress("unet", settings.unet_steps, start, 20, echo)
-    n, b = len(latents["full"]), settings.unet_batch
-    masks = None
+    b = settings.unet_batch
     for step in range(start, settings.unet_steps):
-        if step >= settings.lesion_from and masks is None and lesions is not None:
-            masks = lesions()
-            echo(f"unet: lesion-weighted from step {settings.lesion_from} "
-                 f"(x{settings.lesion_weight:g} on {masks.mean():.2%} of pixels)")
         rng = np.random.default_rng([settings.seed, STAGE_SEED["unet"], step])
-        pick = rng.choice(n, b, replace=False)
-        x0 = torch.from_numpy(latents["full"][pick]) * scaling
-        cond = torch.from_numpy(latents["low"][pick])
-        t = torch.from_numpy(rng.integers(0, len(alphas), b))
+        low, full, lesions = sample(data, rng, b, settings)
+        cond = encode(vae, low)
+        x0 = encode(vae, full) * scaling
+        t, x_start = batch_start(rng, x0, cond * scaling, settings)
         noise = torch.from_numpy(rng.standard_normal(x0.shape, dtype=np.float32))
         u = rng.random(b)  # one draw decides which conditions a sample loses
         no_image = torch.from_numpy((u < settings.drop_image + settings.drop_both))
         lo, hi = settings.drop_image, settings.drop_image + settings.drop_both + settings.drop_prompt
         no_prompt = torch.from_numpy((u >= lo) & (u < hi))
-        x_start = x0  # what x_t is noised from (not `start`, the step this run resumed at)
-        if step >= settings.specialise_from:  # see Settings.specialise_from
-            t, x_start = specialise(rng, t, x0, latents["low"][pick] * scaling, settings, step)
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x_start + (1 - a).sqrt() * noise
-        # v-prediction of the full-dose latent; for a low-dose start the "noise" is everything
-        # in x_t that is not the full-dose signal, low-dose noise included.
+        # v-prediction of the reference latent; for a low-dose start the "noise" is everything
+        # in x_t that is not the reference signal, low-dose noise included.
         effective = (xt - a.sqrt() * x0) / (1 - a).sqrt()
         target = a.sqrt() * effective - (1 - a).sqrt() * x0
         cond = torch.where(no_image.view(-1, 1, 1, 1), torch.zeros_like(cond), cond)
@@ -375,11 +375,10 @@ def train_unet(unet, scheduler, latents: dict, embeddings, scaling: float, setti
         for group in opt.param_groups:
             group["lr"] = unet_lr(step, settings)
         pred = unet(torch.cat([xt, cond], dim=1), t, text).sample
-        if masks is None:
-            loss = (pred - target).pow(2).mean()
-        else:  # normalised by the weights' mean, so the step size matches the plain loss
-            w = 1 + settings.lesion_weight * torch.from_numpy(masks[pick][:, None]).float()
-            loss = ((pred - target).pow(2) * w).mean() / w.mean()
+        # Normalised by the weights' mean, so the step size matches the plain loss (the latent
+        # factor is 1, so a pixel mask is a latent mask).
+        w = 1 + settings.lesion_weight * torch.from_numpy(lesions[:, None]).float()
+        loss = ((pred - target).pow(2) * w).mean() / w.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -426,7 +425,7 @@ def write_model(parts: dict, tokenizer_dir: Path, out: Path, settings: Settings,
     pipe.to(torch.float16).save_pretrained(staging, safe_serialization=True)
     (staging / SETTINGS_FILE).write_text(json.dumps({"enhance": ENHANCE}, indent=2) + "\n")
     (staging / "training.json").write_text(json.dumps(
-        {"task": "low-dose CT denoising (synthetic, scanside.models.ctsim)", "prompt": PROMPT,
+        {"task": "low-dose CT denoising (synthetic: scanside.models.anatomy, ctsim)", "prompt": PROMPT,
          "settings": asdict(settings), **info}, indent=2) + "\n")
     shutil.rmtree(model_dir, ignore_errors=True)
     os.replace(staging, model_dir)
@@ -451,7 +450,7 @@ def train_default(out: "str | Path", settings: Settings = Settings(),
         raise InputError(f"{out}: holds a run with other settings ({settings_file}); resume it "
                          "with the same options or choose a new OUT_DIR")
     settings_file.write_text(json.dumps(asdict(settings), indent=2) + "\n")
-    data = load_data(out, settings, spec.sample_size, echo)
+    data = load_data(out, settings, echo)
     tokenizer_dir = out / "train" / "tokenizer"
     vocab_size = write_tokenizer(tokenizer_dir, spec.real_vocab)
     parts = build_components(spec, vocab_size, settings.seed)
@@ -459,12 +458,12 @@ def train_default(out: "str | Path", settings: Settings = Settings(),
     vae, unet = parts["vae"], parts["unet"]
     train_vae(vae, data, settings, ckpt, echo)
     vae.requires_grad_(False)
-    latents = augmented_latents(vae, data, out, settings.seed, echo)
-    scaling = float(1.0 / latents["full"].std())
+    vae.eval()
+    scaling = latent_scale(vae, data)
     vae.register_to_config(scaling_factor=scaling)
     embeddings = prompt_embeddings(parts["text_encoder"], tokenizer_dir)
-    parts["unet"] = train_unet(unet, parts["scheduler"], latents, embeddings, scaling, settings,
-                               ckpt, echo, lambda: lesion_masks(settings, spec.sample_size))
+    parts["unet"] = train_unet(unet, vae, parts["scheduler"], data, embeddings, scaling,
+                               settings, ckpt, echo)
     minutes = (time.perf_counter() - started) / 60
     model_dir = write_model(parts, tokenizer_dir, out, settings,
                             {"vae_scaling_factor": scaling,

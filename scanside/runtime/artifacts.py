@@ -18,7 +18,7 @@ from scanside.errors import EngineError
 from .iospec import IOSpec
 
 MAGIC = "scanside-engine"
-FORMAT_VERSION = 2  # 2: per-component precision and accuracy figures
+FORMAT_VERSION = 3  # 2: per-component precision and accuracy figures; 3: image divisor
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
 COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
@@ -75,6 +75,10 @@ class Manifest:
     dynamic: bool
     image_channels: int
     vae_factor: int
+    # What image sizes must be multiples of: the VAE factor x 2 ** (UNet downsamplings), so
+    # every UNet level halves a whole number of latents (SD 1.5: 64; padding to 8 alone broke
+    # a dynamic engine on a 300 x 484 image).
+    divisor: int
     vae_scaling_factor: float
     conditioning: Conditioning
     concat_scale: float  # multiplies the conditioning latent (instruct-pix2pix: 1.0)
@@ -94,7 +98,8 @@ class Manifest:
             "magic": MAGIC, "format_version": FORMAT_VERSION, "source_hash": self.source_hash,
             "precision": self.precision.value, "opset": self.opset,
             "image": {"height": self.height, "width": self.width, "dynamic": self.dynamic,
-                      "channels": self.image_channels, "vae_factor": self.vae_factor},
+                      "channels": self.image_channels, "vae_factor": self.vae_factor,
+                      "divisor": self.divisor},
             "vae_scaling_factor": self.vae_scaling_factor,
             "conditioning": {"mode": self.conditioning.value, "concat_scale": self.concat_scale},
             "scheduler_config": dict(self.scheduler_config),
@@ -113,7 +118,7 @@ class Manifest:
             source_hash=data["source_hash"], precision=Precision(data["precision"]),
             opset=int(data["opset"]), height=int(image["height"]), width=int(image["width"]),
             dynamic=bool(image["dynamic"]), image_channels=int(image["channels"]),
-            vae_factor=int(image["vae_factor"]),
+            vae_factor=int(image["vae_factor"]), divisor=int(image["divisor"]),
             vae_scaling_factor=float(data["vae_scaling_factor"]),
             conditioning=Conditioning(cond["mode"]), concat_scale=float(cond["concat_scale"]),
             scheduler_config=data["scheduler_config"],

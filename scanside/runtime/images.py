@@ -46,16 +46,17 @@ def to_unit_float(image: np.ndarray, argument: str) -> np.ndarray:
     return np.clip(image, 0, 1)
 
 
-def padded_size(height: int, width: int, engine_hw: tuple[int, int] | None, factor: int):
-    """The size the engine runs: its static size, else the next multiple of the VAE factor."""
-    if engine_hw is not None:
-        return engine_hw
-    return -(-height // factor) * factor, -(-width // factor) * factor
+def padded_size(height: int, width: int, min_hw: tuple[int, int], divisor: int):
+    """The size an image runs at: the next multiple of the engine's divisor, and at least the
+    engine's smallest size (a static engine's own size)."""
+    up = lambda n: -(-n // divisor) * divisor  # noqa: E731
+    return max(up(height), min_hw[0]), max(up(width), min_hw[1])
 
 
-def prepare(image: np.ndarray, channels: int, engine_hw: tuple[int, int] | None,
-            factor: int, argument: str = "image") -> Prepared:
-    """Validate ``image`` and lay it out as the VAE encoder's input."""
+def prepare(image: np.ndarray, channels: int, min_hw: tuple[int, int], divisor: int,
+            argument: str = "image") -> Prepared:
+    """Validate ``image`` and lay it out as the VAE encoder's input: padded by reflection to
+    ``padded_size`` (an image larger than the engine is then run in tiles)."""
     if not isinstance(image, np.ndarray) or image.ndim not in (2, 3):
         shape = getattr(image, "shape", None)
         raise InputError(f"{argument}: shape {shape} is not (H, W) or (H, W, C); "
@@ -63,13 +64,9 @@ def prepare(image: np.ndarray, channels: int, engine_hw: tuple[int, int] | None,
     if image.ndim == 3 and image.shape[2] not in (1, channels):
         raise InputError(f"{argument}: {image.shape[2]} channels, the model takes 1 or {channels}")
     h, w = image.shape[:2]
-    target_h, target_w = padded_size(h, w, engine_hw, factor)
-    if h > target_h or w > target_w or min(h, w) < 8:
-        raise InputError(
-            f"{argument}: {h}x{w} pixels does not fit the engine's {target_h}x{target_w} "
-            "(and images need at least 8x8); export the engine at this size with "
-            "`scanside export --height H --width W` or with --dynamic"
-        )
+    if min(h, w) < 8:
+        raise InputError(f"{argument}: {h}x{w} pixels; images need at least 8x8")
+    target_h, target_w = padded_size(h, w, min_hw, divisor)
     pixels = to_unit_float(image, argument)
     gray = pixels.ndim == 2 or pixels.shape[2] == 1
     pixels = pixels.reshape(h, w, -1)  # (H, W, C')

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from scanside.errors import InputError
 
 from . import images, schedulers
+from .tiles import Grid, run_tiled
 from .artifacts import COMPONENTS, TOKENIZER, Conditioning, Manifest, read_manifest
 from .default import default_engine_dir
 from .engines import Backend, Engine, open_engine
@@ -88,14 +89,19 @@ class Pipeline:
     tokenizer: ClipTokenizer
     engines: dict[str, Engine]
     backend: Backend
+    # A dynamic engine runs an image whole while both sides are at most max_tile pixels, else
+    # in max_tile tiles: the memory budget. None: the engine's largest size (its profile).
+    max_tile: Optional[int] = None
     timer: StageTimer = field(default_factory=NullTimer, repr=False)  # set by benchmarks
     _embeddings: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, engine_dir: Union[str, Path, None] = None, backend: Union[str, Backend] = "cpu",
-             *, threads: Optional[int] = None, verify: bool = False) -> "Pipeline":
+             *, threads: Optional[int] = None, verify: bool = False,
+             max_tile: Optional[int] = None) -> "Pipeline":
         """Open ENGINE_DIR (see ``scanside export``) on ``backend`` ("cpu" or "cuda");
-        without one, the default low-dose CT model shipped inside the package."""
+        without one, the default low-dose CT model shipped inside the package.
+        ``max_tile``: see the attribute (dynamic engines only)."""
         engine_dir = default_engine_dir() if engine_dir is None else Path(engine_dir)
         backend = Backend.parse(backend)
         manifest = read_manifest(engine_dir, verify=verify)
@@ -108,7 +114,68 @@ class Pipeline:
                               manifest.components[name].spec, backend, threads)
             for name in COMPONENTS
         }
-        return cls(engine_dir, manifest, tokenizer, engines, backend)
+        pipe = cls(engine_dir, manifest, tokenizer, engines, backend)
+        pipe.check_max_tile(max_tile)
+        pipe.max_tile = max_tile
+        return pipe
+
+    # -- tiles ----------------------------------------------------------------------------
+    def size_range(self) -> tuple[int, int]:
+        """(smallest, largest) side in pixels this engine runs in one call."""
+        m = self.manifest
+        if not m.dynamic:
+            return min(m.height, m.width), max(m.height, m.width)
+        low, _, high = self.manifest.components["unet"].spec.ranges["h"]
+        return low * m.vae_factor, high * m.vae_factor
+
+    def check_max_tile(self, max_tile: Optional[int]) -> None:
+        if max_tile is None:
+            return
+        low, high = self.size_range()
+        d = self.manifest.divisor
+        if (not isinstance(max_tile, (int, np.integer)) or max_tile % d
+                or not low <= max_tile <= high):
+            raise InputError(f"max_tile: {max_tile!r} is not a multiple of {d} within this "
+                             f"engine's sizes {low}..{high}; e.g. {min(high, max(low, 512))}")
+
+    def tile_size(self) -> tuple[int, int]:
+        m = self.manifest
+        if not m.dynamic:
+            return m.height, m.width
+        side = self.max_tile or self.size_range()[1]
+        return side, side
+
+    def grid(self, height: int, width: int) -> Optional[Grid]:
+        """Tiles for prepared pixels of this size; None when the engine runs it whole."""
+        th, tw = self.tile_size()
+        m = self.manifest
+        if (height, width) == (m.height, m.width) or (m.dynamic and height <= th and width <= tw):
+            return None
+        # A quarter of the tile overlaps each neighbour: wider than the VAE's and the first
+        # UNet levels' receptive field, so the zero-padded borders get (almost) no weight.
+        overlap = max(m.divisor, min(th, tw) // 4 // m.divisor * m.divisor)
+        return Grid.plan(height, width, th, tw, overlap, m.divisor)
+
+    def run(self, name: str, feeds: dict[str, np.ndarray], grid: Optional[Grid],
+            tiled: str, in_scale: int, out_scale: int) -> dict[str, np.ndarray]:
+        """One engine call, over ``grid``'s tiles when there is one: ``tiled`` names the
+        spatial input; other inputs with a batch axis follow each tile's sample."""
+        engine = self.engines[name]
+        if grid is None:
+            return engine.run(feeds)
+        spec = self.manifest.components[name].spec
+        names = [o.name for o in spec.outputs]
+        batch_axis = spec.inputs[0].shape[0]  # "B" or "UB"
+        max_batch = int(spec.ranges[batch_axis][2])
+
+        def call(batch: np.ndarray, rows: np.ndarray) -> list[np.ndarray]:
+            others = {k: (v[rows] if k != tiled and v.ndim == 3 else v)
+                      for k, v in feeds.items() if k != tiled}
+            out = engine.run({tiled: batch, **others})
+            return [out[n] for n in names]
+
+        fused = run_tiled(call, feeds[tiled], grid, in_scale, out_scale, max_batch)
+        return dict(zip(names, fused))
 
     # -- building blocks ------------------------------------------------------------------
     def embed(self, prompt: str) -> np.ndarray:
@@ -136,15 +203,17 @@ class Pipeline:
         f = self.manifest.vae_factor
         return (1, self.manifest.components["unet"].spec.outputs[0].shape[1], height // f, width // f)
 
-    def encode(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def encode(self, pixels: np.ndarray, grid: Optional[Grid] = None) -> tuple[np.ndarray, np.ndarray]:
         with self.timer.stage("vae_encode"):
-            out = self.engines["vae_encoder"].run({"image": pixels})
+            out = self.run("vae_encoder", {"image": pixels}, grid, "image", 1,
+                           self.manifest.vae_factor)
         return out["latent_mean"], out["latent_std"]  # (1, 4, h, w) each
 
-    def decode(self, latents: np.ndarray) -> np.ndarray:
+    def decode(self, latents: np.ndarray, grid: Optional[Grid] = None) -> np.ndarray:
         scaled = latents / np.float32(self.manifest.vae_scaling_factor)
         with self.timer.stage("vae_decode"):
-            return self.engines["vae_decoder"].run({"latent": scaled})["image"]  # (1, C, H, W)
+            return self.run("vae_decoder", {"latent": scaled}, grid, "latent",
+                            self.manifest.vae_factor, 1)["image"]  # (1, C, H, W)
 
     def check_guidance(self, guidance: float) -> None:
         if not isinstance(guidance, (int, float)) or not np.isfinite(guidance) or guidance < 0:
@@ -153,8 +222,9 @@ class Pipeline:
 
     def denoise(self, plan: Plan, latents: np.ndarray, prompt: str, negative_prompt: str,
                 guidance: float, draw: NoiseSource, condition: Optional[np.ndarray],
-                progress: bool) -> np.ndarray:
-        """The loop: UNet (both guidance halves in one call), guidance, scheduler step."""
+                progress: bool, grid: Optional[Grid] = None) -> np.ndarray:
+        """The loop: UNet (both guidance halves in one call), guidance, scheduler step. With
+        a grid, every tile's prediction is fused into one before each step (see tiles)."""
         module = schedulers.module_for(plan.algorithm)
         guided = guidance > 1.0
         text = self.embed(prompt)
@@ -169,9 +239,10 @@ class Pipeline:
                 x = np.concatenate([x, x])  # (2, C, h, w)
             timestep = plan.timesteps[i : i + 1]  # (1,) float32
             with self.timer.stage("unet"):
-                out = self.engines["unet"].run(
-                    {"sample": x, "timestep": timestep, "encoder_hidden_states": text}
-                )["out_sample"]
+                out = self.run("unet", {"sample": x, "timestep": timestep,
+                                        "encoder_hidden_states": text},
+                               grid, "sample", self.manifest.vae_factor,
+                               self.manifest.vae_factor)["out_sample"]
             if guided:
                 e_uncond, e_text = out[:1], out[1:]
                 out = e_uncond + guidance * (e_text - e_uncond)
@@ -249,7 +320,8 @@ class Pipeline:
         """Prepared (1, C, H, W) pixels -> the decoder's output for them."""
         module = schedulers.module_for(plan.algorithm)
         fixed, draw = noise_source(noise, seed, "noise")
-        mean, std = self.encode(pixels)
+        grid = self.grid(*pixels.shape[-2:])
+        mean, std = self.encode(pixels, grid)
         sf = np.float32(self.manifest.vae_scaling_factor)
         condition = None
         if self.manifest.conditioning is Conditioning.CONCAT:
@@ -264,21 +336,24 @@ class Pipeline:
             x = module.add_noise(plan, x0, start_noise).astype(np.float32)
         with self.timer.stage("loop"):
             x = self.denoise(plan, x, prompt, negative_prompt, guidance, draw, condition,
-                             progress)
-        return self.decode(x)
+                             progress, grid)
+        return self.decode(x, grid)
 
     def prepare(self, image: np.ndarray) -> "images.Prepared":
-        """``image`` as this engine's pixels: channels, fixed size, VAE factor."""
+        """``image`` as this engine's pixels: channels, padded to the engine's divisor and at
+        least its smallest size (larger images run in tiles)."""
         m = self.manifest
-        fixed_hw = None if m.dynamic else (m.height, m.width)
-        return images.prepare(image, m.image_channels, fixed_hw, m.vae_factor)
+        low = self.size_range()[0]
+        min_hw = (low, low) if m.dynamic else (m.height, m.width)
+        return images.prepare(image, m.image_channels, min_hw, m.divisor)
 
     def reconstruct(self, image: np.ndarray) -> np.ndarray:
         """``image`` through the VAE alone (encode, posterior mean, decode), in its layout:
         the closest any enhancement by this engine can come to it."""
         prepared = self.prepare(image)
-        mean, _ = self.encode(prepared.pixels)
-        decoded = self.decode(mean * np.float32(self.manifest.vae_scaling_factor))
+        grid = self.grid(*prepared.pixels.shape[-2:])
+        mean, _ = self.encode(prepared.pixels, grid)
+        decoded = self.decode(mean * np.float32(self.manifest.vae_scaling_factor), grid)
         return images.finish(decoded, prepared.height, prepared.width, prepared.gray)
 
     def describe(self, *, prompt: Optional[str] = None, strength: Optional[float] = None,
@@ -306,6 +381,7 @@ class Pipeline:
         if not m.dynamic and (height, width) != (m.height, m.width):
             raise InputError(f"height/width: {height}x{width}, this engine was exported for "
                              f"{m.height}x{m.width}; re-export with --height/--width or --dynamic")
-        if height % m.vae_factor or width % m.vae_factor:
-            raise InputError(f"height/width: {height}x{width} is not a multiple of {m.vae_factor}")
+        if height % m.divisor or width % m.divisor:
+            raise InputError(f"height/width: {height}x{width} is not a multiple of {m.divisor} "
+                             "(this engine's VAE factor x 2 ** UNet downsamplings)")
         return height, width

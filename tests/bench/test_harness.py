@@ -106,9 +106,13 @@ def test_cli(tiny_engine, tmp_path, capsys):
     assert "end to end" in capsys.readouterr().out
 
 
-def test_cli_refuses_wrong_size_and_peers_without_model(tiny_engine, capsys):
-    assert main(["bench", str(tiny_engine), "--size", "512"]) == 2
-    assert "exported at 64" in capsys.readouterr().err
+def test_cli_tiles_a_size_above_the_engines_and_refuses_peers_without_model(tiny_engine, tmp_path,
+                                                                           capsys):
+    out = tmp_path / "b.json"
+    assert main(["bench", str(tiny_engine), "--size", "128", "--repeat", "1", "--warmup", "0",
+                 "--steps", "2", "--json", str(out)]) == 0
+    # 64 px tiles overlapping by 16 (the divisor) over 128 px: 3 x 3 of them.
+    assert json.loads(out.read_text())["settings"]["tiles"] == 9
     assert main(["bench", str(tiny_engine), "--peers"]) == 2
     assert "--model MODEL_DIR" in capsys.readouterr().err
 

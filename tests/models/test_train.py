@@ -15,9 +15,10 @@ from scanside.errors import InputError  # noqa: E402
 from scanside.models import train  # noqa: E402
 from scanside.models.train import Settings, dihedral, train_default  # noqa: E402
 
-TINY = Settings(recipe="ct-tiny", train_pairs=4, vae_steps=3, vae_batch=2, unet_steps=4,
-                unet_batch=2, checkpoint_every=1, workers=1, specialise_from=1,
-                refine_from=2, unet_restarts=(2,), lesion_from=3)  # every phase
+# One scene of each source (a head needs Debian's mricron-data: CI installs it), 32 px patches.
+TINY = Settings(recipe="ct-tiny", scenes=(("head", 1), ("natural", 1), ("phantom", 2)),
+                patches=(("head", 2), ("natural", 1), ("phantom", 1)), patch=32, vae_steps=3,
+                vae_batch=2, unet_steps=4, unet_batch=2, checkpoint_every=1, workers=1)
 UNET = "unet/diffusion_pytorch_model.safetensors"
 
 
@@ -43,7 +44,7 @@ def test_writes_an_fp16_diffusers_folder_with_its_settings(trained):
     info = json.loads((model_dir / "training.json").read_text())
     assert info["settings"]["seed"] == 0 and info["vae_scaling_factor"] > 0
     assert any(line.startswith("unet step 4/4  loss") for line in lines)  # progress is printed
-    assert any("lesion-weighted from step 3" in line for line in lines)
+    assert any("lesion pixels x200" in line for line in lines)
 
 
 def test_export_carries_the_model_settings_into_the_manifest(trained, tmp_path):
@@ -91,48 +92,53 @@ def test_dihedral_gives_eight_distinct_invertible_views():
     assert all(sorted(v.ravel()) == sorted(image.ravel()) for v in views)
 
 
-def test_specialised_batches_start_from_the_low_dose_latent_in_range():
-    from scanside.models.train import specialise
+def test_batches_start_from_the_low_dose_latent_at_small_timesteps():
+    from scanside.models.train import batch_start
 
     settings = Settings()
-    x0, low = torch.zeros(64, 4, 2, 2), np.ones((64, 4, 2, 2), np.float32)
-    t, start = specialise(np.random.default_rng(0), torch.zeros(64, dtype=torch.long), x0, low,
-                          settings, step=settings.specialise_from)
+    x0, low = torch.zeros(64, 4, 2, 2), torch.ones(64, 4, 2, 2)
+    t, start = batch_start(np.random.default_rng(0), x0, low, settings)
     from_low = start.flatten(1).mean(1) == 1
-    assert 0.3 < from_low.float().mean() < 0.7  # low_start = 0.5
-    assert (t[from_low] >= settings.low_start_t_min).all()
-    assert (t <= settings.specialise_t).all() and (t[~from_low] >= 0).all()
-    t, start = specialise(np.random.default_rng(0), torch.zeros(64, dtype=torch.long), x0, low,
-                          settings, step=settings.refine_from)
-    assert (t <= settings.refine_t).all() and (start.flatten(1).mean(1) == 1).float().mean() > 0.6
+    assert 0.6 < from_low.float().mean() < 0.9  # low_start = 0.75
+    assert (t[from_low] >= 1).all() and (t <= settings.refine_t).all() and (t >= 0).all()
 
 
-def test_learning_rate_restarts_keep_earlier_steps_rates():
+def test_patches_pair_a_reference_with_its_low_dose_and_the_phantoms_lesions():
+    from scanside.models.train import scene_patches
+
+    settings = Settings(patch=64)
+    out = scene_patches(("phantom", 3, settings))  # ctsim phantom of train seed 3
+    assert out["low"].shape == out["full"].shape == out["lesions"].shape
+    assert out["low"].shape[1:] == (64, 64) and out["lesions"].dtype == bool
+    noise = (out["low"] - out["full"]) * 1000  # HU
+    assert 8 < noise.std() < 150  # within the simulated 15-90 HU, scaled by anatomy
+    assert np.abs(out["full"]).max() <= 1.0
+    # The same job gives the same patches (a resumed run's data is the same data).
+    again = scene_patches(("phantom", 3, settings))
+    assert all(np.array_equal(out[k], again[k]) for k in out)
+
+
+def test_a_batch_scales_each_samples_noise_and_turns_both_images_alike():
+    from scanside.models.train import sample
+
+    rng = np.random.default_rng(0)
+    full = rng.standard_normal((6, 16, 16)).astype(np.float32)
+    noise = rng.standard_normal((6, 16, 16)).astype(np.float32)
+    data = {"full": full, "low": full + noise, "lesions": full > 1}
+    low, ref, lesions = sample(data, np.random.default_rng(1), 4, Settings())
+    for lo, r, les in zip(low, ref, lesions):
+        i = next(i for i in range(6) for k in range(8) if np.array_equal(dihedral(full[i], k), r))
+        k = next(k for k in range(8) if np.array_equal(dihedral(full[i], k), r))
+        scale = (lo - r).std() / noise[i].std()
+        assert 0.69 < scale < 1.41  # Settings.noise_scale
+        np.testing.assert_allclose(lo - r, scale * dihedral(noise[i], k), rtol=1e-3, atol=1e-4)
+        assert np.array_equal(les, dihedral(full[i] > 1, k))
+
+
+def test_learning_rate_is_one_cosine_cycle():
     from scanside.models.train import cosine_lr, unet_lr
 
-    one = Settings(unet_steps=100, unet_restarts=())
-    two = Settings(unet_steps=150, unet_restarts=(100,))
-    assert all(unet_lr(k, one) == unet_lr(k, two) == cosine_lr(k, 100, one.unet_lr)
-               for k in range(100))
-    assert unet_lr(100, two) == pytest.approx(two.unet_lr / 3)  # the restart's peak
-    lesions = Settings(unet_steps=200, unet_restarts=(100,), lesion_from=150, lesion_lr=1e-5)
-    assert all(unet_lr(k, lesions) == unet_lr(k, two) for k in range(150))
-    assert unet_lr(150, lesions) == pytest.approx(1e-5)  # its own cycle
-    assert unet_lr(199, lesions) < unet_lr(150, lesions)
-
-
-def test_lesion_masks_follow_the_phantoms_and_the_latents_views():
-    from scanside.models import ctsim
-    from scanside.models.train import latent_views, lesion_masks
-
-    settings = Settings(train_pairs=6)
-    masks = lesion_masks(settings, 64)
-    assert masks.shape == (12, 64, 64) and masks.dtype == bool
-    views = latent_views(settings.seed, 6)
-    for i, seed in enumerate(ctsim.split_seeds("train", 6)):
-        phantom = ctsim.make_phantom(seed, 64)
-        assert (masks[i] == ctsim.lesion_mask(phantom, settings.lesion_grow)).all()
-        assert (masks[6 + i] == dihedral(masks[i], int(views[i]))).all()
-        for les in phantom.lesions:  # every lesion centre is marked, its far ring is not
-            assert masks[i][int(round(les.y)), int(round(les.x))]
-    assert masks.any()
+    settings = Settings(unet_steps=1000)
+    assert all(unet_lr(k, settings) == cosine_lr(k, 1000, settings.unet_lr) for k in range(1000))
+    assert unet_lr(99, settings) == pytest.approx(settings.unet_lr)  # warm-up done: the peak
+    assert unet_lr(999, settings) < unet_lr(500, settings) < unet_lr(99, settings)

@@ -1,0 +1,175 @@
+"""Training content with real anatomy and real image statistics, none of it patient data.
+
+The first default model saw only ctsim's ellipse phantoms and learned them, not CT: on real
+slices it shifted soft tissue by ~15 HU and faded ventricles. Its training data now mixes
+three sources of slices in Hounsfield units (each a ``Scene``, scanned by ctsim's chain):
+
+- ``head``: a pseudo-CT of the Colin27 head (MNI's average-of-27 T1 MRI of one volunteer, 1 mm,
+  as Debian's ``mricron-data`` ships it in /usr/share/mricron/templates, BSD-3-clause per that
+  package): air, scalp fat, muscle, skull, CSF, grey and white matter from the T1 intensities
+  and the brain mask (``ch2bet``), resampled to a CT pixel size of 0.4-1.0 mm. Head CT is
+  what scanners make most of, and what the project's real test slices show.
+- ``natural``: scikit-image's bundled photographs (not its retina images, which are medical,
+  nor its Shepp-Logan phantom, which is kept for testing), mapped to soft-tissue or full CT
+  ranges inside a body outline: edges, textures and shapes no phantom has (natural images
+  carry over to CT denoising; see ../shared/research/ldct-generalisation.md).
+- ``phantom``: ctsim's own phantoms with their lesions, so the lesion-weighted loss still has
+  lesions to weigh.
+
+Each source takes a seed and returns a Scene; nothing is read from the network. Needs
+scikit-image, scipy and nibabel (``pip install 'scanside[train]'``) and, for heads,
+``apt-get install mricron-data``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from . import ctsim
+
+COLIN27 = Path("/usr/share/mricron/templates")
+PIXEL_MM = (0.4, 1.0)  # the pixel sizes of clinical CT slices (512 px over 200-500 mm)
+# scikit-image's photographs: no medical images (retina, microaneurysms, immunohistochemistry)
+# and no Shepp-Logan (a test image).
+NATURAL = ("astronaut", "brick", "camera", "cat", "chelsea", "clock", "coffee", "coins",
+           "grass", "gravel", "moon", "page", "rocket", "text", "hubble_deep_field", "cell")
+
+
+class Source(str, enum.Enum):
+    HEAD = "head"
+    NATURAL = "natural"
+    PHANTOM = "phantom"
+
+
+@dataclass(frozen=True)
+class Scene:
+    hu: np.ndarray  # (N, N) float32 Hounsfield units, air (-1000) outside the object
+    pixel_mm: float
+    source: Source
+    lesions: tuple[ctsim.Lesion, ...] = field(default=())
+
+
+def square(hu: np.ndarray, multiple: int = 16) -> np.ndarray:
+    """Pad with air to a square whose side is a multiple of ``multiple``."""
+    side = -(-max(hu.shape) // multiple) * multiple
+    dy, dx = side - hu.shape[0], side - hu.shape[1]
+    return np.pad(hu, ((dy // 2, dy - dy // 2), (dx // 2, dx - dx // 2)), constant_values=-1000.0)
+
+
+# -- head: Colin27 pseudo-CT --------------------------------------------------------------
+class MissingData(RuntimeError):
+    """An offline data package the training data needs is not installed."""
+
+
+@lru_cache(maxsize=1)
+def colin27() -> tuple[np.ndarray, np.ndarray]:
+    """(T1 head, brain mask), (181, 217, 181) at 1 mm, axial slices along the last axis."""
+    try:
+        import nibabel
+    except ImportError as exc:
+        raise MissingData("head slices need nibabel: pip install 'scanside[train]'") from exc
+    files = COLIN27 / "ch2.nii.gz", COLIN27 / "ch2bet.nii.gz"
+    if not all(f.is_file() for f in files):
+        raise MissingData(f"{files[0]}: not found; head slices need Debian's Colin27 template "
+                          "(apt-get install mricron-data)")
+    t1, brain = (np.asarray(nibabel.load(f).dataobj, dtype=np.float32) for f in files)
+    return t1, brain > 0
+
+
+def pseudo_ct(t1: np.ndarray, brain: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One axial T1 slice and its brain mask -> HU. Tissue values vary per scene by a few HU,
+    as they do between patients and scanners."""
+    from scipy import ndimage
+
+    head = ndimage.binary_fill_holes(ndimage.binary_closing(t1 > 18, iterations=3))
+    near_brain = ndimage.binary_dilation(brain, iterations=2)
+    csf, grey, white = rng.normal(8, 2), rng.normal(38, 3), rng.normal(27, 2)
+    hu = np.full(t1.shape, -1000.0, np.float32)
+    # Brain: T1 dark CSF, mid grey matter, bright white matter; CT orders grey above white.
+    hu[brain] = np.interp(t1[brain], [25, 50, 80, 112], [csf, csf + 4, grey, white])
+    outside = head & ~brain
+    dark = t1 < 45
+    hu[outside & dark & near_brain] = csf  # the CSF around the brain
+    bone = outside & dark & ~near_brain  # skull: T1-dark between brain and scalp
+    hu[bone] = rng.uniform(700, 1400) - 300 * (t1[bone] / 45)  # marrow is brighter in T1
+    soft = outside & ~dark
+    # Scalp and muscle: T1 mid is muscle (~45 HU), T1 bright is fat (~-100 HU).
+    hu[soft] = np.interp(t1[soft], [45, 90, 140, 200], [45, 50, -30, -100])
+    return hu
+
+
+def head_scene(seed: int) -> Scene:
+    from scipy import ndimage
+
+    rng = np.random.default_rng([seed, 1])
+    t1, brain = colin27()
+    z = int(rng.integers(35, 150))  # skull base to vertex
+    hu = pseudo_ct(t1[:, :, z], brain[:, :, z], rng).T[::-1]  # (AP, LR), anterior up
+    pixel_mm = float(rng.uniform(*PIXEL_MM))
+    hu = ndimage.rotate(hu, rng.uniform(-15, 15), order=1, cval=-1000.0, reshape=True)
+    hu = ndimage.zoom(hu, 1.0 / pixel_mm, order=1, cval=-1000.0)  # 1 mm -> pixel_mm
+    hu += 4.0 * ctsim.smooth_noise(rng, hu.shape, 1.5) * (hu > -500)  # tissue texture
+    return Scene(square(hu).astype(np.float32), pixel_mm, Source.HEAD)
+
+
+# -- natural images mapped to HU ----------------------------------------------------------
+@lru_cache(maxsize=None)
+def natural_image(name: str) -> np.ndarray:
+    """A scikit-image photograph as float32 gray in [0, 1]."""
+    import skimage.data
+    from skimage.color import rgb2gray, rgba2rgb
+
+    image = getattr(skimage.data, name)()
+    if image.ndim == 3:
+        image = rgb2gray(rgba2rgb(image) if image.shape[2] == 4 else image)
+    image = image.astype(np.float32)
+    return (image - image.min()) / max(float(np.ptp(image)), 1e-6)
+
+
+def natural_scene(seed: int, size: int = 256) -> Scene:
+    """A random crop of a photograph inside an elliptical body with a fat layer: either soft
+    tissue (a 60-400 HU span around 0-60 HU, as in an abdomen or brain) or the whole CT range
+    (lung to bone)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng([seed, 2])
+    image = natural_image(NATURAL[int(rng.integers(len(NATURAL)))])
+    scale = rng.uniform(0.5, 1.5)
+    crop = min(image.shape[0], image.shape[1], int(size / scale))
+    y, x = (int(rng.integers(0, d - crop + 1)) for d in image.shape[:2])
+    patch = ndimage.zoom(image[y : y + crop, x : x + crop], size / crop, order=1)[:size, :size]
+    patch = np.rot90(patch, int(rng.integers(4)))
+    if rng.random() < 0.7:
+        span = rng.uniform(60, 400)
+        hu = rng.uniform(0, 60) + span * (patch - 0.5)
+    else:
+        hu = np.interp(patch, [0, 0.3, 0.7, 1], [-950, -100, 100, rng.uniform(400, 1500)])
+    shape, c = (size, size), size / 2
+    ry, rx = size * rng.uniform(0.36, 0.48), size * rng.uniform(0.36, 0.48)
+    body = ctsim.ellipse(shape, c, c, ry, rx)
+    inner = ctsim.ellipse(shape, c, c, ry - rng.uniform(2, 10), rx - rng.uniform(2, 10))
+    out = np.full(shape, -1000.0, np.float32)
+    out[body] = rng.uniform(-120, -80)  # subcutaneous fat
+    out[inner] = hu[inner]
+    return Scene(out, float(rng.uniform(*PIXEL_MM)), Source.NATURAL)
+
+
+# -- ctsim phantoms -----------------------------------------------------------------------
+def phantom_scene(seed: int) -> Scene:
+    """ctsim's phantom (train seeds), at 128 px (as before) or 256 px."""
+    rng = np.random.default_rng([seed, 3])
+    size = int(rng.choice([128, 256]))
+    phantom = ctsim.make_phantom(seed, size)
+    return Scene(phantom.hu, float(rng.uniform(0.5, 1.0)), Source.PHANTOM, phantom.lesions)
+
+
+MAKERS = {Source.HEAD: head_scene, Source.NATURAL: natural_scene, Source.PHANTOM: phantom_scene}
+
+
+def make_scene(source: "Source | str", seed: int) -> Scene:
+    return MAKERS[Source(source)](seed)
