@@ -296,7 +296,7 @@ def cmd_models_build(args: argparse.Namespace) -> int:
 def cmd_models_train(args: argparse.Namespace) -> int:
     from scanside.models.train import Settings, train_default
 
-    settings = Settings(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
+    settings = Settings(seed=args.seed, unet_steps=args.unet_steps,
                         workers=args.workers)
     model_dir = train_default(args.out_dir, settings)
     print(f"trained model: {model_dir}; export it with `scanside export {model_dir} --out ENGINE`")
@@ -308,7 +308,7 @@ def cmd_models_evaluate(args: argparse.Namespace) -> int:
 
     result = evaluate(args.engine_dir, pairs=args.pairs, split=args.split, workers=args.workers,
                       steps=args.steps, strength=args.strength, guidance=args.guidance,
-                      seed=args.seed, ensemble=args.ensemble)
+                      seed=args.seed, ensemble=args.ensemble, skip=frozenset(args.skip or ()))
     print(table(result))
     if args.json:
         from scanside.bench.report import write_json
@@ -452,7 +452,6 @@ def build_parser() -> argparse.ArgumentParser:
                                               "needs the export and train extras)")
     p.add_argument("out_dir", type=Path, help="run folder: data, checkpoints, and model/ at the end")
     p.add_argument("--seed", type=int, default=Settings.seed, help="everything random follows it")
-    p.add_argument("--vae-steps", type=positive_int, default=Settings.vae_steps)
     p.add_argument("--unet-steps", type=positive_int, default=Settings.unet_steps)
     p.add_argument("--workers", type=positive_int, default=Settings.workers,
                    help="processes simulating the scans")
@@ -481,6 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_ensemble(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=positive_int, default=2)
+    p.add_argument("--skip", action="append", choices=["bm3d", "doses", "real"],
+                   help="leave out a section: BM3D (slow), the dose sweep, the real-anatomy "
+                        "slices (repeatable)")
     p.add_argument("--json", type=Path, help="write the figures as JSON")
     p.set_defaults(func=cmd_models_evaluate)
     return parser

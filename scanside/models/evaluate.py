@@ -178,11 +178,13 @@ class Scores:
     blobs: int = 0
     images: int = 0
     seconds: list[float] = field(default_factory=list)
+    bias: list[float] = field(default_factory=list)  # HU, per image (realct.hu_bias)
 
     def add(self, output: np.ndarray, pair: ctsim.Pair) -> None:
         ref = pair.full
         self.psnr.append(psnr(ref, output))
         self.ssim.append(ssim(ref, output))
+        self.bias.append(realct.hu_bias(output, ref))
         truth = pair.phantom.hu
         for lesion in pair.phantom.lesions:
             self.contrasts.append((region_contrast(ref, lesion, truth),
@@ -193,6 +195,10 @@ class Scores:
     def summary(self) -> dict[str, Any]:
         out = {"psnr_db": float(np.mean(self.psnr)), "ssim": float(np.mean(self.ssim)),
                "false_blobs_per_image": self.blobs / max(1, self.images)}
+        if self.bias:
+            bias = np.array(self.bias)
+            out.update({"hu_bias_mean": float(np.nanmean(bias)),
+                        "hu_bias_max_abs": float(np.nanmax(np.abs(bias)))})
         if self.contrasts:
             ref, got, designed = (np.array(c) for c in zip(*self.contrasts))
             error = np.abs(got - ref) / np.maximum(np.abs(ref), 1e-6)
@@ -291,10 +297,13 @@ def vae_round_trip(pipe, hu: np.ndarray) -> np.ndarray:
 
 def evaluate(engine_dir: Optional[Path] = None, *, pairs: int = ctsim.TEST_PAIRS,
              split: str = "test", workers: int = 2, echo: Callable[[str], None] = print,
-             **sampling: Any) -> dict[str, Any]:
+             skip: frozenset = frozenset(), **sampling: Any) -> dict[str, Any]:
     """Figures for the engine (the embedded default when None) on ``pairs`` pairs of
     ``split``: "test" for the figures, "val" to choose sampling settings without touching
-    the test set."""
+    the test set. ``skip`` leaves out sections by name (SECTIONS)."""
+    unknown = set(skip) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"evaluate: unknown section(s) {sorted(unknown)}; choose from {SECTIONS}")
     pipe, enhance = model_enhancer(engine_dir, sampling)
     size = ctsim.TEST_SIZE
     echo(f"simulating {VAL_PAIRS} validation and {pairs} {split} pairs at {size} px ...")
@@ -309,7 +318,9 @@ def evaluate(engine_dir: Optional[Path] = None, *, pairs: int = ctsim.TEST_PAIRS
         f"nl-means (h {h:.1f} sigma)": lambda hu, ref: nl_means(hu, h),
     }
     bm3d_factor = None
-    if have_bm3d():
+    if "bm3d" in skip:
+        echo("BM3D: skipped")
+    elif have_bm3d():
         bm3d_factor = tune_bm3d(val)
         echo(f"BM3D tuned on validation: sigma {bm3d_factor:g} x the true noise level")
         methods[f"bm3d ({bm3d_factor:g} x noise)"] = (
@@ -328,13 +339,15 @@ def evaluate(engine_dir: Optional[Path] = None, *, pairs: int = ctsim.TEST_PAIRS
         if (i + 1) % 20 == 0:
             echo(f"  {i + 1}/{len(test)} test pairs")
     ceiling = float(np.mean([psnr(p.full, vae_round_trip(pipe, p.full)) for p in test]))
-    sweep = dose_sweep(methods, ctsim.split_seeds(split, pairs)[:DOSE_PAIRS],
-                       test[:DOSE_PAIRS], workers, echo)
-    echo("real anatomy: pydicom's CT slices through the scan chain at 20/40/80 HU ...")
-    real = realct.score({"low-dose input": lambda hu, pair: hu, **(
-        {"bm3d": lambda hu, pair: bm3d_filter(hu, bm3d_factor, pair.measured_hu)}
-        if bm3d_factor is not None else {}), "scanside": lambda hu, pair: enhance(hu)},
-        realct.real_pairs(repeats=REAL_DRAWS), psnr)
+    sweep = [] if "doses" in skip else dose_sweep(
+        methods, ctsim.split_seeds(split, pairs)[:DOSE_PAIRS], test[:DOSE_PAIRS], workers, echo)
+    real = []
+    if "real" not in skip:
+        echo("real anatomy: pydicom's CT slices through the scan chain at 20/40/80 HU ...")
+        real = realct.score({"low-dose input": lambda hu, pair: hu, **(
+            {"bm3d": lambda hu, pair: bm3d_filter(hu, bm3d_factor, pair.measured_hu)}
+            if bm3d_factor is not None else {}), "scanside": lambda hu, pair: enhance(hu)},
+            realct.real_pairs(repeats=REAL_DRAWS), psnr)
     m = pipe.manifest
     return {
         "vae_round_trip_psnr_db": ceiling, "lesion_floor": lesion_floor(test),
@@ -347,6 +360,7 @@ def evaluate(engine_dir: Optional[Path] = None, *, pairs: int = ctsim.TEST_PAIRS
     }
 
 
+SECTIONS = ("bm3d", "doses", "real")  # what `evaluate --skip` may leave out
 DOSES = (0.25, 0.5, 1.0, 2.0, 4.0)  # x the nominal low dose (ctsim.LOW_DOSE)
 DOSE_PAIRS = 30
 REAL_DRAWS = 3  # independent noise draws per real slice and noise level (see realct)
@@ -375,7 +389,7 @@ def table(result: dict[str, Any]) -> str:
             f"{result['precision']} engine, window {result['window_hu']} HU, "
             f"data_range {result['data_range']:g}",
             f"{'method':<24}{'PSNR dB':>9}{'SSIM':>8}{'lesion err':>12}{'all':>7}{'pooled':>8}"
-            f"{'lost':>7}{'blobs/img':>11}{'s/image':>9}"]
+            f"{'lost':>7}{'blobs/img':>11}{'s/image':>9}{'HU bias':>9}{'max|b|':>8}"]
     percent = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
     for name, s in result["methods"].items():
         rows.append(f"{name:<24}{s['psnr_db']:>9.2f}{s['ssim']:>8.4f}"
@@ -383,7 +397,9 @@ def table(result: dict[str, Any]) -> str:
                     f"{percent(s.get('lesion_contrast_error_all')):>7}"
                     f"{percent(s.get('lesion_contrast_error_pooled')):>8}"
                     f"{percent(s.get('lesions_lost')):>7}"
-                    f"{s['false_blobs_per_image']:>11.2f}{s.get('seconds_median', 0):>9.3f}")
+                    f"{s['false_blobs_per_image']:>11.2f}{s.get('seconds_median', 0):>9.3f}"
+                    f"{s.get('hu_bias_mean', float('nan')):>+9.2f}"
+                    f"{s.get('hu_bias_max_abs', float('nan')):>8.2f}")
     first = next(iter(result["methods"].values()))
     if "lesions" in first:
         rows.append(f"lesion err and lost: over the {first['lesions_shown']} of "

@@ -18,6 +18,8 @@ from typing import Any
 
 from scanside.errors import InputError
 
+from . import identity_vae
+
 log = logging.getLogger(__name__)
 CLIP_VOCAB = Path(__file__).resolve().parent / "data" / "clip-tokenizer"
 
@@ -57,6 +59,7 @@ class Recipe:
     real_vocab: bool  # the real CLIP vocabulary, else a small generated one
     sample_size: int  # default image size in pixels
     scheduler: dict[str, Any] = field(default_factory=lambda: dict(SD15_SCHEDULER))
+    identity_vae: bool = False  # the VAE's weights are set to the identity (identity_vae.py)
 
 
 def tiny_unet(in_channels: int) -> dict[str, Any]:
@@ -100,19 +103,6 @@ def ct_unet(channels: tuple[int, ...], cross_attention_dim: int, groups: int,
     )
 
 
-def ct_vae(channels: tuple[int, ...], groups: int, size: int) -> dict[str, Any]:
-    """Grayscale AutoencoderKL. The default model uses one level (latent factor 1, 4 latent
-    channels per pixel): CT is judged at 0.3 % of its range, and a 2x factor's VAE stalled
-    near 22 HU reconstruction error in a CPU-sized training run, where one level reached 7 HU
-    in minutes. No mid-block attention: fully convolutional, any size behaves alike."""
-    return dict(
-        in_channels=1, out_channels=1, latent_channels=4, layers_per_block=1,
-        block_out_channels=channels, down_block_types=("DownEncoderBlock2D",) * len(channels),
-        up_block_types=("UpDecoderBlock2D",) * len(channels), norm_num_groups=groups,
-        mid_block_add_attention=False, sample_size=size,
-    )
-
-
 CT_TEXT = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2,
                max_position_embeddings=77, hidden_act="quick_gelu")
 
@@ -135,15 +125,15 @@ RECIPES = {
     # The generated vocabulary, not CLIP's: the real 49,408-token embedding table alone would
     # be 12.6 MB at fp32 (a third of the shipped model's budget) for a model that only ever
     # reads a task prompt. Widths sized for a 512 px slice in under a second on 2 CPU cores:
-    # the first UNet level and the VAE run at full resolution, so they have 16 channels
-    # (measured in torch at 512 px: UNet (32, 32, 64, 96) 1.96 s, (16, 32, 64, 96) 1.22 s;
-    # VAE 32 channels 1.95 s encode + decode, 16 channels 0.42 s).
+    # the first UNet level runs at full resolution, so it has 16 channels (measured in torch
+    # at 512 px: UNet (32, 32, 64, 96) 1.96 s, (16, 32, 64, 96) 1.22 s). The VAE is the
+    # identity (latent factor 1, see identity_vae.py): the diffusion runs on the pixels.
     RecipeName.CT_DEFAULT: Recipe(
-        ct_unet((16, 32, 64, 96), 64, 8, 128), ct_vae((16,), 8, 128), CT_TEXT, real_vocab=False,
-        sample_size=128, scheduler=dict(CT_SCHEDULER)),
+        ct_unet((16, 32, 64, 96), 64, 8, 128), identity_vae.config(128), CT_TEXT,
+        real_vocab=False, sample_size=128, scheduler=dict(CT_SCHEDULER), identity_vae=True),
     RecipeName.CT_TINY: Recipe(
-        ct_unet((16, 32), 32, 8, 32), ct_vae((8,), 8, 32), TINY_TEXT, real_vocab=False,
-        sample_size=32, scheduler=dict(CT_SCHEDULER)),
+        ct_unet((16, 32), 32, 8, 32), identity_vae.config(32), TINY_TEXT, real_vocab=False,
+        sample_size=32, scheduler=dict(CT_SCHEDULER), identity_vae=True),
 }
 
 
@@ -185,9 +175,12 @@ def build_components(spec: Recipe, vocab_size: int, seed: int) -> dict[str, Any]
     text_config = CLIPTextConfig(vocab_size=vocab_size, bos_token_id=vocab_size - 2,
                                  eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
                                  **spec.text)
+    vae = AutoencoderKL(**spec.vae)
+    if spec.identity_vae:
+        identity_vae.set_identity(vae)
     return {
         "unet": UNet2DConditionModel(**spec.unet),
-        "vae": AutoencoderKL(**spec.vae),
+        "vae": vae,
         "text_encoder": CLIPTextModel(text_config),
         "scheduler": scheduler_class.from_config(spec.scheduler),
     }

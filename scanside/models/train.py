@@ -1,13 +1,13 @@
 """Training scanside's default model: low-dose CT denoising in Stable Diffusion's architecture.
 
-Three stages, each resumable from its last checkpoint in OUT_DIR/train/:
+Two stages, each resumable from what it left in OUT_DIR/train/:
 
 1. data   scenes with anatomy (``anatomy``: Colin27 pseudo-CT heads, photographs mapped to
           HU, ctsim phantoms) at CT pixel sizes, each projected once and reconstructed at a
           near-noiseless reference dose and at two low doses of random noise level (15-90 HU
-          in soft tissue); 128-px patches of (low, reference) pairs and lesion masks;
-2. vae    a grayscale AutoencoderKL learns to reconstruct both doses;
-3. unet   an image-conditioned UNet learns v-prediction of the reference latent, seeing the
+          in soft tissue); 128-px patches of (low, reference) pairs and lesion masks.
+          The VAE is not trained: its weights are the identity (identity_vae.py);
+2. unet   an image-conditioned UNet learns v-prediction of the reference latent, seeing the
           noisy latent concatenated with the low-dose image's latent (instruct-pix2pix's
           layout: unscaled posterior mean, so the export's default concat scale of 1 fits)
           and the task prompt's embedding from a frozen, randomly initialised CLIP text
@@ -48,7 +48,7 @@ PROMPT = "low-dose CT, denoise"  # the task prompt the default model is trained 
 # 8-view self-ensemble cost 8x the time for 0.2 dB on the previous model, and a 512 px slice
 # must take under a second on a 2-core CPU.
 ENHANCE = {"prompt": PROMPT, "strength": 0.05, "steps": 20, "guidance": 1.0, "ensemble": 1}
-STAGE_SEED = {"vae": 1, "unet": 2}
+STAGE_SEED = {"unet": 2}
 REFERENCE_PHOTONS = 1e7  # per ray: the reference's noise is ~1 HU, far below any low dose
 
 
@@ -70,9 +70,6 @@ class Settings:
     # which covers the doses between and around those simulated (Gaussian approximation of
     # the quantum noise, good above a few tens of photons per ray).
     noise_scale: tuple[float, float] = (0.7, 1.4)
-    vae_steps: int = 1500
-    vae_batch: int = 4
-    vae_lr: float = 2e-3
     unet_steps: int = 4000  # ~1 s each on 2 cores
     unet_batch: int = 8
     unet_lr: float = 3e-4
@@ -264,54 +261,7 @@ def sample(data: dict, rng: np.random.Generator, batch: int, settings: Settings)
     return low, full, lesions
 
 
-# -- stage 2: VAE -------------------------------------------------------------------------
-def train_vae(vae, data: dict, settings: Settings, ckpt: Checkpoints,
-              echo: Callable[[str], None]) -> None:
-    import torch
-
-    state = ckpt.load("vae")
-    opt = torch.optim.AdamW(vae.parameters(), lr=settings.vae_lr, weight_decay=0.0)
-    start = 0
-    if state is not None:
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start = state["step"]
-    if start >= settings.vae_steps:
-        return
-    echo(f"vae: {sum(p.numel() for p in vae.parameters()) / 1e6:.2f} M parameters, "
-         f"steps {start}..{settings.vae_steps}")
-    vae.train()
-    progress = Progress("vae", settings.vae_steps, start, 20, echo)
-    for step in range(start, settings.vae_steps):
-        rng = np.random.default_rng([settings.seed, STAGE_SEED["vae"], step])
-        # Mostly references: the decoder's precision on clean images bounds the final PSNR;
-        # a quarter low-dose so the encoder also knows the noisy inputs it conditions on.
-        low, full, _ = sample(data, rng, settings.vae_batch, settings)
-        noisy = rng.random(settings.vae_batch) < 0.25
-        x = torch.from_numpy(np.where(noisy[:, None, None], low, full)[:, None])
-        torch.manual_seed(int(rng.integers(2**31)))
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, settings.vae_steps, settings.vae_lr)
-        posterior = vae.encode(x).latent_dist
-        # The decoder sees the posterior mean: scanside's concat path and the diffusion target
-        # both use the mean, and decoding samples (std starts near 1, far above the signal)
-        # made reconstruction error stall at ~45 HU. MSE is the PSNR the model is judged by.
-        # The KL term is per latent element, weighted 1e-6 against the per-pixel MSE, as in
-        # SD's VAE (whose losses are sums).
-        recon = vae.decode(posterior.mode()).sample
-        kl = posterior.kl().mean() / posterior.mean[0].numel()
-        loss = (recon - x).pow(2).mean() + 1e-6 * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        value = float(loss.detach())
-        progress.update(step, value, f"  rmse {np.sqrt(value) * 1000:.1f} HU")
-        if (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.vae_steps:
-            ckpt.save("vae", {"step": step + 1, "model": vae.state_dict(),
-                              "optimizer": opt.state_dict()})
-    vae.eval()
-
-
+# -- stage 2: UNet ------------------------------------------------------------------------
 def encode(vae, images: np.ndarray):
     """Posterior means of (B, H, W) images -> (B, 4, h, w) torch tensor."""
     import torch
@@ -327,7 +277,6 @@ def latent_scale(vae, data: dict, count: int = 256) -> float:
     return float(1.0 / encode(vae, data["full"][np.sort(pick)]).std())
 
 
-# -- stage 3: UNet ------------------------------------------------------------------------
 def train_unet(unet, vae, scheduler, data: dict, embeddings, scaling: float, settings: Settings,
                ckpt: Checkpoints, echo: Callable[[str], None]):
     """Returns the EMA copy of the UNet (the weights that ship)."""
@@ -456,9 +405,7 @@ def train_default(out: "str | Path", settings: Settings = Settings(),
     parts = build_components(spec, vocab_size, settings.seed)
     parts["text_encoder"].eval().requires_grad_(False)
     vae, unet = parts["vae"], parts["unet"]
-    train_vae(vae, data, settings, ckpt, echo)
-    vae.requires_grad_(False)
-    vae.eval()
+    vae.requires_grad_(False).eval()  # the identity, set not learned (identity_vae.py)
     scaling = latent_scale(vae, data)
     vae.register_to_config(scaling_factor=scaling)
     embeddings = prompt_embeddings(parts["text_encoder"], tokenizer_dir)

@@ -106,16 +106,12 @@ def undo_dihedral(images: np.ndarray, k: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(out, -(k % 4), axes=(-2, -1)))
 
 
-def ensemble_views(ensemble: int, pixels_shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The dihedral views an ``ensemble`` of that many averages, for pixels of this shape."""
+def ensemble_views(ensemble: int) -> tuple[int, ...]:
+    """The dihedral views an ``ensemble`` of that many averages. Quarter turns of a non-square
+    image change its shape: a dynamic or square engine takes it like any other size."""
     whole = isinstance(ensemble, (int, np.integer)) and not isinstance(ensemble, bool)
     if not whole or ensemble not in ENSEMBLE_VIEWS:
         allowed = ", ".join(map(str, ENSEMBLE_VIEWS))
         raise InputError(f"ensemble: {ensemble!r} is not one of {allowed} (the number of "
                          "rotated/mirrored views averaged; 1 turns it off)")
-    height, width = pixels_shape[-2:]
-    if ensemble == 8 and height != width:
-        raise InputError(f"ensemble: 8 views include quarter turns, which need a square "
-                         f"engine size (this one runs {height}x{width}); use 4 (mirrors and "
-                         "half turns) or export the engine square")
     return ENSEMBLE_VIEWS[ensemble]

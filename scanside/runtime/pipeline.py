@@ -22,11 +22,11 @@ from tqdm.auto import tqdm
 from scanside.errors import InputError
 
 from . import images, schedulers
-from .tiles import Grid, run_tiled
 from .artifacts import COMPONENTS, TOKENIZER, Conditioning, Manifest, read_manifest
 from .default import default_engine_dir
 from .engines import Backend, Engine, open_engine
 from .schedulers import Plan, SchedulerName
+from .tiles import Grid, run_tiled
 from .timing import NullTimer, StageTimer
 from .tokenizer import ClipTokenizer
 
@@ -149,7 +149,9 @@ class Pipeline:
         """Tiles for prepared pixels of this size; None when the engine runs it whole."""
         th, tw = self.tile_size()
         m = self.manifest
-        if (height, width) == (m.height, m.width) or (m.dynamic and height <= th and width <= tw):
+        # A dynamic engine's export size is only its tuning point: max_tile decides.
+        fits = height <= th and width <= tw if m.dynamic else (height, width) == (th, tw)
+        if fits:
             return None
         # A quarter of the tile overlaps each neighbour: wider than the VAE's and the first
         # UNet levels' receptive field, so the zero-padded borders get (almost) no weight.
@@ -307,7 +309,12 @@ class Pipeline:
                                    noise=noise, ensemble=ensemble)
         self.check_guidance(guidance)
         prepared = self.prepare(image)
-        views = images.ensemble_views(ensemble, prepared.pixels.shape)
+        views = images.ensemble_views(ensemble)
+        m = self.manifest
+        if len(views) == 8 and not m.dynamic and m.height != m.width:
+            raise InputError(f"ensemble: 8 views include quarter turns, which a static "
+                             f"{m.height}x{m.width} engine cannot take; use 4 (mirrors and half "
+                             "turns), or export the engine square or --dynamic")
         plan = self.plan(scheduler, steps, strength)
         decoded = [images.undo_dihedral(self.enhance_pixels(
             images.dihedral(prepared.pixels, k), plan, prompt, negative_prompt or "", guidance,

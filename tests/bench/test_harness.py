@@ -110,7 +110,7 @@ def test_cli_tiles_a_size_above_the_engines_and_refuses_peers_without_model(tiny
                                                                            capsys):
     out = tmp_path / "b.json"
     assert main(["bench", str(tiny_engine), "--size", "128", "--repeat", "1", "--warmup", "0",
-                 "--steps", "2", "--json", str(out)]) == 0
+                 "--steps", "2", "--strength", "0.5", "--json", str(out)]) == 0
     # 64 px tiles overlapping by 16 (the divisor) over 128 px: 3 x 3 of them.
     assert json.loads(out.read_text())["settings"]["tiles"] == 9
     assert main(["bench", str(tiny_engine), "--peers"]) == 2

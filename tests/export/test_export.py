@@ -52,8 +52,12 @@ def test_existing_output_is_refused(tiny_model, tiny_engine):
 
 
 def test_bad_size_is_refused(tiny_model, tmp_path):
-    with pytest.raises(InputError, match="--height: 100 is not a multiple of 8"):
+    with pytest.raises(InputError, match="--height: 100 is not a multiple of 16"):
         export_model(tiny_model, tmp_path / "e", height=100, width=64)
+    # 72 is a multiple of the VAE factor (8) but the UNet halves its 9 latents: refused, with
+    # the real divisor (8 x 2 ** 1 UNet downsampling).
+    with pytest.raises(InputError, match="--width: 72 is not a multiple of 16 .*UNet downsamplings"):
+        export_model(tiny_model, tmp_path / "e", height=64, width=72)
     assert not (tmp_path / "e").exists()
 
 

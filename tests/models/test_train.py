@@ -17,8 +17,8 @@ from scanside.models.train import Settings, dihedral, train_default  # noqa: E40
 
 # One scene of each source (a head needs Debian's mricron-data: CI installs it), 32 px patches.
 TINY = Settings(recipe="ct-tiny", scenes=(("head", 1), ("natural", 1), ("phantom", 2)),
-                patches=(("head", 2), ("natural", 1), ("phantom", 1)), patch=32, vae_steps=3,
-                vae_batch=2, unet_steps=4, unet_batch=2, checkpoint_every=1, workers=1)
+                patches=(("head", 2), ("natural", 1), ("phantom", 1)), patch=32,
+                unet_steps=4, unet_batch=2, checkpoint_every=1, workers=1)
 UNET = "unet/diffusion_pytorch_model.safetensors"
 
 

@@ -32,7 +32,8 @@ def test_loads_without_an_engine_dir(pipe):
     m = pipe.manifest
     assert pipe.engine_dir == default.default_engine_dir()
     assert m.precision.value == "fp32" and m.conditioning.value == "concat"
-    assert m.image_channels == 1 and (m.height, m.width) == (128, 128)
+    assert m.image_channels == 1 and m.dynamic and (m.height, m.width) == (512, 512)
+    assert m.divisor == 8 and pipe.size_range() == (64, 1024)  # whole slices up to 1024 px
     assert m.enhance_defaults["prompt"] == "low-dose CT, denoise"
 
 
@@ -77,10 +78,9 @@ def test_reconstruct_is_the_vae_round_trip(pipe):
         unit = to_unit(pair["full"].astype(np.float32))
     again = pipe.reconstruct(unit)
     assert again.shape == unit.shape and again.dtype == np.float32
-    # The autoencoder alone keeps the clean slice far closer than any enhancement (the
-    # ceiling `scanside models evaluate` reports); seeded random weights would not.
-    error_hu = 2000 * np.sqrt(np.mean((again - unit) ** 2))
-    assert error_hu < 15
+    # The built-in model's VAE is the identity (scanside/models/identity_vae.py): the ceiling
+    # of any enhancement is the image itself. A learned one reached 5.6 HU on phantoms.
+    assert 2000 * np.abs(again - unit).max() < 0.5  # HU
 
 
 def test_an_ensemble_averages_the_views_turned_back(pipe):

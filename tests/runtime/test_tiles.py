@@ -92,6 +92,20 @@ def test_tiled_enhancement_matches_the_whole_image(ct_tiny):
     assert np.abs(tiled - image).mean() > 1e-3  # the input is; the model did change it
 
 
+def test_max_tile_tiles_an_image_of_the_dynamic_engines_own_export_size(ct_tiny):
+    # A dynamic engine exported at 256 px ran a 256 px image whole whatever max_tile said.
+    from scanside import Pipeline
+
+    dynamic = ct_tiny[1]
+    image = np.random.default_rng(2).random((256, 256)).astype(np.float32)
+    pipe = Pipeline.load(dynamic, max_tile=128)
+    assert pipe.grid(256, 256) is not None and len(pipe.grid(256, 256)) == 9
+    assert Pipeline.load(dynamic).grid(256, 256) is None
+    tiled = pipe.enhance(image, strength=0.5, steps=2, seed=0)
+    whole = Pipeline.load(dynamic).enhance(image, strength=0.5, steps=2, seed=0)
+    assert 0 < np.abs(tiled - whole).max()
+
+
 def test_a_bad_max_tile_is_refused_with_the_allowed_sizes(ct_tiny):
     from scanside import Pipeline
 
