@@ -91,7 +91,7 @@ def run_demo(workdir: Path) -> Path:
     print(f"model: scanside's built-in low-dose CT model ({pipe.manifest.precision.value} engine "
           f"{pipe.engine_dir}); prompt {settings['prompt']!r}, {settings['steps']} steps, "
           f"strength {settings['strength']:g}, guidance {settings['guidance']:g}, "
-          f"ensemble of {settings['ensemble']} views")
+          + ("one view" if settings["ensemble"] == 1 else f"ensemble of {settings['ensemble']} views"))
     pair = load_pair()
     inputs, out = workdir / "input", workdir / "enhanced"
     shutil.rmtree(out, ignore_errors=True)  # the demo's own output from an earlier run

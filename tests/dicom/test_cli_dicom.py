@@ -131,7 +131,7 @@ def test_an_image_larger_than_a_static_engine_runs_in_tiles(tiny_engine, tmp_pat
     assert pydicom.dcmread(written).pixel_array.shape == (128, 128)
 
 
-@pytest.mark.parametrize("name,shape", [("examples_overlay.dcm", (484, 300)),
+@pytest.mark.parametrize("name,shape", [("examples_overlay.dcm", (300, 484)),
                                         ("693_J2KI.dcm", (512, 512))])
 def test_the_built_in_model_takes_real_sizes(name, shape, tmp_path, capsys):
     # examples_overlay (300 x 484, MR) stopped a --dynamic engine with ONNX Runtime's "Non

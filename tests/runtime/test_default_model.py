@@ -51,8 +51,8 @@ def test_it_denoises_the_held_out_demo_slice(pipe):
     with np.load(default.DEFAULT_MODEL / "demo_pair.npz") as pair:
         low, full = pair["low"].astype(np.float32), pair["full"].astype(np.float32)
     result = HU_WINDOW.from_unit(pipe.enhance(to_unit(low)))
-    # Measured +6.5 dB on this slice (37.23 -> 43.76 dB; +6.5 dB on the 100-pair test set).
-    # This guards the shipped weights, with a margin for other CPUs' float rounding.
+    # Measured +5.3 dB on this slice (37.23 -> 42.53 dB; +5.2 dB on the 100-pair test set).
+    # This guards the shipped weights; float rounding on other CPUs moves it by far less.
     assert psnr(full, result) >= psnr(full, low) + 5
 
 
@@ -68,8 +68,8 @@ def test_it_keeps_most_of_the_lesions_contrast_on_held_out_pairs(pipe):
             ref = region_contrast(pair.full, lesion, pair.phantom.hu)
             if reference_shows(ref, lesion.contrast_hu):
                 ratios.append(region_contrast(out, lesion, pair.phantom.hu) / ref)
-    # Measured on these 28 lesions: median 0.74x the reference's contrast; the model before
-    # the lesion-weighted training phase kept 0.61x.
+    # Measured on these 28 lesions: median 0.77x the reference's contrast; a model trained
+    # without the lesion-weighted loss kept 0.61x.
     assert len(ratios) == 28 and np.median(ratios) >= 0.68
 
 
@@ -79,8 +79,11 @@ def test_reconstruct_is_the_vae_round_trip(pipe):
     again = pipe.reconstruct(unit)
     assert again.shape == unit.shape and again.dtype == np.float32
     # The built-in model's VAE is the identity (scanside/models/identity_vae.py): the ceiling
-    # of any enhancement is the image itself. A learned one reached 5.6 HU on phantoms.
-    assert 2000 * np.abs(again - unit).max() < 0.5  # HU
+    # of any enhancement is the image itself (a learned VAE reached 5.6 HU RMS on phantoms).
+    # Measured through ONNX Runtime: 0.72 HU at most, in air; 0.14 HU in soft tissue (float32
+    # rounding of GroupNorm's statistics next to the +-100 constant channels).
+    error_hu = 2000 * np.abs(again - unit)
+    assert error_hu.max() < 1.0 and error_hu[(unit > 0.4) & (unit < 0.6)].max() < 0.25
 
 
 def test_an_ensemble_averages_the_views_turned_back(pipe):
