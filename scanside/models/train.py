@@ -170,7 +170,7 @@ def scene_patches(job: tuple[str, int, Settings]) -> dict[str, np.ndarray]:
     rng = np.random.default_rng([settings.seed, seed, list(anatomy.Source).index(scene.source)])
     proj = ctsim.project(scene.hu, scene.pixel_mm / 10)
     full = ctsim.reconstruct(proj, REFERENCE_PHOTONS, int(rng.integers(2**31)))
-    pilot = 1e4
+    pilot = 1e4  # photons of the scan that measures this object's noise (as ctsim.scan_at_noise)
     measured = ctsim.noise_hu(ctsim.reconstruct(proj, pilot, int(rng.integers(2**31))), full)
     lesions = ctsim.lesion_mask(ctsim.Phantom(scene.hu, scene.lesions), settings.lesion_grow)
     per_dose = dict(settings.patches)[scene.source.value]
