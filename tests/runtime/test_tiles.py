@@ -113,3 +113,28 @@ def test_a_bad_max_tile_is_refused_with_the_allowed_sizes(ct_tiny):
         Pipeline.load(ct_tiny[1], max_tile=101)
     with pytest.raises(InputError, match="max_tile"):
         Pipeline.load(ct_tiny[1], max_tile=2048)
+
+
+def test_guided_tiles_pair_each_tile_with_its_prompt_half(ct_tiny, monkeypatch):
+    # With guidance the UNet gets (uncond, text) halves: each tile's row must carry the
+    # embedding of its own half, or the guided result mixes prompts.
+    from scanside import Pipeline
+
+    pipe = Pipeline.load(ct_tiny[0])  # static 64 px: a 100 x 100 image is 2 x 2 tiles
+    seen = []
+    unet = pipe.engines["unet"]
+    original = unet.run
+
+    def spy(feeds):
+        seen.append((feeds["sample"].shape[0], feeds["encoder_hidden_states"].copy()))
+        return original(feeds)
+
+    monkeypatch.setattr(unet, "run", spy)
+    image = np.random.default_rng(3).random((100, 100)).astype(np.float32)
+    out = pipe.enhance(image, strength=0.5, steps=2, guidance=3.0, prompt="a", seed=0)
+    assert out.shape == (100, 100) and np.isfinite(out).all()
+    uncond, text = pipe.embed(""), pipe.embed("a")
+    rows = [e for _, batch in seen for e in batch]
+    assert len(rows) == 2 * 4  # 2 halves x 4 tiles, one UNet step
+    assert sum(np.array_equal(r, uncond[0]) for r in rows) == len(rows) // 2
+    assert sum(np.array_equal(r, text[0]) for r in rows) == len(rows) // 2
