@@ -59,6 +59,10 @@ def add_sampling(p: argparse.ArgumentParser, guidance: float, strength: bool) ->
         p.add_argument("--strength", type=strength_arg, default=None,
                        help=f"how far to noise the input, in (0, 1] (default: {own}0.3)")
         add_ensemble(p)
+        p.add_argument("--consistency", type=float, default=None, metavar="PX",
+                       help="keep the input's content coarser than a Gaussian of PX pixels "
+                            "(data consistency: flat tissue keeps its mean HU); default: the "
+                            "model's own, else 0 (off)")
         p.add_argument("--max-tile", type=positive_int, default=None, metavar="PX",
                        help="dynamic engines: run images whole up to PX on each side, else in "
                             "PX tiles (the memory budget; default: the engine's largest size). "
@@ -148,7 +152,8 @@ def output_for(source: Path, out: Path, single: bool) -> Path:
 def sampling_of(args: argparse.Namespace) -> dict:
     return dict(prompt=args.prompt, strength=args.strength, steps=args.steps,
                 guidance=args.guidance, seed=args.seed, scheduler=args.scheduler,
-                negative_prompt=args.negative_prompt, ensemble=args.ensemble)
+                negative_prompt=args.negative_prompt, ensemble=args.ensemble,
+                consistency_px=args.consistency)
 
 
 def cmd_enhance(args: argparse.Namespace) -> int:

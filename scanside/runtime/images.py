@@ -115,3 +115,24 @@ def ensemble_views(ensemble: int) -> tuple[int, ...]:
         raise InputError(f"ensemble: {ensemble!r} is not one of {allowed} (the number of "
                          "rotated/mirrored views averaged; 1 turns it off)")
     return ENSEMBLE_VIEWS[ensemble]
+
+
+def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """(H, W) or (H, W, C) blurred over H and W by a Gaussian of ``sigma`` px (reflected at
+    the edges, 3 sigma wide): numpy only, for the runtime."""
+    radius = max(1, int(np.ceil(3 * sigma)))
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps = (taps / taps.sum()).astype(np.float32)
+    out = image.astype(np.float32)
+    for axis in (0, 1):
+        pad = [(0, 0)] * out.ndim
+        pad[axis] = (radius, radius)
+        padded = np.pad(out, pad, mode="symmetric")
+        out = np.apply_along_axis(lambda v: np.convolve(v, taps, mode="valid"), axis, padded)
+    return out
+
+
+def keep_low_frequencies(output: np.ndarray, source: np.ndarray, sigma: float) -> np.ndarray:
+    """Data consistency: ``output`` with its content coarser than ``sigma`` px replaced by
+    ``source``'s, so large-scale means (HU of a flat organ) stay the input's; [0, 1]."""
+    return np.clip(output + gaussian_blur(source - output, sigma), 0.0, 1.0).astype(np.float32)

@@ -50,7 +50,15 @@ DIFFUSERS_NAMES = {
 # scanside's enhancement settings where neither the caller nor the model's manifest says.
 ENHANCE_DEFAULTS: dict[str, object] = {"prompt": "", "negative_prompt": None, "strength": 0.3,
                                        "steps": 20, "guidance": 1.0, "scheduler": None,
-                                       "ensemble": 1}
+                                       "ensemble": 1, "consistency_px": 0}
+
+
+def check_consistency(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 \
+            or not np.isfinite(value):
+        raise InputError(f"consistency_px: {value!r} is not a number >= 0 (pixels; 0 turns it "
+                         "off, about 8 keeps the input's mean HU of flat tissue)")
+    return float(value)
 
 
 def seeded_noise(seed: int) -> NoiseSource:
@@ -284,29 +292,33 @@ class Pipeline:
                 scheduler: Union[str, SchedulerName, None] = None,
                 negative_prompt: Optional[str] = None, noise: Noise = None,
                 progress: bool = False, window: "Optional[Window]" = None,
-                ensemble: Optional[int] = None):
+                ensemble: Optional[int] = None, consistency_px: Optional[float] = None):
         """Enhance ``image`` ((H, W) or (H, W, C), [0, 1] floats or uint8/16) -> same layout.
 
         Plain UNets run img2img (SDEdit): the image's latent is noised to ``strength`` and
         denoised. Image-conditioned UNets also see the image's latent at every step.
         ``ensemble`` (1, 2, 4 or 8) enhances that many rotated/mirrored views and averages
         them turned back: a geometric self-ensemble, that many times the work.
+        ``consistency_px`` > 0 takes the result's content coarser than a Gaussian of that many
+        pixels from the input (data consistency): large-scale means, such as an organ's HU,
+        stay the input's whatever the model does; 0 turns it off.
         Settings left as None take the model's own defaults (see ``sampling_defaults``).
         A pydicom Dataset gives a derived Dataset back (see scanside.dicom), in ``window``.
         """
         s = self.sampling_defaults(prompt=prompt, strength=strength, steps=steps,
                                    guidance=guidance, scheduler=scheduler,
-                                   negative_prompt=negative_prompt, ensemble=ensemble)
+                                   negative_prompt=negative_prompt, ensemble=ensemble,
+                                   consistency_px=consistency_px)
         prompt, strength, steps = s["prompt"], s["strength"], s["steps"]
         guidance, scheduler, negative_prompt = s["guidance"], s["scheduler"], s["negative_prompt"]
-        ensemble = s["ensemble"]
+        ensemble, consistency = s["ensemble"], check_consistency(s["consistency_px"])
         if isinstance(image, Dataset):
             from scanside.dicom import enhance_dataset
 
             return enhance_dataset(self, image, window=window, prompt=prompt, strength=strength,
                                    steps=steps, guidance=guidance, seed=seed,
                                    scheduler=scheduler, negative_prompt=negative_prompt,
-                                   noise=noise, ensemble=ensemble)
+                                   noise=noise, ensemble=ensemble, consistency_px=consistency)
         self.check_guidance(guidance)
         prepared = self.prepare(image)
         views = images.ensemble_views(ensemble)
@@ -320,7 +332,11 @@ class Pipeline:
             images.dihedral(prepared.pixels, k), plan, prompt, negative_prompt or "", guidance,
             noise, seed, progress), k) for k in views]
         mean = decoded[0] if len(decoded) == 1 else np.mean(decoded, axis=0)
-        return images.finish(mean, prepared.height, prepared.width, prepared.gray)
+        out = images.finish(mean, prepared.height, prepared.width, prepared.gray)
+        if consistency:
+            source = images.finish(prepared.pixels, prepared.height, prepared.width, prepared.gray)
+            out = images.keep_low_frequencies(out, source, consistency)
+        return out
 
     def enhance_pixels(self, pixels: np.ndarray, plan: Plan, prompt: str, negative_prompt: str,
                        guidance: float, noise: Noise, seed: int, progress: bool) -> np.ndarray:
@@ -366,17 +382,21 @@ class Pipeline:
     def describe(self, *, prompt: Optional[str] = None, strength: Optional[float] = None,
                  steps: Optional[int] = None, guidance: Optional[float] = None, seed: int = 0,
                  scheduler: Union[str, SchedulerName, None] = None,
-                 ensemble: Optional[int] = None, **_: object) -> str:
+                 ensemble: Optional[int] = None, consistency_px: Optional[float] = None,
+                 **_: object) -> str:
         """Provenance of an enhancement, for DICOM's DerivationDescription."""
         from scanside import __version__
 
         s = self.sampling_defaults(prompt=prompt, strength=strength, steps=steps,
-                                   guidance=guidance, scheduler=scheduler, ensemble=ensemble)
+                                   guidance=guidance, scheduler=scheduler, ensemble=ensemble,
+                                   consistency_px=consistency_px)
         prompt, strength, steps = s["prompt"], s["strength"], s["steps"]
         guidance, scheduler = s["guidance"], s["scheduler"]
         plan = self.plan(scheduler, steps, strength)
         m = self.manifest
         views = f"; ensemble of {s['ensemble']} views" if s["ensemble"] != 1 else ""
+        if s["consistency_px"]:
+            views += f"; input kept above {s['consistency_px']:g} px (data consistency)"
         return (f"scanside {__version__} diffusion enhancement; model sha256 {m.source_hash[:16]}; "
                 f"{m.precision.value}; backend {self.backend.value}; scheduler {plan.algorithm}; "
                 f"steps {steps}; strength {strength:g}; guidance {guidance:g}; seed {seed}{views}; "

@@ -78,3 +78,16 @@ def test_ensemble_views_are_checked():
     for bad in (3, 0, True, 2.0):
         with pytest.raises(InputError, match="ensemble: .* not one of 1, 2, 4, 8"):
             images.ensemble_views(bad)
+
+
+def test_data_consistency_keeps_the_inputs_means_and_the_outputs_detail():
+    rng = np.random.default_rng(0)
+    source = np.clip(0.5 + 0.1 * rng.standard_normal((96, 80)), 0, 1).astype(np.float32)
+    shifted = source + 0.05  # a model that moved every value (an HU shift)
+    np.testing.assert_allclose(images.keep_low_frequencies(shifted, source, 8), source, atol=1e-5)
+    y, x = np.mgrid[0:96, 0:80]
+    detail = 0.05 * np.where((y + x) % 2, 1, -1)  # pixel-scale detail the model made
+    kept = images.keep_low_frequencies(source + detail, source, 8) - source
+    assert np.abs(kept - detail)[8:-8, 8:-8].max() < 0.002
+    blur = images.gaussian_blur(np.pad(np.ones((4, 4)), 20), 3.0)
+    assert blur.sum() == pytest.approx(16.0, rel=1e-4)  # a normalised kernel

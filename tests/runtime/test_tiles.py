@@ -138,3 +138,17 @@ def test_guided_tiles_pair_each_tile_with_its_prompt_half(ct_tiny, monkeypatch):
     assert len(rows) == 2 * 4  # 2 halves x 4 tiles, one UNet step
     assert sum(np.array_equal(r, uncond[0]) for r in rows) == len(rows) // 2
     assert sum(np.array_equal(r, text[0]) for r in rows) == len(rows) // 2
+
+
+def test_data_consistency_through_the_pipeline(ct_tiny):
+    from scanside import Pipeline
+
+    pipe = Pipeline.load(ct_tiny[0])
+    image = np.full((64, 64), 0.5, np.float32)
+    plain = pipe.enhance(image, strength=0.5, steps=2, seed=0)
+    kept = pipe.enhance(image, strength=0.5, steps=2, seed=0, consistency_px=8)
+    assert abs(float(plain.mean()) - 0.5) > 1e-3  # random weights move the mean
+    assert abs(float(kept.mean()) - 0.5) < 1e-4  # the input's mean is kept
+    assert "data consistency" in pipe.describe(consistency_px=8)
+    with pytest.raises(InputError, match="consistency_px: -1"):
+        pipe.enhance(image, consistency_px=-1)
