@@ -140,20 +140,15 @@ BRAIN = (40.0, 120.0)  # window centre, width (HU)
 def real_slice(pipe, workdir: Path, inputs: Path, out: Path) -> None:
     """Step 5 of the module docstring."""
     try:
-        from scanside.models import realct
-    except ImportError:  # pragma: no cover - the base install
-        realct = None
-    try:
         import skimage  # noqa: F401
     except ImportError:
-        realct = None
-    if realct is None:
         print("real 512 px head CT: skipped (the scan simulation needs scikit-image: "
               "pip install 'scanside[train]')")
         return
     from scanside.dicom import read_header, read_values
     from scanside.dicom.synthetic import simulated_ct
     from scanside.dicom.write import save
+    from scanside.models import realct
     from scanside.models.evaluate import psnr
 
     print("\nreal anatomy: pydicom's 693_J2KI.dcm (512 x 512 head CT, never trained on), "

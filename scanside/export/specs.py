@@ -37,7 +37,8 @@ class ModelShape:
             text_dim=text["hidden_size"], image_channels=vae["in_channels"],
             latent_channels=vae["latent_channels"], unet_in_channels=unet["in_channels"],
             vae_factor=2 ** (len(vae["block_out_channels"]) - 1),
-            divisor=2 ** (len(vae["block_out_channels"]) - 1 + len(unet["block_out_channels"]) - 1),
+            divisor=2 ** (len(vae["block_out_channels"]) - 1)
+            * 2 ** (len(unet["block_out_channels"]) - 1),
         )
 
 

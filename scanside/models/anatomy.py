@@ -54,13 +54,6 @@ class Scene:
     lesions: tuple[ctsim.Lesion, ...] = field(default=())
 
 
-def square(hu: np.ndarray, multiple: int = 16) -> np.ndarray:
-    """Pad with air to a square whose side is a multiple of ``multiple``."""
-    side = -(-max(hu.shape) // multiple) * multiple
-    dy, dx = side - hu.shape[0], side - hu.shape[1]
-    return np.pad(hu, ((dy // 2, dy - dy // 2), (dx // 2, dx - dx // 2)), constant_values=-1000.0)
-
-
 # -- head: Colin27 pseudo-CT --------------------------------------------------------------
 class MissingData(RuntimeError):
     """An offline data package the training data needs is not installed."""
@@ -114,7 +107,7 @@ def head_scene(seed: int) -> Scene:
     hu = ndimage.rotate(hu, rng.uniform(-15, 15), order=1, cval=-1000.0, reshape=True)
     hu = ndimage.zoom(hu, 1.0 / pixel_mm, order=1, cval=-1000.0)  # 1 mm -> pixel_mm
     hu += 4.0 * ctsim.smooth_noise(rng, hu.shape, 1.5) * (hu > -500)  # tissue texture
-    return Scene(square(hu).astype(np.float32), pixel_mm, Source.HEAD)
+    return Scene(ctsim.square(hu, 16).astype(np.float32), pixel_mm, Source.HEAD)
 
 
 # -- natural images mapped to HU ----------------------------------------------------------

@@ -121,6 +121,14 @@ def lesion_mask(phantom: Phantom, grow: float = 0.0) -> np.ndarray:
     return mask
 
 
+def square(hu: np.ndarray, multiple: int = 1) -> np.ndarray:
+    """Pad with air, centred, to a square whose side is a multiple of ``multiple``: the scan
+    (``project``) takes square slices."""
+    side = -(-max(hu.shape) // multiple) * multiple
+    dy, dx = side - hu.shape[0], side - hu.shape[1]
+    return np.pad(hu, ((dy // 2, dy - dy // 2), (dx // 2, dx - dx // 2)), constant_values=-1000.0)
+
+
 def views_for(size: int) -> int:
     """Projections a ``size``-pixel field needs (~pi/2 per pixel across), at least VIEWS."""
     return max(VIEWS, int(np.ceil(np.pi / 2 * size)))
@@ -186,13 +194,21 @@ def noise_hu(image: np.ndarray, reference: np.ndarray) -> float:
     return float((image - reference)[mask].std()) if mask.sum() >= 50 else float("nan")
 
 
-def scan_at_noise(proj: Projection, reference: np.ndarray, sigma_hu: float, seed: int,
-                  pilot: float = 1e4) -> tuple[np.ndarray, float]:
-    """A scan whose soft-tissue noise is ``sigma_hu`` (within a few %): a pilot scan at
-    ``pilot`` photons measures the object's noise, and since quantum noise goes as
-    1/sqrt(photons) the count that gives ``sigma_hu`` follows. Returns (image, photons)."""
-    measured = noise_hu(reconstruct(proj, pilot, seed), reference)
-    incident = photons_for(pilot, measured, sigma_hu)
+PILOT = 1e4  # photons per ray of the scan that measures an object's noise
+
+
+def pilot_noise(proj: Projection, reference: np.ndarray, seed: int) -> float:
+    """Soft-tissue noise (HU) of a scan at PILOT photons: with ``photons_for``, the count that
+    gives any other noise level."""
+    return noise_hu(reconstruct(proj, PILOT, seed), reference)
+
+
+def scan_at_noise(proj: Projection, reference: np.ndarray, sigma_hu: float,
+                  seed: int) -> tuple[np.ndarray, float]:
+    """A scan whose soft-tissue noise is ``sigma_hu`` (within a few %): a pilot scan measures
+    the object's noise, and since quantum noise goes as 1/sqrt(photons) the count that gives
+    ``sigma_hu`` follows. Returns (image, photons)."""
+    incident = photons_for(PILOT, pilot_noise(proj, reference, seed), sigma_hu)
     return reconstruct(proj, incident, seed + 1), incident
 
 

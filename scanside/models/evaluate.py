@@ -51,6 +51,7 @@ BLOB_HU = 10.0  # a blob: matched-filter response of at least this (the weakest 
 VAL_PAIRS = 16
 TISSUE_HU = 30.0  # ring pixels within this of the lesion's background count as its tissue
 SHOWN = 0.5  # the reference shows a lesion: at least this share of its designed contrast
+Method = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (low dose, reference) -> output
 
 
 def windowed(hu: np.ndarray) -> np.ndarray:
@@ -312,7 +313,7 @@ def evaluate(engine_dir: Optional[Path] = None, *, pairs: int = ctsim.TEST_PAIRS
     sigma = tune(gaussian, np.arange(0.4, 3.01, 0.1).round(2), val)
     h = tune(nl_means, np.arange(0.5, 10.01, 0.25).round(2), val)
     echo(f"baselines tuned on validation: Gaussian sigma {sigma:.1f} px, NLM h {h:.1f} x sigma")
-    methods: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    methods: dict[str, Method] = {
         "low-dose input": lambda hu, ref: hu,
         f"gaussian (sigma {sigma:.1f})": lambda hu, ref: gaussian(hu, sigma),
         f"nl-means (h {h:.1f} sigma)": lambda hu, ref: nl_means(hu, h),
@@ -339,15 +340,13 @@ def evaluate(engine_dir: Optional[Path] = None, *, pairs: int = ctsim.TEST_PAIRS
         if (i + 1) % 20 == 0:
             echo(f"  {i + 1}/{len(test)} test pairs")
     ceiling = float(np.mean([psnr(p.full, vae_round_trip(pipe, p.full)) for p in test]))
+    compared = peers(methods)
     sweep = [] if "doses" in skip else dose_sweep(
-        methods, ctsim.split_seeds(split, pairs)[:DOSE_PAIRS], test[:DOSE_PAIRS], workers, echo)
+        compared, ctsim.split_seeds(split, pairs)[:DOSE_PAIRS], test[:DOSE_PAIRS], workers, echo)
     real = []
     if "real" not in skip:
         echo("real anatomy: pydicom's CT slices through the scan chain at 20/40/80 HU ...")
-        real = realct.score({"low-dose input": lambda hu, pair: hu, **(
-            {"bm3d": lambda hu, pair: bm3d_filter(hu, bm3d_factor, pair.measured_hu)}
-            if bm3d_factor is not None else {}), "scanside": lambda hu, pair: enhance(hu)},
-            realct.real_pairs(repeats=REAL_DRAWS), psnr)
+        real = realct.score(compared, realct.real_pairs(repeats=REAL_DRAWS), psnr)
     m = pipe.manifest
     return {
         "vae_round_trip_psnr_db": ceiling, "lesion_floor": lesion_floor(test),
@@ -366,13 +365,17 @@ DOSE_PAIRS = 30
 REAL_DRAWS = 3  # independent noise draws per real slice and noise level (see realct)
 
 
-def dose_sweep(methods: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]],
-               seeds: Sequence[int], nominal: Sequence[ctsim.Pair], workers: int,
-               echo: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Mean PSNR of the input, BM3D and the model on the phantoms of ``seeds`` at every dose
-    (``nominal``: their pairs at the nominal dose, already simulated)."""
-    keep = {n: f for n, f in methods.items()
+def peers(methods: dict[str, Method]) -> dict[str, Method]:
+    """The methods the dose sweep and the real slices compare: the input, BM3D (when run) and
+    the model; the Gaussian and NLM baselines are tuned for the nominal phantoms only."""
+    return {n: f for n, f in methods.items()
             if n == "low-dose input" or n == "scanside" or n.startswith("bm3d")}
+
+
+def dose_sweep(methods: dict[str, Method], seeds: Sequence[int], nominal: Sequence[ctsim.Pair],
+               workers: int, echo: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Mean PSNR of ``methods`` on the phantoms of ``seeds`` at every dose (``nominal``: their
+    pairs at the nominal dose, already simulated)."""
     rows = []
     for dose in DOSES:
         echo(f"  dose {dose:g}x: {len(seeds)} pairs")
@@ -380,7 +383,7 @@ def dose_sweep(methods: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]
             list(seeds), ctsim.TEST_SIZE, workers, low=ctsim.LOW_DOSE * dose)
         rows.append({"dose": dose, "pairs": len(scans), "psnr_db": {
             name: float(np.mean([psnr(p.full, f(p.low, p.full)) for p in scans]))
-            for name, f in keep.items()}})
+            for name, f in methods.items()}})
     return rows
 
 

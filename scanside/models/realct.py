@@ -61,7 +61,7 @@ def real_pairs(names=SLICES, noise=NOISE_HU, repeats: int = 1, seed: int = 0) ->
     pairs = []
     for k, name in enumerate(names):
         hu, pixel_mm = read_slice(name)
-        hu = square(hu)
+        hu = ctsim.square(hu)
         proj = ctsim.project(hu, pixel_mm / 10)
         full = ctsim.reconstruct(proj, 1e7, seed + 1000 * k)
         for j, sigma in enumerate(noise):
@@ -70,12 +70,6 @@ def real_pairs(names=SLICES, noise=NOISE_HU, repeats: int = 1, seed: int = 0) ->
                 pairs.append(RealPair(name, sigma, ctsim.noise_hu(low, full), r, low, full,
                                       pixel_mm))
     return pairs
-
-
-def square(hu: np.ndarray) -> np.ndarray:
-    h, w = hu.shape
-    side = max(h, w)
-    return np.pad(hu, ((0, side - h), (0, side - w)), constant_values=CLIP_HU[0])
 
 
 def flat_regions(reference: np.ndarray) -> np.ndarray:
@@ -96,10 +90,11 @@ def hu_bias(output: np.ndarray, reference: np.ndarray) -> float:
     return float((output - reference)[mask].mean()) if mask.any() else float("nan")
 
 
-def score(methods: dict[str, Callable[[np.ndarray, RealPair], np.ndarray]],
+def score(methods: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]],
           pairs: list[RealPair], psnr: Callable[[np.ndarray, np.ndarray], float]) -> list[dict]:
-    """One row per (slice, noise level): PSNR and HU bias of every method, each the mean over
-    that row's noise draws."""
+    """One row per (slice, noise level): PSNR and HU bias of every method (called with the
+    low-dose image and its reference, as on the phantoms), each the mean over that row's
+    noise draws."""
     groups: dict[tuple[str, float], list[RealPair]] = {}
     for pair in pairs:
         groups.setdefault((pair.name, pair.noise_hu), []).append(pair)
@@ -109,7 +104,7 @@ def score(methods: dict[str, Callable[[np.ndarray, RealPair], np.ndarray]],
                "measured_noise_hu": round(float(np.mean([p.measured_hu for p in draws])), 1),
                "methods": {}}
         for label, method in methods.items():
-            outs = [method(p.low, p) for p in draws]
+            outs = [method(p.low, p.full) for p in draws]
             row["methods"][label] = {
                 "psnr_db": float(np.mean([psnr(p.full, o) for p, o in zip(draws, outs)])),
                 "hu_bias": float(np.mean([hu_bias(o, p.full) for p, o in zip(draws, outs)]))}

@@ -91,7 +91,8 @@ def ct_unet(channels: tuple[int, ...], cross_attention_dim: int, groups: int,
     block always adds self-attention): a 512 px slice's lowest level has 4096
     positions, whose self-attention costs quadratically and makes every output pixel depend
     on the whole image, so tiles and the whole slice would differ; convolutions alone see a
-    bounded neighbourhood, which tiling then reproduces exactly inside each tile."""
+    bounded neighbourhood, which a tile reproduces inside it (up to GroupNorm, whose
+    statistics are taken per call: see runtime/tiles.py)."""
     levels = len(channels)
     return dict(
         sample_size=latent_size, in_channels=8, out_channels=4, layers_per_block=1,

@@ -177,9 +177,11 @@ class Pipeline:
         names = [o.name for o in spec.outputs]
         batch_axis = spec.inputs[0].shape[0]  # "B" or "UB"
         max_batch = int(spec.ranges[batch_axis][2])
+        # Inputs on the batch axis (a guided UNet's prompt halves) follow their tile's sample.
+        batched = {t.name for t in spec.inputs if t.shape[0] == batch_axis}
 
         def call(batch: np.ndarray, rows: np.ndarray) -> list[np.ndarray]:
-            others = {k: (v[rows] if k != tiled and v.ndim == 3 else v)
+            others = {k: (v[rows] if k in batched else v)
                       for k, v in feeds.items() if k != tiled}
             out = engine.run({tiled: batch, **others})
             return [out[n] for n in names]
