@@ -1,5 +1,6 @@
 """The ``scanside`` command. The only place exceptions become exit codes:
-0 success, 1 a failure inside scanside, 2 bad input (the message says which and how to fix it).
+0 success, 1 a failure inside scanside, 2 bad input (the message says which and how to fix it),
+3 the output could not be written (disk full, read-only; what was finished is kept).
 """
 
 from __future__ import annotations
@@ -174,15 +175,17 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     pipe = Pipeline.load(args.engine, args.backend, max_tile=args.max_tile)
     started = time.perf_counter()
     written, failures, count = enhance_images(pipe, images, args, single=len(args.inputs) == 1)
+    skipped = 0
     if dicoms:
         from scanside.dicom import enhance_series
 
         report = enhance_series(dicoms, pipe, args.out, window=window, preview=args.preview,
-                                **sampling_of(args))
+                                overwrite=args.overwrite, **sampling_of(args))
         written += len(report.written)
         count += report.images
         failures += report.failures
-    return summarise(written, failures, time.perf_counter() - started, count)
+        skipped = len(report.skipped)
+    return summarise(written, failures, time.perf_counter() - started, count, skipped)
 
 
 def enhance_images(pipe, inputs: list[Path], args: argparse.Namespace, single: bool):
@@ -209,9 +212,11 @@ def enhance_images(pipe, inputs: list[Path], args: argparse.Namespace, single: b
     return written, failures, written
 
 
-def summarise(written: int, failures: list[tuple[Path, str]], seconds: float, images: int) -> int:
+def summarise(written: int, failures: list[tuple[Path, str]], seconds: float, images: int,
+              skipped: int = 0) -> int:
     per_image = f", {seconds / images:.2f} s per image" if images else ""
-    print(f"{written} file(s) written, {len(failures)} failed{per_image}")
+    resumed = f", {skipped} already done by an earlier run" if skipped else ""
+    print(f"{written} file(s) written{resumed}, {len(failures)} failed{per_image}")
     for source, reason in failures:
         print(f"  failed: {source}: {reason}", file=sys.stderr)
     return 2 if failures else 0
@@ -497,6 +502,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    # pydicom's log records quote element values, which may identify a patient.
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

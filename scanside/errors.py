@@ -27,3 +27,10 @@ class BackendUnavailable(ScansideError):
     """The requested backend (CUDA, TensorRT) is not installed or has no device here."""
 
     exit_code = 2
+
+
+class OutputError(ScansideError):
+    """The output cannot be written (disk full, read-only, permissions): the batch stops, what
+    was finished is kept, and a rerun resumes after it. The CLI exits with code 3."""
+
+    exit_code = 3

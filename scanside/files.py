@@ -14,6 +14,7 @@ import numpy as np
 from scanside.errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".npy")
+PARTIAL_SUFFIX = ".partial"
 
 
 def current_umask() -> int:
@@ -30,20 +31,71 @@ def refuse_existing(target: Path, overwrite: bool = False) -> None:
 
 
 @contextmanager
-def atomic_path(target: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; rename it over ``target`` on success only."""
+def atomic_path(target: Path, overwrite: bool = False, durable: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it over ``target`` on success only.
+    ``durable``: the file's data and the rename are synced to disk, so a power cut leaves
+    either the whole file or none (what a node must know before it acknowledges)."""
     target = Path(target)
     refuse_existing(target, overwrite)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=PARTIAL_SUFFIX, dir=target.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        if durable:
+            sync(tmp)
         # mkstemp makes the file private (0600); the result gets the mode any new file would.
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, target)
+        if durable:
+            sync(target.parent)
     finally:
-        if os.path.exists(tmp):
+        try:
             os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        except OSError:  # e.g. the disk went read-only: the next run's remove_partials takes it
+            pass
+
+
+def sync(path: "str | Path") -> None:
+    """fsync a file or a folder (a folder's entry for a renamed file)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_partials(folder: Path) -> int:
+    """Delete what an interrupted ``atomic_path`` left under ``folder`` (``.NAME.*.partial``);
+    call it only while holding ``folder_lock``, so no live writer's file is taken."""
+    removed = 0
+    for path in Path(folder).rglob(f".*{PARTIAL_SUFFIX}"):
+        if path.is_file():
+            path.unlink()
+            removed += 1
+    return removed
+
+
+@contextmanager
+def folder_lock(folder: Path, argument: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` or refuse at once: two runs writing one output
+    folder would race for the same files. The lock is taken on the folder itself (flock on a
+    directory descriptor), so no lock file is left behind; the kernel drops it when the
+    process dies, however it dies."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"{argument}: {folder} is being written by another scanside process "
+                             "(it holds the folder's lock); wait for it or choose another "
+                             "folder") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def read_image(path: Path) -> np.ndarray:

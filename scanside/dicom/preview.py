@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_modality_lut
 
 from scanside.files import atomic_path
 
@@ -20,13 +19,16 @@ def panel(source: np.ndarray, result: np.ndarray, window: Window) -> np.ndarray:
     return (row * 255).round().astype(np.uint8)
 
 
-def write(path: Path, source: np.ndarray, derived: Dataset, window: Window) -> None:
+def write(path: Path, source: np.ndarray, derived: Dataset, window: Window,
+          overwrite: bool = False) -> None:
+    """``source``: the first frame's modality values; the result's first frame beside it."""
     from PIL import Image
 
-    result = np.asarray(apply_modality_lut(derived.pixel_array, derived), dtype=np.float64)
-    result = result.reshape(-1, *source.shape)[0]  # first frame, (H, W)
+    from .read import frame_values
+
+    result = frame_values(derived, 0, path)
     image = panel(source, result, window)
     if str(derived.PhotometricInterpretation) == "MONOCHROME1":
         image[:, : 2 * source.shape[1]] = 255 - image[:, : 2 * source.shape[1]]
-    with atomic_path(path) as tmp:
+    with atomic_path(path, overwrite=overwrite) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")

@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut
+from pydicom.pixels import pixel_array
 from pydicom.uid import MediaStorageDirectoryStorage
 
 from scanside.errors import InputError
 
+from . import parse
 from .codecs import check_decodable
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,7 @@ class Instance:
 
     @property
     def frames(self) -> int:
-        return int(self.header.get("NumberOfFrames", 1) or 1)
+        return frame_count(self.header)
 
 
 @dataclass
@@ -57,19 +56,19 @@ class Collected:
 
 def read_header(path: Path) -> Instance:
     """Read and validate one file's header; raise InputError naming the file and the reason."""
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-    except InvalidDicomError:
-        raise InputError(f"{path}: not a DICOM file (no DICM preamble); give DICOM files "
-                         "or folders of them") from None
-    except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"{path}: unreadable or truncated DICOM ({type(exc).__name__}); "
-                         "re-export it from the scanner or PACS") from None
+    path = Path(path)
+    ds, _ = parse.load(path, pixels=False)
     check_header(path, ds)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror})") from None
+    parse.check_sizes(ds, path, size)
     return Instance(path, ds)
 
 
 def check_header(path: Path, ds: Dataset) -> None:
+    """Everything the enhancement decides from: refused here, by name, before any pixel work."""
     sop_class = ds.file_meta.get("MediaStorageSOPClassUID", ds.get("SOPClassUID"))
     if sop_class == MediaStorageDirectoryStorage or "DirectoryRecordSequence" in ds:
         raise InputError(f"{path}: a DICOMDIR (media index), not an image; give the image "
@@ -78,17 +77,73 @@ def check_header(path: Path, ds: Dataset) -> None:
         raise InputError(f"{path}: no pixel data or image attributes (SOP class "
                          f"{getattr(sop_class, 'name', sop_class)}): not an image, or the file "
                          "is truncated; only images can be enhanced")
+    for keyword in ("SOPClassUID", "SOPInstanceUID"):
+        if not str(ds.get(keyword, "") or "").strip():
+            raise InputError(f"{path}: {keyword} is missing; a derived instance must reference "
+                             "its source — the file is damaged")
     photometric = str(ds.get("PhotometricInterpretation", ""))
-    if int(ds.get("SamplesPerPixel", 1)) != 1 or photometric not in MONOCHROME:
-        raise InputError(f"{path}: {photometric or 'colour'} image; scanside's models are "
+    samples = parse.integer(ds, "SamplesPerPixel", path, default=1, low=1, high=4)
+    if samples != 1 or photometric not in MONOCHROME:
+        raise InputError(f"{path}: {photometric[:16] or 'colour'} image; scanside's models are "
                          "grayscale (MONOCHROME1/2) — colour images are not supported")
-    if int(ds.get("BitsAllocated", 0)) not in (8, 16):
-        raise InputError(f"{path}: BitsAllocated {ds.get('BitsAllocated')}; scanside writes "
-                         "8- and 16-bit images only")
+    bits = parse.integer(ds, "BitsAllocated", path, low=1, high=64)
+    if bits not in (8, 16):
+        raise InputError(f"{path}: BitsAllocated {bits}; scanside writes 8- and 16-bit images only")
+    stored = parse.integer(ds, "BitsStored", path, default=bits, low=1, high=bits)
+    parse.integer(ds, "HighBit", path, default=stored - 1, low=stored - 1, high=bits - 1)
+    parse.integer(ds, "PixelRepresentation", path, default=0, low=0, high=1)
+    parse.integer(ds, "Rows", path, low=1, high=65535)
+    parse.integer(ds, "Columns", path, low=1, high=65535)
+    parse.integer(ds, "NumberOfFrames", path, default=1, low=1)
     if "ModalityLUTSequence" in ds:
         raise InputError(f"{path}: uses a Modality LUT Sequence (a non-linear value map) that "
                          "scanside cannot invert when writing; not supported")
+    for frame in range(frame_count(ds)):
+        slope, _ = rescale(ds, frame, path)
+        if slope == 0:
+            raise InputError(f"{path}: RescaleSlope (0028,1053) is 0, which maps every pixel to "
+                             "one value; the file is damaged")
+        if not has_frame_groups(ds):
+            break
+    # Geometry that orders the series: refused here rather than mis-sorted later.
+    parse.vector(ds, "ImagePositionPatient", path, 3)
+    parse.vector(ds, "ImageOrientationPatient", path, 6)
+    parse.vector(ds, "PixelSpacing", path, 2)
+    parse.number(ds, "InstanceNumber", path, default=0.0)
     check_decodable(ds.file_meta.get("TransferSyntaxUID"), str(path))
+
+
+def frame_count(ds: Dataset) -> int:
+    return int(ds.get("NumberOfFrames", 1) or 1)
+
+
+def has_frame_groups(ds: Dataset) -> bool:
+    return "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
+
+
+def frame_groups(ds: Dataset, frame: int) -> list[Dataset]:
+    """The functional group items that apply to ``frame``: its own first, then the shared."""
+    groups = []
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is not None and frame < len(per_frame):
+        groups.append(per_frame[frame])
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if shared:
+        groups.append(shared[0])
+    return groups
+
+
+def rescale(ds: Dataset, frame: int, path: Path) -> tuple[float, float]:
+    """(slope, intercept) of ``frame``: an enhanced object's Pixel Value Transformation
+    functional group (PS3.3 C.7.6.16.2.9), else the top-level Rescale attributes, else
+    identity."""
+    for group in frame_groups(ds, frame):
+        items = group.get("PixelValueTransformationSequence")
+        if items:
+            return (parse.number(items[0], "RescaleSlope", path, default=1.0),
+                    parse.number(items[0], "RescaleIntercept", path, default=0.0))
+    return (parse.number(ds, "RescaleSlope", path, default=1.0),
+            parse.number(ds, "RescaleIntercept", path, default=0.0))
 
 
 def expand(paths: Iterable[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -109,14 +164,15 @@ def expand(paths: Iterable[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
 
 
 def slice_position(instance: Instance) -> tuple:
-    """Sort key: distance along the slice normal, else InstanceNumber, else file name."""
-    h = instance.header
-    ipp, iop = h.get("ImagePositionPatient"), h.get("ImageOrientationPatient")
-    if ipp is not None and iop is not None and len(ipp) == 3 and len(iop) == 6:
-        normal = np.cross(np.asarray(iop[:3], float), np.asarray(iop[3:], float))
-        return (0, float(np.dot(normal, np.asarray(ipp, float))), str(instance.path))
-    number = h.get("InstanceNumber")
-    return (1, float(number) if number is not None else 0.0, str(instance.path))
+    """Sort key: distance along the slice normal, else InstanceNumber, else file name (the
+    values were checked by check_header)."""
+    h, path = instance.header, instance.path
+    ipp = parse.vector(h, "ImagePositionPatient", path, 3)
+    iop = parse.vector(h, "ImageOrientationPatient", path, 6)
+    if ipp is not None and iop is not None:
+        normal = np.cross(np.asarray(iop[:3]), np.asarray(iop[3:]))
+        return (0, float(np.dot(normal, np.asarray(ipp))), str(path))
+    return (1, parse.number(h, "InstanceNumber", path, default=0.0), str(path))
 
 
 def collect(paths: Iterable[Path]) -> Collected:
@@ -135,41 +191,62 @@ def collect(paths: Iterable[Path]) -> Collected:
     return Collected(list(by_uid.values()), failures)
 
 
-def read_values(instance: Instance) -> tuple[Dataset, np.ndarray]:
-    """(full dataset, (frames, H, W) float64 modality values: HU for CT)."""
+def read_pixels(instance: Instance) -> Dataset:
+    """The full dataset, its pixel data checked against the declared size (not yet decoded)."""
     path = instance.path
+    ds, _ = parse.load(path, pixels=True)
+    check_header(path, ds)
+    if "PixelData" not in ds:
+        raise InputError(f"{path}: no pixel data; only images can be enhanced")
+    parse.check_pixel_length(ds, path)
+    return ds
+
+
+def frame_values(ds: Dataset, frame: int, path: Path) -> np.ndarray:
+    """One frame's modality values ((H, W) float64: HU for CT); decoding one frame at a time
+    bounds the memory of multi-frame objects."""
     try:
-        ds = pydicom.dcmread(path)
-        if "PixelData" not in ds:
-            raise InputError(f"{path}: no pixel data; only images can be enhanced")
-        stored = ds.pixel_array
+        with parse.quiet():
+            stored = pixel_array(ds, index=frame)
     except RuntimeError as exc:  # every installed decoder plugin refused this encoding
-        reasons = " ".join(str(exc).split())
+        reasons = " ".join(str(exc).split())[:300]
         raise InputError(f"{path}: pixel data could not be decoded: {reasons}. For 12-bit JPEG "
                          "the GPL-3 plugin pylibjpeg-libjpeg is the only decoder; or convert "
                          "the file to an uncompressed syntax") from None
-    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise InputError(f"{path}: pixel data could not be decoded ({type(exc).__name__}); "
-                         "the file is probably truncated — re-export it") from None
-    stored = stored.reshape(instance.frames, int(ds.Rows), int(ds.Columns))  # (F, H, W)
-    return ds, np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+    except MemoryError:
+        raise InputError(f"{path}: frame {frame + 1} does not fit in memory") from None
+    except Exception as exc:  # noqa: BLE001 - decoders raise many types on damaged data
+        raise InputError(f"{path}: pixel data of frame {frame + 1} could not be decoded "
+                         f"({type(exc).__name__}); the file is probably truncated or damaged — "
+                         "re-export it") from None
+    if stored.shape != (int(ds.Rows), int(ds.Columns)):
+        raise InputError(f"{path}: frame {frame + 1} decoded to {stored.shape}, the header says "
+                         f"{ds.Rows}x{ds.Columns}; the file is damaged")
+    slope, intercept = rescale(ds, frame, path)
+    return stored.astype(np.float64) * slope + intercept
+
+
+def read_values(instance: Instance) -> tuple[Dataset, np.ndarray]:
+    """(full dataset, (frames, H, W) float64 modality values): every frame at once, for
+    callers that want them; enhancement goes frame by frame (``frame_values``)."""
+    ds = read_pixels(instance)
+    return ds, np.stack([frame_values(ds, f, instance.path) for f in range(frame_count(ds))])
 
 
 def stored_range(ds: Dataset) -> tuple[int, int]:
     """The values BitsStored and PixelRepresentation allow."""
-    bits = int(ds.BitsStored)
-    if int(ds.PixelRepresentation) == 1:
+    bits = int(ds.get("BitsStored", ds.BitsAllocated))
+    if int(ds.get("PixelRepresentation", 0)) == 1:
         return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     return 0, 2**bits - 1
 
 
-def to_stored(values: np.ndarray, ds: Dataset) -> np.ndarray:
-    """Inverse modality LUT, rounded and clipped to the stored range, in the source's dtype."""
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+def to_stored(values: np.ndarray, ds: Dataset, frame: int = 0) -> np.ndarray:
+    """Inverse of ``frame``'s modality rescale, rounded and clipped to the stored range, in
+    the source's dtype."""
+    slope, intercept = rescale(ds, frame, Path("<dataset>"))
     lo, hi = stored_range(ds)
     stored = np.clip(np.round((values - intercept) / slope), lo, hi)
-    signed = int(ds.PixelRepresentation) == 1
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
     dtype = {8: (np.uint8, np.int8), 16: (np.uint16, np.int16)}[int(ds.BitsAllocated)][signed]
     return stored.astype(dtype)
-

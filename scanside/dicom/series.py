@@ -6,6 +6,7 @@ an input or an existing file, and no log line or message carries a patient attri
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -14,16 +15,19 @@ from pathlib import Path
 from typing import Any, Optional, Protocol, Sequence
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
 from tqdm.auto import tqdm
 
-from scanside.errors import InputError
+from scanside.errors import InputError, OutputError
+from scanside.files import folder_lock, remove_partials
 
+from . import parse
 from . import preview as previews
-from .read import Instance, collect, read_values, to_stored
+from .read import Instance, check_header, collect, frame_count, frame_values, read_pixels, to_stored
 from .window import Window, choose
-from .write import Derivation, derive, save, series_number
+from .write import Derivation, derive, derived_uid, save, series_number
+from .write import series_uid as derived_series_uid
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +39,14 @@ class Enhancer(Protocol):
 
     def describe(self, **sampling: Any) -> str: ...
 
+    def fingerprint(self, **sampling: Any) -> str: ...
+
 
 @dataclass
 class Report:
     written: list[Path] = field(default_factory=list)
     failures: list[tuple[Path, str]] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)  # finished by an earlier run
     images: int = 0
     seconds: float = 0.0
 
@@ -48,20 +55,25 @@ class Report:
         return not self.failures
 
 
-def enhance_values(pipeline: Enhancer, ds: Dataset, values: np.ndarray,
-                   window: Optional[Window], sampling: dict[str, Any]) -> tuple[np.ndarray, Window]:
-    """(F, H, W) modality values -> enhanced stored values in the source's dtype."""
+def enhance_frames(pipeline: Enhancer, ds: Dataset, path: Path, window: Optional[Window],
+                   sampling: dict[str, Any]) -> tuple[np.ndarray, Window, np.ndarray]:
+    """Every frame, decoded, enhanced and stored one at a time -> ((F, H, W) stored values in
+    the source's dtype, the last frame's window, the first frame's modality values)."""
     inverted = str(ds.PhotometricInterpretation) == "MONOCHROME1"
-    result = np.empty_like(values)
-    used = None
-    for f, frame in enumerate(values):  # (H, W) each; multi-frame objects one frame at a time
-        used = choose(ds, frame, window)
-        unit = used.to_unit(frame)
+    frames = frame_count(ds)
+    result, used, first = None, None, None
+    for f in range(frames):
+        values = frame_values(ds, f, path)  # (H, W) modality values of this frame only
+        used = choose(ds, values, window)
+        unit = used.to_unit(values)
         # MONOCHROME1 displays low values white; the model sees every image as displayed.
         out = pipeline.enhance(1 - unit if inverted else unit, **sampling)
         out = 1 - out if inverted else out
-        result[f] = used.restore(used.from_unit(out), frame)
-    return to_stored(result, ds), used
+        stored = to_stored(used.restore(used.from_unit(out), values), ds, f)
+        if result is None:
+            result, first = np.empty((frames, *stored.shape), stored.dtype), values
+        result[f] = stored
+    return result, used, first
 
 
 def describe(pipeline: Enhancer, window: Window, sampling: dict[str, Any]) -> str:
@@ -69,19 +81,31 @@ def describe(pipeline: Enhancer, window: Window, sampling: dict[str, Any]) -> st
             f"({window.source}); values outside the window kept from the source")
 
 
+def run_fingerprint(pipeline: Enhancer, window: Optional[Window], sampling: dict[str, Any]) -> str:
+    """The pipeline's fingerprint with the window argument: what derived UIDs come from."""
+    base = pipeline.fingerprint(**sampling)
+    if not base:
+        return ""
+    chosen = "per file" if window is None else f"{window.center!r},{window.width!r}"
+    return hashlib.sha256(f"{base}|window {chosen}".encode()).hexdigest()
+
+
 def enhance_dataset(pipeline: Enhancer, ds: Dataset, *, window: Optional[Window] = None,
                     series_uid: Optional[str] = None, **sampling: Any) -> Dataset:
-    """One in-memory dataset -> its derived, enhanced counterpart (a new instance)."""
-    from pydicom.pixels import apply_modality_lut
-
-    from .read import check_header
-
-    check_header(Path("<dataset>"), ds)
-    stored = ds.pixel_array.reshape(int(ds.get("NumberOfFrames", 1) or 1), int(ds.Rows), int(ds.Columns))
-    values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
-    result, used = enhance_values(pipeline, ds, values, window, sampling)
-    return derive(ds, result, Derivation(describe(pipeline, used, sampling),
-                                         series_uid or generate_uid(), series_number(ds)))
+    """One in-memory dataset -> its derived, enhanced counterpart (a new instance; the same
+    UIDs each time for the same source, engine and settings)."""
+    where = Path("<dataset>")
+    with parse.quiet():
+        parse.decode_all(ds, where)
+    check_header(where, ds)
+    if "PixelData" not in ds:
+        raise InputError(f"{where}: no pixel data; only images can be enhanced")
+    parse.check_pixel_length(ds, where)
+    result, used, _ = enhance_frames(pipeline, ds, where, window, sampling)
+    fingerprint = run_fingerprint(pipeline, window, sampling)
+    uid = series_uid or derived_series_uid(str(ds.get("SeriesInstanceUID", "")), fingerprint)
+    return derive(ds, result, Derivation(describe(pipeline, used, sampling), uid,
+                                         series_number(ds), fingerprint=fingerprint))
 
 
 def check_output_dir(out_dir: Path, inputs: Sequence[Path]) -> None:
@@ -106,41 +130,100 @@ def check_output_dir(out_dir: Path, inputs: Sequence[Path]) -> None:
 
 def enhance_series(paths: Sequence[Path], pipeline: Enhancer, out_dir: Path, *,
                    window: Optional[Window] = None, preview: bool = False,
-                   progress: bool = True, **sampling: Any) -> Report:
-    """Enhance every image series under ``paths`` into new series under ``out_dir``."""
+                   progress: bool = True, overwrite: bool = False, **sampling: Any) -> Report:
+    """Enhance every image series under ``paths`` into new series under ``out_dir``.
+
+    Resumable: UIDs and file names are the same on every run with the same inputs, engine and
+    settings, so a rerun after a crash or a kill skips the instances already written (checked
+    by their SOP Instance UID) and removes the partial files the interrupted run left. An
+    output that cannot be written (disk full, read-only) stops the batch with OutputError."""
     out_dir = Path(out_dir)
     check_output_dir(out_dir, paths)
-    collected = collect(paths)
-    report = Report(failures=list(collected.failures))
-    started = time.perf_counter()
-    for number, series in enumerate(collected.series, 1):
-        uid = generate_uid()  # one new series per source series per run
-        folder = out_dir / uid
-        bar = tqdm(series.instances, desc=f"series {number}/{len(collected.series)}",
-                   unit="file", disable=not progress)
-        for index, instance in enumerate(bar):
-            try:
-                frames = write_instance(instance, pipeline, folder, index, uid, window,
-                                        preview, sampling, report)
-                report.images += frames
-            except InputError as exc:
-                report.failures.append((instance.path, str(exc)))
-    report.seconds = time.perf_counter() - started
+    with folder_lock(out_dir, "--out"):
+        stale = remove_partials(out_dir)
+        if stale:
+            log.warning("removed %d partial file(s) an interrupted run left in %s", stale, out_dir)
+        collected = collect(paths)
+        report = Report(failures=list(collected.failures))
+        fingerprint = run_fingerprint(pipeline, window, sampling)
+        job = Job(pipeline, window, preview, sampling, fingerprint, overwrite)
+        started = time.perf_counter()
+        try:
+            for number, series in enumerate(collected.series, 1):
+                folder = out_dir / derived_series_uid(series.uid, fingerprint)
+                bar = tqdm(series.instances, desc=f"series {number}/{len(collected.series)}",
+                           unit="file", disable=not progress)
+                for index, instance in enumerate(bar):
+                    target = folder / f"IM{index + 1:05d}.dcm"
+                    try:
+                        job.run(instance, target, report)
+                    except InputError as exc:
+                        report.failures.append((instance.path, str(exc)))
+                    except (OutputError, KeyboardInterrupt, MemoryError):
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - one file's bug must not end the batch
+                        log.debug("internal error on %s", instance.path, exc_info=True)
+                        report.failures.append((instance.path, (
+                            f"{instance.path}: internal error ({type(exc).__name__}) while "
+                            "enhancing it; please report it to scanside with `-v` output")))
+        finally:
+            report.seconds = time.perf_counter() - started
     return report
 
 
-def write_instance(instance: Instance, pipeline: Enhancer, folder: Path, index: int, uid: str,
-                   window: Optional[Window], preview: bool, sampling: dict[str, Any],
-                   report: Report) -> int:
-    ds, values = read_values(instance)
-    result, used = enhance_values(pipeline, ds, values, window, sampling)
-    derived = derive(ds, result, Derivation(describe(pipeline, used, sampling), uid,
-                                            series_number(ds)))
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"IM{index + 1:05d}.dcm"
-    save(derived, target)
-    report.written.append(target)
-    if preview:
-        previews.write(target.with_suffix(".png"), values[0], derived, used)
-    log.info("wrote %s (%d frame(s), window %s)", target, len(values), used.source)
-    return len(values)
+@dataclass
+class Job:
+    """One run's settings, applied to each instance."""
+
+    pipeline: Enhancer
+    window: Optional[Window]
+    preview: bool
+    sampling: dict[str, Any]
+    fingerprint: str
+    overwrite: bool
+
+    def expected_uid(self, instance: Instance) -> str:
+        return derived_uid("instance", str(instance.header.SOPInstanceUID), self.fingerprint)
+
+    def finished(self, instance: Instance, target: Path) -> bool:
+        """True if an earlier run wrote this instance's result (same SOP Instance UID); a
+        different file in its place is refused unless --overwrite."""
+        if not target.exists():
+            return False
+        try:
+            with parse.quiet():
+                found = str(pydicom.dcmread(target, stop_before_pixels=True).SOPInstanceUID)
+        except Exception:  # noqa: BLE001 - whatever it is, it is not our finished result
+            found = ""
+        ours = bool(self.fingerprint) and found == self.expected_uid(instance)
+        if ours and (not self.preview or target.with_suffix(".png").exists()):
+            return True
+        if ours or self.overwrite:
+            return False
+        raise InputError(f"{target}: already exists and holds another instance, not this run's "
+                         f"result for {instance.path}; remove it, choose another --out, or pass "
+                         "--overwrite")
+
+    def run(self, instance: Instance, target: Path, report: Report) -> None:
+        if self.finished(instance, target):
+            report.skipped.append(target)
+            return
+        ds = read_pixels(instance)
+        result, used, first = enhance_frames(self.pipeline, ds, instance.path, self.window,
+                                             self.sampling)
+        uid = target.parent.name
+        derived = derive(ds, result, Derivation(describe(self.pipeline, used, self.sampling), uid,
+                                                series_number(ds), fingerprint=self.fingerprint))
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            save(derived, target, overwrite=True)  # finished() refused what is not ours
+            if self.preview:
+                previews.write(target.with_suffix(".png"), first, derived, used, overwrite=True)
+        except OSError as exc:
+            raise OutputError(f"--out: cannot write {target} ({exc.strerror or exc}); "
+                              f"{len(report.written)} file(s) of this run were finished and "
+                              "are kept; free space or fix the folder's permissions and run "
+                              "the same command again to resume") from None
+        report.written.append(target)
+        report.images += len(result)
+        log.info("wrote %s (%d frame(s), window %s)", target, len(result), used.source)

@@ -19,8 +19,11 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation, DigitalXRayImageStorageForProcessing,
-    ExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossless, MRImageStorage, MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    EnhancedCTImageStorage, EnhancedMRImageStorage, ExplicitVRLittleEndian, JPEGBaseline8Bit,
+    JPEGExtended12Bit, JPEGLSNearLossless, MRImageStorage,
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
     MultiFrameGrayscaleWordSecondaryCaptureImageStorage, SecondaryCaptureImageStorage,
+    generate_uid,
 )
 
 from scanside import __version__
@@ -30,7 +33,12 @@ from scanside.files import atomic_path
 DERIVABLE = {CTImageStorage, MRImageStorage, ComputedRadiographyImageStorage,
              DigitalXRayImageStorageForPresentation, DigitalXRayImageStorageForProcessing,
              SecondaryCaptureImageStorage, MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
-             MultiFrameGrayscaleWordSecondaryCaptureImageStorage}
+             MultiFrameGrayscaleWordSecondaryCaptureImageStorage, EnhancedCTImageStorage,
+             EnhancedMRImageStorage}
+# Enhanced (multi-frame functional group) IODs: provenance goes in the Derivation Image
+# functional group and each frame's Frame Type says DERIVED (PS3.3 C.7.6.16.2.6, C.8.13.5.1).
+ENHANCED = {EnhancedCTImageStorage: "CTImageFrameTypeSequence",
+            EnhancedMRImageStorage: "MRImageFrameTypeSequence"}
 # Attributes that describe the source's pixels or encoding, not ours.
 STALE = ("SmallestImagePixelValue", "LargestImagePixelValue", "IconImageSequence",
          "DataSetTrailingPadding", "ExtendedOffsetTable", "ExtendedOffsetTableLengths",
@@ -49,6 +57,20 @@ class Derivation:
     series_uid: str
     series_number: int
     synthetic: bool = False
+    fingerprint: str = ""  # what was run (engine, backend, settings); "" = a fresh run
+
+
+def derived_uid(kind: str, source_uid: str, fingerprint: str) -> str:
+    """A UID that is the same whenever the same source is derived with the same engine and
+    settings (``fingerprint``), so a retried or resumed run writes the same instances and a
+    PACS stores them once; a fresh random UID when there is no fingerprint."""
+    if not fingerprint:
+        return generate_uid()
+    return generate_uid(entropy_srcs=["scanside", kind, str(source_uid), fingerprint])
+
+
+def series_uid(source_series_uid: str, fingerprint: str) -> str:
+    return derived_uid("series", source_series_uid, fingerprint)
 
 
 def code_item(code) -> Dataset:
@@ -103,8 +125,14 @@ def derive(source: Dataset, stored: np.ndarray, derivation: Derivation) -> Datas
     if ds.SOPClassUID not in DERIVABLE:
         ds.SOPClassUID = SecondaryCaptureImageStorage
         ds.ConversionType = "WSD"  # workstation
-    ds.set_pixel_data(stored, str(source.PhotometricInterpretation), int(source.BitsStored))
-    mark_derived(ds, source, derivation, now)
+    ds.set_pixel_data(stored, str(source.PhotometricInterpretation),
+                      int(source.get("BitsStored", source.BitsAllocated)),
+                      generate_instance_uid=False)
+    ds.SOPInstanceUID = derived_uid("instance", source.SOPInstanceUID, derivation.fingerprint)
+    if ds.SOPClassUID in ENHANCED:
+        mark_enhanced_derived(ds, source, derivation, now)
+    else:
+        mark_derived(ds, source, derivation, now)
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
@@ -115,14 +143,44 @@ def derive(source: Dataset, stored: np.ndarray, derivation: Derivation) -> Datas
 def mark_derived(ds: Dataset, source: Dataset, derivation: Derivation,
                  now: datetime.datetime) -> None:
     ds.ImageType = image_type(source)
+    ds.DerivationDescription = derivation.description[:1024]  # ST
+    ds.DerivationCodeSequence = Sequence([code_item(codes.DCM.Smoothing)])
+    ds.SourceImageSequence = Sequence([source_reference(source)])
+    identify_series(ds, source, derivation, now)
+
+
+def mark_enhanced_derived(ds: Dataset, source: Dataset, derivation: Derivation,
+                          now: datetime.datetime) -> None:
+    """An Enhanced CT/MR instance: Image Type value 2 stays PRIMARY (its only enumerated value
+    there), every Frame Type says DERIVED, and the source and the processing are recorded in
+    the shared Derivation Image functional group."""
+    rest = list(source.get("ImageType", []))[1:] or ["PRIMARY"]
+    ds.ImageType = ["DERIVED", *rest]
+    frame_type = ENHANCED[ds.SOPClassUID]
+    for groups in (ds.get("SharedFunctionalGroupsSequence", []),
+                   ds.get("PerFrameFunctionalGroupsSequence", [])):
+        for group in groups:
+            for item in group.get(frame_type, []):
+                values = list(item.get("FrameType", [])) or ["DERIVED", "PRIMARY"]
+                item.FrameType = ["DERIVED", *values[1:]]
+    if not ds.get("SharedFunctionalGroupsSequence"):
+        ds.SharedFunctionalGroupsSequence = Sequence([Dataset()])
+    derivation_item = Dataset()
+    derivation_item.DerivationDescription = derivation.description[:1024]
+    derivation_item.DerivationCodeSequence = Sequence([code_item(codes.DCM.Smoothing)])
+    derivation_item.SourceImageSequence = Sequence([source_reference(source)])
+    ds.SharedFunctionalGroupsSequence[0].DerivationImageSequence = Sequence([derivation_item])
+    identify_series(ds, source, derivation, now)
+
+
+def identify_series(ds: Dataset, source: Dataset, derivation: Derivation,
+                    now: datetime.datetime) -> None:
+    """The new series, creation time, equipment and lossy history: every derived instance."""
     ds.SeriesInstanceUID = derivation.series_uid
     ds.SeriesNumber = derivation.series_number
     description = PREFIX + str(source.get("SeriesDescription", "") or "enhanced")
     ds.SeriesDescription = description[:64]  # LO
     ds.InstanceCreationDate, ds.InstanceCreationTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
-    ds.DerivationDescription = derivation.description[:1024]  # ST
-    ds.DerivationCodeSequence = Sequence([code_item(codes.DCM.Smoothing)])
-    ds.SourceImageSequence = Sequence([source_reference(source)])
     equipment = list(source.get("ContributingEquipmentSequence", []))
     ds.ContributingEquipmentSequence = Sequence(
         [*map(copy.deepcopy, equipment), equipment_item(derivation.description, now)])
@@ -144,7 +202,7 @@ def series_number(source: Dataset) -> int:
 
 
 def save(ds: Dataset, path: Path, overwrite: bool = False) -> None:
-    """Write ``ds`` to ``path`` through a temporary name; over an existing file only if
-    ``overwrite``."""
+    """Write ``ds`` to ``path`` through a temporary name, synced to disk before it takes its
+    name; over an existing file only if ``overwrite``."""
     with atomic_path(path, overwrite=overwrite) as tmp:
         ds.save_as(tmp, enforce_file_format=True)

@@ -404,6 +404,31 @@ class Pipeline:
                 f"steps {steps}; strength {strength:g}; guidance {guidance:g}; seed {seed}{views}; "
                 f"prompt {prompt!r}")
 
+    def fingerprint(self, *, noise: Noise = None, **sampling: object) -> str:
+        """sha256 of everything that decides what ``enhance(**sampling)`` computes: the engine's
+        ONNX files (their manifest hashes), the backend, the tiling budget, the settings as
+        resolved against the model's defaults, and scanside's version. Derived DICOM UIDs come
+        from it. '' when the noise is a caller's function, which cannot be identified."""
+        import hashlib
+        import json
+
+        from scanside import __version__
+
+        if callable(noise):
+            return ""
+        given = {k: v for k, v in sampling.items() if k not in ("progress", "window")}
+        settings = self.sampling_defaults(**given)
+        settings["scheduler"] = self.plan(settings["scheduler"], int(settings["steps"]),
+                                          float(settings["strength"])).algorithm
+        m = self.manifest
+        identity = {"scanside": __version__, "backend": self.backend.value,
+                    "max_tile": self.max_tile, "settings": settings,
+                    "components": {name: c.sha256 for name, c in sorted(m.components.items())},
+                    "noise": (hashlib.sha256(np.ascontiguousarray(noise)).hexdigest()
+                              if noise is not None else None)}
+        text = json.dumps(identity, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
     def image_size(self, height: Optional[int], width: Optional[int]) -> tuple[int, int]:
         m = self.manifest
         height, width = height or m.height, width or m.width

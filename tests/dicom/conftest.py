@@ -139,6 +139,9 @@ class Identity:
     def describe(self, **sampling):
         return "identity model (test)"
 
+    def fingerprint(self, **sampling):
+        return "identity-" + repr(sorted(sampling.items()))
+
 
 class Brighten:
     """A model that changes every pixel, to see values move and clipping at the stored range."""
@@ -148,3 +151,6 @@ class Brighten:
 
     def describe(self, **sampling):
         return "brighten model (test)"
+
+    def fingerprint(self, **sampling):
+        return "brighten-" + repr(sorted(sampling.items()))
