@@ -218,7 +218,9 @@ def summarise(written: int, failures: list[tuple[Path, str]], seconds: float, im
     resumed = f", {skipped} already done by an earlier run" if skipped else ""
     print(f"{written} file(s) written{resumed}, {len(failures)} failed{per_image}")
     for source, reason in failures:
-        print(f"  failed: {source}: {reason}", file=sys.stderr)
+        # Reasons name their file already; the prefix is added only where one does not.
+        named = reason if reason.startswith(str(source)) else f"{source}: {reason}"
+        print(f"  failed: {named}", file=sys.stderr)
     return 2 if failures else 0
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import struct
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -89,12 +90,36 @@ def quiet() -> Iterator[None]:
         logger.setLevel(level)
 
 
+def check_vr(elem: Any) -> None:
+    """A standard element must carry one of its dictionary VRs (or UN): a flipped VR byte
+    makes pydicom read 'NO' as a number or a UID as a list of integers."""
+    if elem.tag.is_private or elem.VR == "UN":
+        return
+    try:
+        allowed = pydicom.datadict.dictionary_VR(elem.tag)
+    except KeyError:  # not in the dictionary: nothing to check against
+        return
+    if str(elem.VR) not in allowed.split(" or "):
+        raise ValueError(f"VR {elem.VR}, the standard says {allowed}")
+
+
+def check_numeric_strings(elem: Any) -> None:
+    """pydicom keeps a malformed IS/DS value as a plain string (with a warning); here it is an
+    error like any other undecodable value."""
+    if elem.VR in ("IS", "DS"):
+        for value in as_list(elem.value):
+            if isinstance(value, str) and value.strip():
+                raise ValueError(f"not a {elem.VR} number")
+
+
 def decode_all(ds: Dataset, path: Path, where: str = "") -> list[str]:
     """Convert every element (sequences recursively); returns the names of those dropped."""
     dropped: list[str] = []
     for tag in list(ds.keys()):
         try:
             elem = ds[tag]
+            check_vr(elem)
+            check_numeric_strings(elem)
             if elem.VR == "SQ":
                 for i, item in enumerate(elem.value):
                     dropped += decode_all(item, path, f"{where}{element_name(tag)}[{i}] > ")
@@ -145,17 +170,28 @@ def check_transfer_syntax(ds: Dataset, path: Path) -> None:
                          "transfer syntax; the file's meta header is damaged — re-export it")
 
 
+def compressed(ds: Dataset) -> bool:
+    """True if the pixel data is encapsulated (a checked, known compressed syntax)."""
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    return syntax is not None and UID(str(syntax)).is_transfer_syntax and UID(str(syntax)).is_compressed
+
+
 # -- numbers -------------------------------------------------------------------------------
 def number(ds: Dataset, keyword: str, path: Path, *, default: Optional[float] = None,
-           index: int = 0) -> float:
-    """A finite number from a DS/IS/US/... element (value ``index`` if multi-valued); a
-    missing or empty element gives ``default``, or is refused when there is none."""
+           index: Optional[int] = None) -> float:
+    """A finite number from a DS/IS/US/... element: its single value, or value ``index`` of a
+    multi-valued one; a missing or empty element gives ``default``, or is refused when there
+    is none."""
     values = as_list(ds.get(keyword))
     name = element_name(pydicom.datadict.tag_for_keyword(keyword))
     if not values:
         if default is None:
             raise InputError(f"{path}: {name} is missing; the file is not a complete image")
         return default
+    if index is None and len(values) > 1:
+        raise InputError(f"{path}: {name} has {len(values)} values, one expected; fix or "
+                         "re-export the file")
+    index = index or 0
     if index >= len(values):
         raise InputError(f"{path}: {name} has {len(values)} value(s), at least {index + 1} "
                          "expected; fix or re-export the file")
@@ -212,9 +248,8 @@ def check_sizes(ds: Dataset, path: Path, file_size: int) -> None:
         raise InputError(f"{path}: declares {frames} frame(s) of {rows}x{columns} at {bits} bits "
                          f"({declared / 2**30:.1f} GiB decoded); scanside decodes up to "
                          f"{MAX_DECODED_BYTES / 2**30:.0f} GiB per instance — split the object")
-    syntax = ds.file_meta.get("TransferSyntaxUID")
     size = file_size
-    if syntax is not None and UID(str(syntax)).is_compressed:
+    if compressed(ds):
         if frames > size // ITEM_BYTES:
             raise InputError(f"{path}: declares {frames} compressed frames in a {size}-byte file; "
                              "NumberOfFrames is damaged")
@@ -224,12 +259,64 @@ def check_sizes(ds: Dataset, path: Path, file_size: int) -> None:
                          "Rows/Columns/NumberOfFrames are damaged")
 
 
+# Syntaxes whose frames start with a JPEG (ITU T.81 / T.87) header pydicom can parse.
+JPEG_FAMILY = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
+               "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"}
+
+
+JPEG_2000 = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
+             "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}
+SIZ = b"\xff\x4f\xff\x51"  # SOC marker, then SIZ: the image and tile size (ISO 15444-1 A.5.1)
+
+
+def j2k_size(frame: bytes) -> tuple[Optional[int], Optional[int], Optional[int]]:
+    """(height, width, components) from a JPEG 2000 frame's SIZ segment; Nones if absent."""
+    at = frame.find(SIZ, 0, 4096)  # at the start of a raw codestream, after the boxes of JP2
+    if at < 0 or len(frame) < at + 42:
+        return None, None, None
+    xsiz, ysiz, xo, yo, xt, yt, xto, yto = struct.unpack(">8I", frame[at + 8:at + 40])
+    (csiz,) = struct.unpack(">H", frame[at + 40:at + 42])
+    # Tile indices are 16-bit (Isot): more than 65535 tiles is no codestream, only a decoder
+    # busy for minutes; report it as a size that cannot match.
+    if not xt or not yt or math.ceil((xsiz - xto) / xt) * math.ceil((ysiz - yto) / yt) > 65535:
+        return None, None, csiz
+    return ysiz - yo, xsiz - xo, csiz
+
+
+def check_codestream(frame: bytes, ds: Dataset, path: Path, index: int) -> None:
+    """A JPEG, JPEG-LS or JPEG 2000 frame's own header must agree with Rows, Columns and
+    SamplesPerPixel. The native decoders trust the codestream: on a mismatch CharLS and GDCM
+    abort the whole process, and OpenJPEG allocates whatever size the damaged header says
+    (6 GB for one flipped bit in the fuzz run), so it is checked before they see the frame."""
+    syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
+    if syntax in JPEG_2000:
+        found = j2k_size(frame)
+        what = "JPEG 2000 SIZ segment"
+    elif syntax in JPEG_FAMILY:
+        try:  # pydicom's own JPEG header parser (private in 3.0; absent -> no check)
+            from pydicom.pixels.utils import _get_jpg_parameters
+        except ImportError:
+            return
+        header = _get_jpg_parameters(frame)
+        found = (header.get("height"), header.get("width"), header.get("components"))
+        what = "JPEG header"
+    else:
+        return
+    expected = (int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1) or 1))
+    if found != expected:
+        raise InputError(f"{path}: frame {index + 1}'s {what} says {found[0]}x{found[1]} "
+                         f"with {found[2]} component(s), the DICOM header {expected[0]}x"
+                         f"{expected[1]} with {expected[2]}; the file is damaged — re-export it")
+
+
 def check_pixel_length(ds: Dataset, path: Path) -> None:
     """Native pixel data must hold what Rows x Columns x frames x bits say (odd padding and
     less than one row of excess are tolerated, as pydicom does)."""
-    syntax = ds.file_meta.get("TransferSyntaxUID")
-    if syntax is not None and UID(str(syntax)).is_compressed:
+    if compressed(ds):
         return
+    if not isinstance(ds.get("PixelData"), (bytes, bytearray)):
+        raise InputError(f"{path}: the Pixel Data element is empty or not bytes (its VR is "
+                         f"{str(ds['PixelData'].VR)[:4]!r}); the file is damaged — re-export it")
     rows, columns = int(ds.Rows), int(ds.Columns)
     frames = integer(ds, "NumberOfFrames", path, default=1, low=1)
     row_bytes = columns * int(ds.get("SamplesPerPixel", 1) or 1) * int(ds.BitsAllocated) // 8

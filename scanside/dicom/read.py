@@ -14,8 +14,9 @@ from typing import Iterable
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
 from pydicom.pixels import pixel_array
-from pydicom.uid import MediaStorageDirectoryStorage
+from pydicom.uid import UID, MediaStorageDirectoryStorage
 
 from scanside.errors import InputError
 
@@ -75,9 +76,9 @@ def check_header(path: Path, ds: Dataset) -> None:
                          "files or their folder instead")
     if "Rows" not in ds or "Columns" not in ds:
         raise InputError(f"{path}: no pixel data or image attributes (SOP class "
-                         f"{getattr(sop_class, 'name', sop_class)}): not an image, or the file "
-                         "is truncated; only images can be enhanced")
-    for keyword in ("SOPClassUID", "SOPInstanceUID"):
+                         f"{uid_name(sop_class)}): not an image, or the file is truncated; only "
+                         "images can be enhanced")
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
         if not str(ds.get(keyword, "") or "").strip():
             raise InputError(f"{path}: {keyword} is missing; a derived instance must reference "
                              "its source — the file is damaged")
@@ -94,17 +95,19 @@ def check_header(path: Path, ds: Dataset) -> None:
     parse.integer(ds, "PixelRepresentation", path, default=0, low=0, high=1)
     parse.integer(ds, "Rows", path, low=1, high=65535)
     parse.integer(ds, "Columns", path, low=1, high=65535)
-    parse.integer(ds, "NumberOfFrames", path, default=1, low=1)
+    frames = parse.integer(ds, "NumberOfFrames", path, default=1, low=1)
     if "ModalityLUTSequence" in ds:
         raise InputError(f"{path}: uses a Modality LUT Sequence (a non-linear value map) that "
                          "scanside cannot invert when writing; not supported")
-    for frame in range(frame_count(ds)):
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is not None and len(per_frame) != frames:
+        raise InputError(f"{path}: NumberOfFrames is {frames} but the Per-frame Functional "
+                         f"Groups Sequence has {len(per_frame)} item(s); the file is damaged")
+    for frame in range(len(per_frame) if per_frame is not None else 1):
         slope, _ = rescale(ds, frame, path)
         if slope == 0:
             raise InputError(f"{path}: RescaleSlope (0028,1053) is 0, which maps every pixel to "
                              "one value; the file is damaged")
-        if not has_frame_groups(ds):
-            break
     # Geometry that orders the series: refused here rather than mis-sorted later.
     parse.vector(ds, "ImagePositionPatient", path, 3)
     parse.vector(ds, "ImageOrientationPatient", path, 6)
@@ -113,12 +116,17 @@ def check_header(path: Path, ds: Dataset) -> None:
     check_decodable(ds.file_meta.get("TransferSyntaxUID"), str(path))
 
 
+def uid_name(uid: object) -> str:
+    """A UID for a message: its name if pydicom knows it, the UID if well formed, else a
+    placeholder (a damaged value can hold any bytes of the file)."""
+    text = str(uid or "")
+    if not text or len(text) > 64 or not UID(text).is_valid:
+        return "unreadable"
+    return UID(text).name
+
+
 def frame_count(ds: Dataset) -> int:
     return int(ds.get("NumberOfFrames", 1) or 1)
-
-
-def has_frame_groups(ds: Dataset) -> bool:
-    return "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
 
 
 def frame_groups(ds: Dataset, frame: int) -> list[Dataset]:
@@ -196,7 +204,7 @@ def read_pixels(instance: Instance) -> Dataset:
     path = instance.path
     ds, _ = parse.load(path, pixels=True)
     check_header(path, ds)
-    if "PixelData" not in ds:
+    if ds.get("PixelData") is None:
         raise InputError(f"{path}: no pixel data; only images can be enhanced")
     parse.check_pixel_length(ds, path)
     return ds
@@ -207,15 +215,23 @@ def frame_values(ds: Dataset, frame: int, path: Path) -> np.ndarray:
     bounds the memory of multi-frame objects."""
     try:
         with parse.quiet():
+            if parse.compressed(ds):
+                encoded = get_frame(ds.PixelData, frame, number_of_frames=frame_count(ds))
+                parse.check_codestream(encoded, ds, path, frame)
             stored = pixel_array(ds, index=frame)
     except RuntimeError as exc:  # every installed decoder plugin refused this encoding
         reasons = " ".join(str(exc).split())[:300]
         raise InputError(f"{path}: pixel data could not be decoded: {reasons}. For 12-bit JPEG "
                          "the GPL-3 plugin pylibjpeg-libjpeg is the only decoder; or convert "
                          "the file to an uncompressed syntax") from None
+    except InputError:
+        raise
     except MemoryError:
         raise InputError(f"{path}: frame {frame + 1} does not fit in memory") from None
-    except Exception as exc:  # noqa: BLE001 - decoders raise many types on damaged data
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - decoders raise many types on damaged data,
+        # including Rust panics from the pylibjpeg plugins, which are not Exceptions
         raise InputError(f"{path}: pixel data of frame {frame + 1} could not be decoded "
                          f"({type(exc).__name__}); the file is probably truncated or damaged — "
                          "re-export it") from None

@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Protocol, Sequence
@@ -26,7 +27,7 @@ from . import parse
 from . import preview as previews
 from .read import Instance, check_header, collect, frame_count, frame_values, read_pixels, to_stored
 from .window import Window, choose
-from .write import Derivation, derive, derived_uid, save, series_number
+from .write import Derivation, derive, derived_uid, encode, series_number, write_bytes
 from .write import series_uid as derived_series_uid
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,9 @@ def enhance_series(paths: Sequence[Path], pipeline: Enhancer, out_dir: Path, *,
                     except (OutputError, KeyboardInterrupt, MemoryError):
                         raise
                     except Exception as exc:  # noqa: BLE001 - one file's bug must not end the batch
-                        log.debug("internal error on %s", instance.path, exc_info=True)
+                        # Where it happened, not the message: a message may quote a value.
+                        log.info("internal error on %s: %s at\n%s", instance.path,
+                                 type(exc).__name__, "".join(traceback.format_tb(exc.__traceback__)))
                         report.failures.append((instance.path, (
                             f"{instance.path}: internal error ({type(exc).__name__}) while "
                             "enhancing it; please report it to scanside with `-v` output")))
@@ -214,9 +217,10 @@ class Job:
         uid = target.parent.name
         derived = derive(ds, result, Derivation(describe(self.pipeline, used, self.sampling), uid,
                                                 series_number(ds), fingerprint=self.fingerprint))
+        data = encode(derived, instance.path)  # encoding problems are the input's, not disk's
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            save(derived, target, overwrite=True)  # finished() refused what is not ours
+            write_bytes(data, target, overwrite=True)  # finished() refused what is not ours
             if self.preview:
                 previews.write(target.with_suffix(".png"), first, derived, used, overwrite=True)
         except OSError as exc:

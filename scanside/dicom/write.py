@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import copy
 import datetime
+import io
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -43,6 +46,11 @@ ENHANCED = {EnhancedCTImageStorage: "CTImageFrameTypeSequence",
 STALE = ("SmallestImagePixelValue", "LargestImagePixelValue", "IconImageSequence",
          "DataSetTrailingPadding", "ExtendedOffsetTable", "ExtendedOffsetTableLengths",
          "SmallestPixelValueInSeries", "LargestPixelValueInSeries")
+WRITTEN = ("ImageType", "SeriesInstanceUID", "SeriesNumber", "SeriesDescription",
+           "InstanceCreationDate", "InstanceCreationTime", "DerivationDescription",
+           "DerivationCodeSequence", "SourceImageSequence", "ContributingEquipmentSequence",
+           "BurnedInAnnotation", "LossyImageCompression", "SyntheticData", "ConversionType",
+           "SourceImageEvidenceSequence", "SOPInstanceUID")
 PREFIX = "scanside: "
 # Transfer syntaxes that are always lossy; JPEG 2000 can be either, so its file's own
 # LossyImageCompression attribute decides.
@@ -120,6 +128,15 @@ def derive(source: Dataset, stored: np.ndarray, derivation: Derivation) -> Datas
     for keyword in STALE:
         if keyword in ds:
             del ds[keyword]
+    # Command (0000) and meta (0002) elements have no place in a stored dataset; a damaged
+    # file can carry them, and pydicom rightly refuses to write them there.
+    for tag in [t for t in ds.keys() if t.group in (0x0000, 0x0002)]:
+        del ds[tag]
+    # What this module sets is set fresh, with the dictionary's VR: a damaged source element
+    # of the same name may carry another VR that its new value cannot be written in.
+    for keyword in WRITTEN:
+        if keyword in ds:
+            del ds[keyword]
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     if ds.SOPClassUID not in DERIVABLE:
@@ -170,7 +187,22 @@ def mark_enhanced_derived(ds: Dataset, source: Dataset, derivation: Derivation,
     derivation_item.DerivationCodeSequence = Sequence([code_item(codes.DCM.Smoothing)])
     derivation_item.SourceImageSequence = Sequence([source_reference(source)])
     ds.SharedFunctionalGroupsSequence[0].DerivationImageSequence = Sequence([derivation_item])
+    ds.SourceImageEvidenceSequence = Sequence([evidence_item(source)])  # 1C once derived
     identify_series(ds, source, derivation, now)
+
+
+def evidence_item(source: Dataset) -> Dataset:
+    """The source as a Hierarchical SOP Instance Reference (study > series > instance)."""
+    instance = Dataset()
+    instance.ReferencedSOPClassUID = source.SOPClassUID
+    instance.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    series = Dataset()
+    series.SeriesInstanceUID = source.SeriesInstanceUID
+    series.ReferencedSOPSequence = Sequence([instance])
+    study = Dataset()
+    study.StudyInstanceUID = source.StudyInstanceUID
+    study.ReferencedSeriesSequence = Sequence([series])
+    return study
 
 
 def identify_series(ds: Dataset, source: Dataset, derivation: Derivation,
@@ -197,12 +229,39 @@ def was_lossy(source: Dataset) -> bool:
 
 
 def series_number(source: Dataset) -> int:
-    """Distinct from the source's: scanside series are numbered 1000 + the source's."""
-    return 1000 + int(source.get("SeriesNumber", 0) or 0)
+    """Distinct from the source's: scanside series are numbered 1000 + the source's (1000 when
+    the source has none, or none that reads as a whole number)."""
+    try:
+        number = int(source.get("SeriesNumber", 0) or 0)
+    except (TypeError, ValueError, OverflowError):
+        number = 0
+    return 1000 + number if abs(number) < 2**30 else 1000
 
 
-def save(ds: Dataset, path: Path, overwrite: bool = False) -> None:
+def encode(ds: Dataset, source: "Path | str") -> bytes:
+    """``ds`` as the bytes of a DICOM file, in memory: whatever cannot be encoded (a damaged
+    source element copied into it) is refused here, naming ``source``, before any file is
+    touched. pydicom's message quotes the element's value, so only its tag is kept."""
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds.save_as(buffer, enforce_file_format=True)
+    except Exception as exc:  # noqa: BLE001 - the writer raises many types, OSError included
+        tag = re.search(r"\(([0-9A-Fa-f]{4}),\s*([0-9A-Fa-f]{4})\)", str(exc))
+        where = f" element ({tag.group(1)},{tag.group(2)})" if tag else ""
+        raise InputError(f"{source}: the derived instance cannot be encoded{where} "
+                         f"({type(exc).__name__}); the source carries a damaged element — "
+                         "re-export it") from None
+    return buffer.getvalue()
+
+
+def save(ds: Dataset, path: Path, overwrite: bool = False, source: "Path | str" = "") -> None:
     """Write ``ds`` to ``path`` through a temporary name, synced to disk before it takes its
     name; over an existing file only if ``overwrite``."""
+    write_bytes(encode(ds, source or path), path, overwrite)
+
+
+def write_bytes(data: bytes, path: Path, overwrite: bool = False) -> None:
     with atomic_path(path, overwrite=overwrite) as tmp:
-        ds.save_as(tmp, enforce_file_format=True)
+        Path(tmp).write_bytes(data)

@@ -12,9 +12,10 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
 from pydicom.uid import (
-    CTImageStorage, ComputedRadiographyImageStorage, ExplicitVRLittleEndian,
-    MultiFrameGrayscaleWordSecondaryCaptureImageStorage, generate_uid,
+    CTImageStorage, ComputedRadiographyImageStorage, EnhancedCTImageStorage,
+    ExplicitVRLittleEndian, MultiFrameGrayscaleWordSecondaryCaptureImageStorage, generate_uid,
 )
 
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
@@ -91,6 +92,57 @@ def ct_phantom(size: int = 64, seed: int = 0) -> np.ndarray:
     return hu + np.random.default_rng(seed).normal(0, 20, hu.shape).round()
 
 
+def item(**attributes) -> Dataset:
+    ds = Dataset()
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def enhanced_ct(path: Path, frames: int = 3, size: int = 64) -> Path:
+    """An Enhanced CT multi-frame object whose rescale is per frame (a functional group is
+    either shared or per-frame): intercept -1024, except -2048 on the last frame."""
+    ds = base_dataset(EnhancedCTImageStorage, "CT", generate_uid(), "1.2.3.7")
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
+    ds.InstanceNumber, ds.AcquisitionNumber = 1, 1
+    ds.ContentQualification, ds.PixelPresentation = "PRODUCT", "MONOCHROME"
+    ds.VolumetricProperties, ds.VolumeBasedCalculationTechnique = "VOLUME", "NONE"
+    ds.AcquisitionDateTime = "20260101120000"
+    frame_type = ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
+    ds.SharedFunctionalGroupsSequence = Sequence([item(
+        PixelMeasuresSequence=Sequence([item(PixelSpacing=[0.7, 0.7], SliceThickness=1.0)]),
+        PlaneOrientationSequence=Sequence([item(ImageOrientationPatient=[1, 0, 0, 0, 1, 0])]),
+        CTImageFrameTypeSequence=Sequence([item(FrameType=frame_type)]),
+        FrameVOILUTSequence=Sequence([item(WindowCenter=40, WindowWidth=400)]))])
+    per_frame, stored = [], []
+    for f in range(frames):
+        hu = ct_phantom(size, seed=f)
+        group = item(PlanePositionSequence=Sequence([item(ImagePositionPatient=[0.0, 0.0, float(f)])]),
+                     FrameContentSequence=Sequence([item(FrameAcquisitionNumber=1)]))
+        intercept = -2048 if f == frames - 1 else -1024
+        group.PixelValueTransformationSequence = Sequence([item(
+            RescaleIntercept=intercept, RescaleSlope=1, RescaleType="HU")])
+        per_frame.append(group)
+        stored.append(np.clip(np.round(hu - intercept), 0, 4095).astype(np.uint16))
+    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    return write(ds, np.stack(stored), path, "MONOCHROME2", 12)
+
+
+def radiograph(path: Path, size: int = 2048, bits: int = 15) -> Path:
+    """A large CR in MONOCHROME1 with ``bits`` of 16 stored: smooth anatomy-like structure."""
+    ds = base_dataset(ComputedRadiographyImageStorage, "CR", generate_uid(), "1.2.3.8")
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.InstanceNumber, ds.BodyPartExamined, ds.ViewPosition = 1, "CHEST", "PA"
+    ds.ImagerPixelSpacing = [0.15, 0.15]
+    top = 2**bits - 1
+    ds.WindowCenter, ds.WindowWidth = top // 2, top
+    ds.PresentationLUTShape = "INVERSE"
+    y, x = np.mgrid[0:size, 0:size] / size
+    image = 0.5 + 0.3 * np.sin(6 * x) * np.cos(4 * y) + np.random.default_rng(0).normal(0, 0.02, (size, size))
+    stored = np.clip(image * top, 0, top).round().astype(np.uint16)
+    return write(ds, stored, path, "MONOCHROME1", bits)
+
+
 @pytest.fixture
 def ct_series(tmp_path) -> list[Path]:
     """Three slices written out of order: the reader must sort them along the normal."""
@@ -114,6 +166,10 @@ def radiograph_monochrome1(tmp_path) -> Path:
 
 @pytest.fixture
 def multiframe(tmp_path) -> Path:
+    return multiframe_sc(tmp_path / "mf" / "mf.dcm")
+
+
+def multiframe_sc(path: Path) -> Path:
     """Three frames of a multi-frame grayscale word SC, unsigned 12 bits."""
     ds = base_dataset(MultiFrameGrayscaleWordSecondaryCaptureImageStorage, "OT", generate_uid(),
                       "1.2.3.6")
@@ -123,7 +179,7 @@ def multiframe(tmp_path) -> Path:
     ds.FrameTime = 100.0
     ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "US"
     frames = np.random.default_rng(0).integers(0, 4096, (3, 64, 64)).astype(np.uint16)
-    return write(ds, frames, tmp_path / "mf" / "mf.dcm", "MONOCHROME2", 12)
+    return write(ds, frames, path, "MONOCHROME2", 12)
 
 
 class Identity:

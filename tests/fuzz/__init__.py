@@ -1,0 +1,1 @@
+"""Fuzzing ``scanside enhance`` with mutated real DICOM files: ``python -m tests.fuzz``."""
