@@ -49,7 +49,7 @@ STALE = ("SmallestImagePixelValue", "LargestImagePixelValue", "IconImageSequence
 WRITTEN = ("ImageType", "SeriesInstanceUID", "SeriesNumber", "SeriesDescription",
            "InstanceCreationDate", "InstanceCreationTime", "DerivationDescription",
            "DerivationCodeSequence", "SourceImageSequence", "ContributingEquipmentSequence",
-           "BurnedInAnnotation", "LossyImageCompression", "SyntheticData", "ConversionType",
+           "BurnedInAnnotation", "LossyImageCompression", "SyntheticData",
            "SourceImageEvidenceSequence", "SOPInstanceUID")
 PREFIX = "scanside: "
 # Transfer syntaxes that are always lossy; JPEG 2000 can be either, so its file's own
@@ -141,6 +141,8 @@ def derive(source: Dataset, stored: np.ndarray, derivation: Derivation) -> Datas
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     if ds.SOPClassUID not in DERIVABLE:
         ds.SOPClassUID = SecondaryCaptureImageStorage
+        if "ConversionType" in ds:  # set fresh, as WRITTEN (its VR may be damaged)
+            del ds.ConversionType
         ds.ConversionType = "WSD"  # workstation
     ds.set_pixel_data(stored, str(source.PhotometricInterpretation),
                       int(source.get("BitsStored", source.BitsAllocated)),
