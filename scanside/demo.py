@@ -61,7 +61,7 @@ def window_png(path: Path, hu: np.ndarray, centre: float, width: float, zoom: in
 def load_pair() -> dict[str, np.ndarray]:
     from scanside.runtime.default import DEFAULT_MODEL
 
-    with np.load(DEFAULT_MODEL / DEMO_PAIR) as data:
+    with np.load(DEFAULT_MODEL / DEMO_PAIR, allow_pickle=False) as data:
         return {name: data[name] for name in data.files}
 
 

@@ -39,6 +39,12 @@ def check_folder(path: Path) -> None:
         raise InputError(f"{path}: not a diffusers Stable Diffusion folder, missing {missing}; "
                          "save the pipeline with save_pretrained() or build one with "
                          "`scanside models build`")
+    for part in ("unet", "vae", "text_encoder"):
+        if not any((path / part).glob("*.safetensors")):
+            raise InputError(f"{path / part}: no .safetensors weights; scanside reads weights "
+                             "only from safetensors, never from pickled .bin/.ckpt files (loading "
+                             "a pickle can run code) — convert the checkpoint with diffusers' "
+                             "save_pretrained(safe_serialization=True)")
 
 
 def read_tokenizer(folder: Path) -> ClipTokenizer:
@@ -62,9 +68,12 @@ def load(path: Path) -> Checkpoint:
     check_folder(path)
     return Checkpoint(
         path=path,
-        unet=UNet2DConditionModel.from_pretrained(path / "unet", low_cpu_mem_usage=False).eval(),
-        vae=AutoencoderKL.from_pretrained(path / "vae", low_cpu_mem_usage=False).eval(),
-        text_encoder=CLIPTextModel.from_pretrained(path / "text_encoder").eval(),
+        unet=UNet2DConditionModel.from_pretrained(path / "unet", low_cpu_mem_usage=False,
+                                                  use_safetensors=True).eval(),
+        vae=AutoencoderKL.from_pretrained(path / "vae", low_cpu_mem_usage=False,
+                                          use_safetensors=True).eval(),
+        text_encoder=CLIPTextModel.from_pretrained(path / "text_encoder",
+                                                   use_safetensors=True).eval(),
         tokenizer=read_tokenizer(path / "tokenizer"),
         scheduler_config=json.loads((path / "scheduler" / "scheduler_config.json").read_text()),
     )

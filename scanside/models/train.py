@@ -120,27 +120,65 @@ def unet_lr(step: int, settings: Settings) -> float:
 
 
 class Checkpoints:
-    """torch.save of a stage's state, written to a temporary name and renamed into place."""
+    """A stage's state (weights, optimizer, step) as safetensors plus its structure as JSON
+    metadata: no pickle anywhere, so a checkpoint from elsewhere cannot run code when loaded.
+    Written to a temporary name and renamed into place."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
 
     def path(self, stage: str) -> Path:
-        return self.folder / f"{stage}.pt"
+        return self.folder / f"{stage}.safetensors"
 
     def load(self, stage: str) -> "dict[str, Any] | None":
-        import torch
+        from safetensors.torch import safe_open
 
         path = self.path(stage)
-        return torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
+        if not path.is_file():
+            return None
+        with safe_open(str(path), framework="pt") as f:
+            tree = json.loads(f.metadata()["scanside_state"])
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+        return unpack_state(tree, tensors)
 
     def save(self, stage: str, state: dict[str, Any]) -> None:
-        import torch
+        from safetensors.torch import save_file
 
-        tmp = self.path(stage).with_suffix(".pt.partial")
-        torch.save(state, tmp)
+        tensors: dict[str, Any] = {}
+        tree = pack_state(state, "", tensors)
+        tmp = self.path(stage).with_suffix(".partial")
+        save_file(tensors, str(tmp), metadata={"scanside_state": json.dumps(tree)})
         os.replace(tmp, self.path(stage))
+
+
+def pack_state(obj: Any, path: str, tensors: dict[str, Any]) -> Any:
+    """Nested dicts/lists of tensors and plain values -> a JSON tree; tensors go to
+    ``tensors`` under their path. Dict keys keep their type (optimizer state is keyed by int)."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        tensors[path] = obj.detach().contiguous()
+        return {"t": path}
+    if isinstance(obj, dict):
+        return {"d": [[k, pack_state(v, f"{path}/{k}", tensors)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return {"l": [pack_state(v, f"{path}/{i}", tensors) for i, v in enumerate(obj)],
+                "tuple": isinstance(obj, tuple)}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return {"v": obj}
+    raise TypeError(f"checkpoint state at {path or '/'}: {type(obj).__name__} is not storable")
+
+
+def unpack_state(tree: Any, tensors: dict[str, Any]) -> Any:
+    if "t" in tree:
+        return tensors[tree["t"]]
+    if "d" in tree:
+        return {k: unpack_state(v, tensors) for k, v in tree["d"]}
+    if "l" in tree:
+        items = [unpack_state(v, tensors) for v in tree["l"]]
+        return tuple(items) if tree["tuple"] else items
+    return tree["v"]
 
 
 class Progress:
@@ -231,7 +269,7 @@ def load_data(out: Path, settings: Settings, echo: Callable[[str], None]) -> dic
             save_scene(folder, job, scene_job(job)[1])
     parts = []
     for job in jobs:
-        with np.load(scene_file(folder, job)) as part:
+        with np.load(scene_file(folder, job), allow_pickle=False) as part:
             parts.append({name: part[name] for name in ("low", "full", "lesions")})
     data = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
     echo(f"data: {len(data['full'])} patch pairs in {time.perf_counter() - started:.0f} s")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from scanside.errors import EngineError
+from scanside.runtime.onnxfile import check_external_data
 
 from .iospec import IOSpec
 
@@ -193,6 +194,7 @@ def check_components(engine_dir: Path, manifest: Manifest, verify: bool) -> None
         if size != component.bytes:
             raise EngineError(f"{files[0]}: {size} bytes, the manifest says {component.bytes}; "
                               f"the file was changed or truncated; {rebuild_hint(engine_dir)}")
+        check_external_data(files[0], engine_dir)
         if verify and sha256_file(files[0]) != component.sha256:
             raise EngineError(f"{files[0]}: content hash differs from the manifest; "
                               f"{rebuild_hint(engine_dir)}")
