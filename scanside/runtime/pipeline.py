@@ -48,6 +48,9 @@ DIFFUSERS_NAMES = {
 
 
 # scanside's enhancement settings where neither the caller nor the model's manifest says.
+# The most image pixels (tiles x tile area) one tiled engine call takes: a 1024 px tile alone,
+# or sixteen 256 px tiles. One such call of the built-in model peaks at about 1.3 GB.
+CALL_PIXELS = 1024 * 1024
 ENHANCE_DEFAULTS: dict[str, object] = {"prompt": "", "negative_prompt": None, "strength": 0.3,
                                        "steps": 20, "guidance": 1.0, "scheduler": None,
                                        "ensemble": 1, "consistency_px": 0}
@@ -176,7 +179,10 @@ class Pipeline:
         spec = self.manifest.components[name].spec
         names = [o.name for o in spec.outputs]
         batch_axis = spec.inputs[0].shape[0]  # "B" or "UB"
-        max_batch = int(spec.ranges[batch_axis][2])
+        # Tiles share a call up to the profile's batch and CALL_PIXELS: memory grows with a
+        # call's pixels (the built-in model held 9.8 GB for 8 tiles of 1024 px in one call).
+        per_call = max(1, CALL_PIXELS // (grid.tile_h * grid.tile_w))
+        max_batch = min(int(spec.ranges[batch_axis][2]), per_call)
         # Inputs on the batch axis (a guided UNet's prompt halves) follow their tile's sample.
         batched = {t.name for t in spec.inputs if t.shape[0] == batch_axis}
 

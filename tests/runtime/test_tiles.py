@@ -152,3 +152,27 @@ def test_data_consistency_through_the_pipeline(ct_tiny):
     assert "data consistency" in pipe.describe(consistency_px=8)
     with pytest.raises(InputError, match="consistency_px: -1"):
         pipe.enhance(image, consistency_px=-1)
+
+
+def test_a_tiled_call_holds_at_most_call_pixels(ct_tiny, monkeypatch):
+    # The built-in model on a 2048 px radiograph put eight 1024 px tiles into one UNet call
+    # (the profile's batch) and peaked at 12.4 GB; a call now takes at most CALL_PIXELS.
+    from scanside import Pipeline
+    from scanside.runtime import pipeline as module
+
+    monkeypatch.setattr(module, "CALL_PIXELS", 2 * 128 * 128)
+    pipe = Pipeline.load(ct_tiny[1], max_tile=128)  # dynamic: 128 px tiles
+    batches = []
+    for name, engine in pipe.engines.items():
+        original = engine.run
+
+        def spy(feeds, original=original, name=name):
+            sample = feeds.get("sample", feeds.get("image", feeds.get("latent")))
+            if sample is not None:
+                batches.append((name, sample.shape[0]))
+            return original(feeds)
+
+        monkeypatch.setattr(engine, "run", spy)
+    image = np.random.default_rng(4).random((384, 384)).astype(np.float32)  # 3 x 3 tiles or more
+    pipe.enhance(image, strength=0.5, steps=2, seed=0)
+    assert batches and max(size for _, size in batches) == 2
