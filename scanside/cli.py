@@ -224,6 +224,64 @@ def summarise(written: int, failures: list[tuple[Path, str]], seconds: float, im
     return 2 if failures else 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from scanside import Pipeline
+    from scanside.node import Node, NodeSettings, Peer
+
+    forward = [Peer.parse(text, "--forward", with_port=True) for text in args.forward]
+    allow = [Peer.parse(text, "--allow", with_port=False) for text in args.allow or []]
+    window = None
+    if args.window is not None:
+        from scanside.dicom import Window
+
+        window = Window.parse(args.window)
+    pipe = Pipeline.load(args.engine, args.backend, max_tile=args.max_tile)
+    settings = NodeSettings(spool=args.spool, forward=forward, ae_title=args.ae_title,
+                            host=args.host, port=args.port, allow=allow,
+                            series_idle=args.series_idle, forward_originals=args.forward_originals,
+                            window=window, sampling=sampling_of(args), tls_cert=args.tls_cert,
+                            tls_key=args.tls_key, tls_ca=args.tls_ca)
+    node = Node(settings, pipe)
+    node.start()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        node.run(stop)
+    finally:
+        node.stop()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from scanside.node import open_journal
+
+    if not (args.spool / "journal.sqlite").is_file():
+        raise InputError(f"--spool: {args.spool} holds no scanside journal; give the folder "
+                         "`scanside serve --spool` uses")
+    journal = open_journal(args.spool)
+    try:
+        summary = journal.summary()
+    finally:
+        journal.close()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print("instances   " + (", ".join(f"{k} {v}" for k, v in sorted(summary["instances"].items())) or "none"))
+    print("series      " + (", ".join(f"{k} {v}" for k, v in sorted(summary["series"].items())) or "none"))
+    for destination, states in sorted(summary["sends"].items()):
+        print(f"send to {destination}: " + ", ".join(f"{k} {v}" for k, v in sorted(states.items())))
+    for item in summary["retrying"]:
+        print(f"retrying    {item['file']} -> {item['destination']} ({item['attempts']} tries): {item['error']}")
+    for item in summary["last_errors"]:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(item["at"]))
+        print(f"{when} {item['kind']}: {item['message']}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from scanside.runtime.artifacts import read_manifest
 
@@ -409,6 +467,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DICOM: also write source | result | difference PNGs")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=cmd_enhance)
+
+    p = sub.add_parser("serve", help="DICOM node: receive series (C-STORE), enhance each "
+                                      "complete series, forward the results to PACS")
+    p.add_argument("--spool", required=True, type=Path,
+                   help="folder for received and derived instances and the journal (created 0700)")
+    p.add_argument("--forward", action="append", required=True, metavar="AET@HOST:PORT",
+                   help="destination of the derived series (repeatable)")
+    p.add_argument("--ae-title", default="SCANSIDE", help="this node's AE title")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    p.add_argument("--port", type=int, default=11112)
+    p.add_argument("--allow", action="append", metavar="AET[@HOST]",
+                   help="only these senders (repeatable); others are rejected at association")
+    p.add_argument("--series-idle", type=float, default=30.0, metavar="S",
+                   help="a series is complete when nothing arrived for S seconds (default 30)")
+    p.add_argument("--forward-originals", action="store_true",
+                   help="also forward the received instances")
+    p.add_argument("--window", metavar="CENTER,WIDTH", help="as for enhance")
+    p.add_argument("--tls-cert", type=Path, help="TLS certificate for incoming associations")
+    p.add_argument("--tls-key", type=Path, help="its private key")
+    p.add_argument("--tls-ca", type=Path, help="CA whose client certificates are required")
+    add_sampling(p, guidance=1.0, strength=True)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("status", help="a node's queue, backlog and last errors, from its journal")
+    p.add_argument("--spool", required=True, type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("info", help="describe an engine directory")
     p.add_argument("engine_dir", type=Path)

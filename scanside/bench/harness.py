@@ -78,13 +78,13 @@ def dicom_run(pipe, settings: Settings, sampling: dict[str, Any]) -> None:
     """Enhance one DICOM file, timing its read and its derived write as stages."""
     import tempfile
 
-    from scanside.dicom.read import read_header, read_values
-    from scanside.dicom.series import describe, enhance_values
+    from scanside.dicom.read import read_header, read_pixels
+    from scanside.dicom.series import describe, enhance_frames
     from scanside.dicom.write import Derivation, derive, save, series_number
 
-    with pipe.timer.stage("dicom_read"):
-        ds, values = read_values(read_header(settings.dicom))
-    stored, window = enhance_values(pipe, ds, values, None, sampling)
+    with pipe.timer.stage("dicom_read"):  # header checks and the file; frames decode lazily
+        ds = read_pixels(read_header(settings.dicom))
+    stored, window, _ = enhance_frames(pipe, ds, settings.dicom, None, sampling)
     with tempfile.TemporaryDirectory() as tmp, pipe.timer.stage("dicom_write"):
         derived = derive(ds, stored, Derivation(describe(pipe, window, sampling), "1.2.3",
                                                 series_number(ds)))
