@@ -177,15 +177,40 @@ def test_refused_instances_and_senders(node_factory, recorder, tmp_path):
     rejected = storescu(port, [pydicom_file("CT_small.dcm")], aet="INTRUDER")
     assert rejected.returncode != 0
     good = ct_series(tmp_path / "in", 3)
-    truncated = tmp_path / "in" / "truncated.dcm"
+    truncated = tmp_path / "bad" / "truncated.dcm"  # pixel data cut short
+    truncated.parent.mkdir()
     truncated.write_bytes(good[0].read_bytes()[:-3000])
-    plan = tmp_path / "in" / "rtplan.dcm"
-    shutil.copy(pydicom_file("rtplan.dcm"), plan)
-    storescu(port, [*good, plan])  # RT Plan: not a storage class the node takes
+    truncated_ds = pydicom.dcmread(truncated, stop_before_pixels=True)
+    no_pixels = tmp_path / "bad" / "no_pixels.dcm"  # a CT header without an image
+    header = pydicom.dcmread(good[1], stop_before_pixels=True)
+    header.SOPInstanceUID = generate_uid()
+    del header.Rows
+    header.save_as(no_pixels)
+    assert truncated_ds.SOPInstanceUID  # sent raw: the node sees what a damaged sender sends
+    statuses = send_raw(port, [truncated, no_pixels, good[2]])
+    assert statuses == [0xC000, 0xC000, 0x0000]
+    assert storescu(port, good[:2]).returncode == 0
     wait_for(lambda: len(recorder.received) == 3, 120, "the good series at the recorder")
     state = status(spool)
     assert state["instances"] == {"enhanced": 3}
-    assert not list((spool / "incoming").rglob("*.partial"))
+    refusals = [e["message"] for e in state["last_errors"] if e["kind"] == "refused"]
+    assert len(refusals) == 2 and any("declares" in m for m in refusals)
+    assert not [p for p in spool.rglob("*") if p.name.endswith(".partial")]
+
+
+def send_raw(port: int, files: list[Path]) -> list[int]:
+    """C-STORE each file's bytes as they are (pynetdicom sends a path without decoding it)."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage
+
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", port, ae_title="SCANSIDE")
+    assert assoc.is_established
+    try:
+        return [int(assoc.send_c_store(path).Status) for path in files]
+    finally:
+        assoc.release()
 
 
 def test_a_killed_node_resumes_from_its_journal(node_factory, recorder, tmp_path):
