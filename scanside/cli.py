@@ -70,6 +70,14 @@ def add_sampling(p: argparse.ArgumentParser, guidance: float, strength: bool) ->
                             "Static engines always tile at their own size")
 
 
+def add_node_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--series-idle", type=float, default=30.0, metavar="S",
+                   help="a series is complete when nothing arrived for S seconds (default 30)")
+    p.add_argument("--forward-originals", action="store_true",
+                   help="also forward the received instances")
+    p.add_argument("--window", metavar="CENTER,WIDTH", help="as for enhance")
+
+
 def add_ensemble(p: argparse.ArgumentParser) -> None:
     from scanside.runtime.images import ENSEMBLE_VIEWS
 
@@ -224,33 +232,69 @@ def summarise(written: int, failures: list[tuple[Path, str]], seconds: float, im
     return 2 if failures else 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    import signal
-    import threading
+def node_settings(args: argparse.Namespace, **extra):
+    from scanside.node import NodeSettings, Peer
 
-    from scanside import Pipeline
-    from scanside.node import Node, NodeSettings, Peer
-
-    forward = [Peer.parse(text, "--forward", with_port=True) for text in args.forward]
-    allow = [Peer.parse(text, "--allow", with_port=False) for text in args.allow or []]
+    forward = [Peer.parse(text, "--forward", with_port=True) for text in args.forward or []]
     window = None
     if args.window is not None:
         from scanside.dicom import Window
 
         window = Window.parse(args.window)
-    pipe = Pipeline.load(args.engine, args.backend, max_tile=args.max_tile)
-    settings = NodeSettings(spool=args.spool, forward=forward, ae_title=args.ae_title,
-                            host=args.host, port=args.port, allow=allow,
-                            series_idle=args.series_idle, forward_originals=args.forward_originals,
-                            window=window, sampling=sampling_of(args), tls_cert=args.tls_cert,
-                            tls_key=args.tls_key, tls_ca=args.tls_ca)
-    node = Node(settings, pipe)
-    node.start()
+    return NodeSettings(spool=args.spool, forward=forward, series_idle=args.series_idle,
+                        forward_originals=args.forward_originals, window=window,
+                        sampling=sampling_of(args), **extra)
+
+
+def run_until_signalled(step) -> None:
+    """Call ``step`` twice a second until SIGTERM or SIGINT (a service manager's stop)."""
+    import signal
+    import threading
+
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    while not stop.is_set():
+        step()
+        stop.wait(0.5)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from scanside import Pipeline
+    from scanside.node import Node, Peer
+
+    allow = [Peer.parse(text, "--allow", with_port=False) for text in args.allow or []]
+    settings = node_settings(args, ae_title=args.ae_title, host=args.host, port=args.port,
+                             allow=allow, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                             tls_ca=args.tls_ca)
+    node = Node(settings, Pipeline.load(args.engine, args.backend, max_tile=args.max_tile))
+    node.start()
     try:
-        node.run(stop)
+        run_until_signalled(node.step)
+    finally:
+        node.stop()
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from scanside import Pipeline
+    from scanside.dicom.series import check_output_dir
+    from scanside.node import Node
+    from scanside.node.watch import Watcher
+
+    if not args.in_dir.is_dir():
+        raise InputError(f"IN_DIR: {args.in_dir} is not a folder")
+    check_output_dir(args.out, [args.in_dir])
+    for folder, name in ((args.spool, "--spool"), (args.out, "--out")):
+        inside = args.in_dir.resolve() in [folder.resolve(), *folder.resolve().parents]
+        if inside:
+            raise InputError(f"{name}: {folder} is inside the watched folder; choose one outside")
+    node = Node(node_settings(args, derived=args.out),
+                Pipeline.load(args.engine, args.backend, max_tile=args.max_tile))
+    node.start(listen=False)
+    watcher = Watcher(node, args.in_dir, args.stable)
+    try:
+        run_until_signalled(lambda: (watcher.scan(), node.step()))
     finally:
         node.stop()
     return 0
@@ -474,21 +518,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder for received and derived instances and the journal (created 0700)")
     p.add_argument("--forward", action="append", required=True, metavar="AET@HOST:PORT",
                    help="destination of the derived series (repeatable)")
+    add_node_options(p)
     p.add_argument("--ae-title", default="SCANSIDE", help="this node's AE title")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on")
     p.add_argument("--port", type=int, default=11112)
     p.add_argument("--allow", action="append", metavar="AET[@HOST]",
                    help="only these senders (repeatable); others are rejected at association")
-    p.add_argument("--series-idle", type=float, default=30.0, metavar="S",
-                   help="a series is complete when nothing arrived for S seconds (default 30)")
-    p.add_argument("--forward-originals", action="store_true",
-                   help="also forward the received instances")
-    p.add_argument("--window", metavar="CENTER,WIDTH", help="as for enhance")
     p.add_argument("--tls-cert", type=Path, help="TLS certificate for incoming associations")
     p.add_argument("--tls-key", type=Path, help="its private key")
     p.add_argument("--tls-ca", type=Path, help="CA whose client certificates are required")
     add_sampling(p, guidance=1.0, strength=True)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("watch", help="enhance DICOM files dropped in a folder, once complete")
+    p.add_argument("in_dir", type=Path, help="the folder files are dropped in (never modified)")
+    p.add_argument("--out", required=True, type=Path, help="where derived series are written")
+    p.add_argument("--spool", required=True, type=Path,
+                   help="folder for the journal and copies of taken files (created 0700)")
+    p.add_argument("--forward", action="append", metavar="AET@HOST:PORT",
+                   help="also send the derived series here (repeatable)")
+    p.add_argument("--stable", type=float, default=2.0, metavar="S",
+                   help="a file is complete when its size and time are unchanged for S seconds")
+    add_node_options(p)
+    add_sampling(p, guidance=1.0, strength=True)
+    p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("status", help="a node's queue, backlog and last errors, from its journal")
     p.add_argument("--spool", required=True, type=Path)

@@ -29,6 +29,8 @@ CREATE TABLE IF NOT EXISTS sends (
     state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_try REAL NOT NULL,
     error TEXT, PRIMARY KEY (path, destination));
 CREATE TABLE IF NOT EXISTS events (at REAL NOT NULL, kind TEXT NOT NULL, message TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS taken (
+    path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL);
 """
 # Backoff between tries of one send: doubling from 2 s, at most 5 minutes.
 FIRST_RETRY_S, MAX_RETRY_S = 2.0, 300.0
@@ -78,6 +80,18 @@ class Journal:
             db.execute("INSERT INTO series VALUES (?, ?, 'open', NULL) ON CONFLICT(series_uid) "
                        "DO UPDATE SET last_received=excluded.last_received, state='open'",
                        (series_uid, now))
+
+    def is_taken(self, path: Path, size: int, mtime_ns: int) -> bool:
+        """Watch mode: this file, at this size and time, was taken already."""
+        with self.lock:
+            row = self.db.execute("SELECT size, mtime_ns FROM taken WHERE path=?",
+                                  (str(path),)).fetchone()
+        return row is not None and tuple(row) == (size, mtime_ns)
+
+    def take(self, path: Path, size: int, mtime_ns: int) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO taken VALUES (?, ?, ?) ON CONFLICT(path) DO UPDATE SET "
+                       "size=excluded.size, mtime_ns=excluded.mtime_ns", (str(path), size, mtime_ns))
 
     def event(self, kind: str, message: str) -> None:
         """A refusal or an error, for ``status`` (messages never carry patient data)."""

@@ -13,11 +13,11 @@ a crash carries the same SOP Instance UID, which a PACS stores once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import ssl
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +31,7 @@ from scanside.dicom.read import read_header
 from scanside.dicom.window import Window
 from scanside.dicom.write import write_bytes
 from scanside.errors import InputError, OutputError
+from scanside.files import folder_lock, remove_partials
 
 from .journal import Journal, Send, open_journal
 
@@ -87,6 +88,11 @@ class NodeSettings:
     tls_cert: Optional[Path] = None
     tls_key: Optional[Path] = None
     tls_ca: Optional[Path] = None
+    derived: Optional[Path] = None  # where derived series go (default SPOOL/derived)
+
+    @property
+    def derived_dir(self) -> Path:
+        return self.derived or self.spool / "derived"
 
 
 class Node:
@@ -96,18 +102,31 @@ class Node:
         self.journal: Optional[Journal] = None
         self.ae: Any = None
         self.server: Any = None
+        self.held = contextlib.ExitStack()  # the spool's lock
 
     # -- life -----------------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, listen: bool = True) -> None:
+        """Open the spool and the journal; ``listen``: also start the Storage SCP."""
+        spool = self.settings.spool
+        spool.mkdir(parents=True, exist_ok=True)
+        os.chmod(spool, 0o700)  # patient data: only the node's user
+        (spool / "incoming").mkdir(exist_ok=True)
+        self.settings.derived_dir.mkdir(parents=True, exist_ok=True)
+        # One node per spool, held for the node's life; then what a kill left half-written
+        # in the spool can go (the derived folder's are removed by enhance_series).
+        self.held.enter_context(folder_lock(spool, "--spool"))
+        stale = remove_partials(spool / "incoming")
+        if stale:
+            log.warning("removed %d partial file(s) an interrupted run left in the spool", stale)
+        self.journal = open_journal(spool)
+        if listen:
+            self.listen()
+
+    def listen(self) -> None:
         from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
         from pynetdicom.sop_class import Verification
 
         spool = self.settings.spool
-        spool.mkdir(parents=True, exist_ok=True)
-        os.chmod(spool, 0o700)  # patient data: only the node's user
-        for sub in ("incoming", "derived"):
-            (spool / sub).mkdir(exist_ok=True)
-        self.journal = open_journal(spool)
         ae = AE(ae_title=self.settings.ae_title)
         ae.add_supported_context(Verification)
         for sop_class in STORAGE_CLASSES:
@@ -140,12 +159,7 @@ class Node:
             self.server.shutdown()
         if self.journal is not None:
             self.journal.close()
-
-    def run(self, stop: threading.Event, interval: float = 0.5) -> None:
-        """Enhance and send until ``stop`` is set (SIGTERM in ``scanside serve``)."""
-        while not stop.is_set():
-            self.step()
-            stop.wait(interval)
+        self.held.close()
 
     def step(self) -> None:
         self.enhance_complete()
@@ -176,10 +190,22 @@ class Node:
         except Exception:  # noqa: BLE001 - a dataset pynetdicom cannot decode
             series = ""
         series = series if UID_RE.fullmatch(series) and len(series) <= 64 else "unknown-series"
+        try:
+            data = event.encoded_dataset(include_meta=True)
+        except Exception:  # noqa: BLE001 - pynetdicom could not encode what it received
+            journal.event("refused", f"instance {sop}: could not be encoded for the spool")
+            return CANNOT_UNDERSTAND
+        return self.accept(sop, series, data)
+
+    def accept(self, sop: str, series: str, data: bytes) -> int:
+        """Spool one instance's bytes (atomic, fsynced), check that scanside can read it,
+        journal it; the C-STORE status to answer."""
+        journal = self.journal
+        assert journal is not None
         path = self.settings.spool / "incoming" / series / f"{sop}.dcm"
         try:
             path.parent.mkdir(exist_ok=True)
-            write_bytes(event.encoded_dataset(include_meta=True), path, overwrite=True)
+            write_bytes(data, path, overwrite=True)
         except OSError as exc:
             journal.event("spool", f"cannot write {path}: {exc.strerror}")
             return OUT_OF_RESOURCES
@@ -200,7 +226,7 @@ class Node:
             started = time.time()
             paths = journal.instances(series)
             try:
-                report = enhance_series(paths, self.pipeline, self.settings.spool / "derived",
+                report = enhance_series(paths, self.pipeline, self.settings.derived_dir,
                                         window=self.settings.window, progress=False,
                                         **self.settings.sampling)
             except OutputError as exc:  # the spool is full: tried again on the next step
