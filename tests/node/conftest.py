@@ -23,6 +23,16 @@ REPO = Path(__file__).resolve().parents[2]
 STORESCU, STORESCP = Path("/usr/bin/storescu"), Path("/usr/bin/storescp")  # dcmtk's, not a shim
 
 
+def require(tool: Path, package: str) -> None:
+    """Skip where ``tool`` is missing; fail instead in CI (SCANSIDE_REQUIRE_DICOM_TOOLS)."""
+    if tool.exists():
+        return
+    message = f"{tool} is not installed (apt-get install {package})"
+    if os.environ.get("SCANSIDE_REQUIRE_DICOM_TOOLS"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -114,8 +124,7 @@ def echo(port: int) -> bool:
 
 
 def storescu(port: int, files: list[Path], aet: str = "MODALITY") -> subprocess.CompletedProcess:
-    if not STORESCU.exists():
-        pytest.skip("dcmtk's storescu is not installed (apt-get install dcmtk)")
+    require(STORESCU, "dcmtk")
     return subprocess.run([str(STORESCU), "-aet", aet, "-aec", "SCANSIDE", "127.0.0.1", str(port),
                            *map(str, files)], capture_output=True, text=True, timeout=120)
 
@@ -157,8 +166,7 @@ class Orthanc:
     checked through its REST API."""
 
     def __init__(self, folder: Path) -> None:
-        if not ORTHANC.exists():
-            pytest.skip("Orthanc is not installed (apt-get install orthanc)")
+        require(ORTHANC, "orthanc")
         folder.mkdir(parents=True, exist_ok=True)
         self.dicom_port, self.http_port = free_port(), free_port()
         config = {"Name": "scanside-test", "StorageDirectory": str(folder / "storage"),

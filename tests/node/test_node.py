@@ -8,17 +8,17 @@ import signal
 import subprocess
 
 import pydicom
-import pytest
 from pydicom.uid import generate_uid
 
 from tests.dicom.conftest import pydicom_file
 
-from .conftest import STORESCP, ct_series, free_port, send_raw, status, storescu, wait_for
+from .conftest import (
+    STORESCP, ct_series, free_port, require, send_raw, status, storescu, wait_for,
+)
 
 
 def test_receive_enhance_forward_to_two_destinations(node_factory, recorder, tmp_path):
-    if not STORESCP.exists():
-        pytest.skip("dcmtk's storescp is not installed (apt-get install dcmtk)")
+    require(STORESCP, "dcmtk")
     scp_port, scp_dir = free_port(), tmp_path / "storescp"
     scp_dir.mkdir()
     scp = subprocess.Popen([str(STORESCP), "-aet", "STORESCP", "-od", str(scp_dir), "+xa",

@@ -1,0 +1,65 @@
+"""Watch mode: files dropped in a folder are taken once complete — a slow writer's file only
+when it stops changing, a NAME.part only once renamed — enhanced into --out, each once, even
+across a SIGKILL; the dropped files are never touched."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pydicom
+
+from .conftest import REPO, ct_series, status, wait_for
+
+
+def watch(tiny_engine: Path, tmp_path: Path, index: int) -> subprocess.Popen:
+    log = open(tmp_path / f"watch-{index}.log", "w")
+    return subprocess.Popen(
+        [sys.executable, "-m", "scanside", "watch", str(tmp_path / "drop"), "--out",
+         str(tmp_path / "out"), "--spool", str(tmp_path / "spool"), "--engine", str(tiny_engine),
+         "--steps", "2", "--strength", "0.5", "--series-idle", "1", "--stable", "0.5"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_dropped_files_are_taken_when_complete_and_once(tiny_engine, tmp_path):
+    sources = ct_series(tmp_path / "made", 6)
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    node = watch(tiny_engine, tmp_path, 0)
+    try:
+        for path in sources[:3]:  # copied whole
+            (drop / path.name).write_bytes(path.read_bytes())
+        part = drop / (sources[3].name + ".part")  # written as .part, then renamed
+        part.write_bytes(sources[3].read_bytes())
+        slow = drop / sources[4].name  # a slow writer: half now, the rest 2 s later
+        data = sources[4].read_bytes()
+        slow.write_bytes(data[: len(data) // 2])
+        time.sleep(2.0)
+        assert not (tmp_path / "out").exists() or len(list((tmp_path / "out").rglob("*.dcm"))) <= 3
+        with open(slow, "ab") as f:
+            f.write(data[len(data) // 2:])
+        part.rename(drop / sources[3].name)
+        wait_for(lambda: len(list((tmp_path / "out").rglob("*.dcm"))) == 5, 60, "5 outputs")
+        node.send_signal(signal.SIGKILL)
+        node.wait()
+        node = watch(tiny_engine, tmp_path, 1)  # a restart takes nothing twice
+        (drop / sources[5].name).write_bytes(sources[5].read_bytes())
+        wait_for(lambda: len(list((tmp_path / "out").rglob("*.dcm"))) == 6, 60, "6 outputs")
+        time.sleep(2.0)  # time to take anything a second time, were it to
+    finally:
+        node.terminate()
+        node.wait(timeout=30)
+    outputs = sorted((tmp_path / "out").rglob("*.dcm"))
+    assert len(outputs) == 6 and len({p.parent for p in outputs}) == 1
+    for path in outputs:
+        assert pydicom.dcmread(path).pixel_array.shape == (64, 64)  # whole files were taken
+    assert {p.name: p.read_bytes() for p in drop.iterdir()} == {
+        p.name: p.read_bytes() for p in sources}  # the dropped files, untouched
+    state = status(tmp_path / "spool")
+    assert state["instances"] == {"enhanced": 6}
+    # The half-written file was never looked at (it would have been refused as truncated).
+    assert not [e for e in state["last_errors"] if e["kind"] == "refused"]
