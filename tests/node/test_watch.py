@@ -35,13 +35,14 @@ def test_dropped_files_are_taken_when_complete_and_once(tiny_engine, tmp_path):
             (drop / path.name).write_bytes(path.read_bytes())
         part = drop / (sources[3].name + ".part")  # written as .part, then renamed
         part.write_bytes(sources[3].read_bytes())
-        slow = drop / sources[4].name  # a slow writer: half now, the rest 2 s later
+        # A slow writer: 8 chunks 0.2 s apart, 1.6 s in all, each pause shorter than --stable.
         data = sources[4].read_bytes()
-        slow.write_bytes(data[: len(data) // 2])
-        time.sleep(2.0)
-        assert not (tmp_path / "out").exists() or len(list((tmp_path / "out").rglob("*.dcm"))) <= 3
-        with open(slow, "ab") as f:
-            f.write(data[len(data) // 2:])
+        with open(drop / sources[4].name, "wb") as f:
+            for k in range(8):
+                f.write(data[k * len(data) // 8:(k + 1) * len(data) // 8])
+                f.flush()
+                time.sleep(0.2)
+        time.sleep(1.0)  # the .part file waits longer than --stable: still not taken
         part.rename(drop / sources[3].name)
         wait_for(lambda: len(list((tmp_path / "out").rglob("*.dcm"))) == 5, 60, "5 outputs")
         node.send_signal(signal.SIGKILL)
