@@ -23,11 +23,11 @@ CREATE TABLE IF NOT EXISTS instances (
 CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid);
 CREATE TABLE IF NOT EXISTS series (
     series_uid TEXT PRIMARY KEY, last_received REAL NOT NULL, state TEXT NOT NULL,
-    error TEXT);
+    error TEXT, started_at REAL, enhanced_at REAL);
 CREATE TABLE IF NOT EXISTS sends (
     path TEXT NOT NULL, destination TEXT NOT NULL, series_uid TEXT NOT NULL,
     state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_try REAL NOT NULL,
-    error TEXT, PRIMARY KEY (path, destination));
+    error TEXT, sent_at REAL, PRIMARY KEY (path, destination));
 CREATE TABLE IF NOT EXISTS events (at REAL NOT NULL, kind TEXT NOT NULL, message TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS taken (
     path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL);
@@ -77,9 +77,9 @@ class Journal:
                        "ON CONFLICT(sop_uid) DO UPDATE SET path=excluded.path, "
                        "received=excluded.received, state='received', error=NULL",
                        (sop_uid, series_uid, str(path), now))
-            db.execute("INSERT INTO series VALUES (?, ?, 'open', NULL) ON CONFLICT(series_uid) "
-                       "DO UPDATE SET last_received=excluded.last_received, state='open'",
-                       (series_uid, now))
+            db.execute("INSERT INTO series VALUES (?, ?, 'open', NULL, NULL, NULL) "
+                       "ON CONFLICT(series_uid) DO UPDATE SET "
+                       "last_received=excluded.last_received, state='open'", (series_uid, now))
 
     def is_taken(self, path: Path, size: int, mtime_ns: int) -> bool:
         """Watch mode: this file, at this size and time, was taken already."""
@@ -121,12 +121,14 @@ class Journal:
             for path in outputs:
                 for destination in destinations:
                     db.execute("INSERT OR IGNORE INTO sends VALUES (?, ?, ?, 'pending', 0, ?, "
-                               "NULL)", (str(path), destination, series_uid, now))
+                               "NULL, NULL)", (str(path), destination, series_uid, now))
             db.execute("UPDATE instances SET state='enhanced' WHERE series_uid=? AND "
                        "state='received' AND received <= ?", (series_uid, started))
             for path, reason in failed.items():
                 db.execute("UPDATE instances SET state='failed', error=? WHERE path=?",
                            (reason[:500], path))
+            db.execute("UPDATE series SET started_at=?, enhanced_at=? WHERE series_uid=?",
+                       (started, now, series_uid))
             db.execute("UPDATE series SET state='enhanced' WHERE series_uid=? AND "
                        "last_received <= ?", (series_uid, started))
 
@@ -141,8 +143,9 @@ class Journal:
 
     def sent(self, send: Send) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE sends SET state='sent', attempts=attempts+1, error=NULL WHERE "
-                       "path=? AND destination=?", (send.path, send.destination))
+            db.execute("UPDATE sends SET state='sent', attempts=attempts+1, error=NULL, "
+                       "sent_at=? WHERE path=? AND destination=?",
+                       (time.time(), send.path, send.destination))
 
     def retry(self, send: Send, error: str) -> None:
         delay = min(MAX_RETRY_S, FIRST_RETRY_S * 2 ** send.attempts)
@@ -150,6 +153,16 @@ class Journal:
             db.execute("UPDATE sends SET attempts=attempts+1, next_try=?, error=? WHERE path=? "
                        "AND destination=?", (time.time() + delay, error[:500], send.path,
                                              send.destination))
+
+    def timeline(self) -> list[dict]:
+        """Per series: last received, enhancement start and end, last send (epoch seconds)."""
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT s.series_uid, s.last_received, s.started_at, s.enhanced_at, "
+                "MAX(d.sent_at), COUNT(d.sent_at) FROM series s LEFT JOIN sends d "
+                "ON d.series_uid = s.series_uid GROUP BY s.series_uid").fetchall()
+        keys = ("series", "last_received", "started", "enhanced", "last_sent", "sent")
+        return [dict(zip(keys, row)) for row in rows]
 
     # -- health ---------------------------------------------------------------------------
     def summary(self) -> dict:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
+from scanside.bench.orthanc import free_port
 from tests.dicom.conftest import ct_phantom, ct_slice
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,12 +31,6 @@ def require(tool: Path, package: str) -> None:
     if os.environ.get("SCANSIDE_REQUIRE_DICOM_TOOLS"):
         pytest.fail(message)
     pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(check, timeout: float, what: str):
@@ -158,50 +152,11 @@ def send_raw(port: int, files: list[Path]) -> list[int]:
 
 
 
-ORTHANC = Path("/usr/sbin/Orthanc")
-
-
-class Orthanc:
-    """A real PACS (Debian's orthanc) on free loopback ports with a generated configuration,
-    checked through its REST API."""
-
-    def __init__(self, folder: Path) -> None:
-        require(ORTHANC, "orthanc")
-        folder.mkdir(parents=True, exist_ok=True)
-        self.dicom_port, self.http_port = free_port(), free_port()
-        config = {"Name": "scanside-test", "StorageDirectory": str(folder / "storage"),
-                  "IndexDirectory": str(folder / "index"), "DicomAet": "ORTHANC",
-                  "DicomPort": self.dicom_port, "HttpPort": self.http_port,
-                  "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-                  "DicomAlwaysAllowStore": True, "DicomAlwaysAllowEcho": True,
-                  "DicomCheckCalledAet": False, "Plugins": [], "StorageCompression": False,
-                  "HttpServerEnabled": True, "DicomServerEnabled": True}
-        (folder / "orthanc.json").write_text(json.dumps(config))
-        self.log = open(folder / "orthanc.log", "w")
-        self.proc = subprocess.Popen([str(ORTHANC), str(folder / "orthanc.json")],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        wait_for(lambda: self.get("/system"), 60, "Orthanc's REST API")
-
-    def get(self, path: str):
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as r:
-                return json.loads(r.read())
-        except OSError:
-            return None
-
-    def instances(self) -> list[str]:
-        return self.get("/instances") or []
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
-        self.log.close()
-
-
 @pytest.fixture
 def orthanc(tmp_path):
+    from scanside.bench.orthanc import ORTHANC, Orthanc
+
+    require(ORTHANC, "orthanc")
     pacs = Orthanc(tmp_path / "orthanc")
     yield pacs
     pacs.stop()
