@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
+from pathlib import Path
 
 import pydicom
 from pydicom.uid import generate_uid
@@ -17,37 +18,55 @@ from .conftest import (
 )
 
 
-def test_receive_enhance_forward_to_two_destinations(node_factory, recorder, tmp_path):
+REAL_FILES = ("CT_small.dcm", "MR_small.dcm", "MR_small_RLE.dcm", "693_J2KI.dcm")
+
+
+def test_a_100_slice_series_and_real_files_reach_three_destinations(node_factory, recorder,
+                                                                     orthanc, tmp_path):
+    """dcmtk's storescu sends a 100-slice CT series and pydicom's real CT and MR files; the
+    node forwards the derived instances to Orthanc, dcmtk's storescp and a recording SCP;
+    each arrives once and passes dciodvfy with no error its source did not have."""
+    from tests.dicom.test_series import dciodvfy_errors, require_tools
+
+    require_tools()
     require(STORESCP, "dcmtk")
     scp_port, scp_dir = free_port(), tmp_path / "storescp"
     scp_dir.mkdir()
     scp = subprocess.Popen([str(STORESCP), "-aet", "STORESCP", "-od", str(scp_dir), "+xa",
                             str(scp_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sources = ct_series(tmp_path / "in", 100)
+    (tmp_path / "real").mkdir()
+    sources += [Path(shutil.copy(pydicom_file(name), tmp_path / "real" / name))
+                for name in REAL_FILES]
+    total = len(sources)
     try:
         spool = tmp_path / "spool"
         node, port = node_factory(spool, [f"RECORDER@127.0.0.1:{recorder.port}",
-                                          f"STORESCP@127.0.0.1:{scp_port}"])
-        sources = ct_series(tmp_path / "in", 10) + [tmp_path / "in2" / "CT_small.dcm"]
-        sources[-1].parent.mkdir()
-        shutil.copy(pydicom_file("CT_small.dcm"), sources[-1])
+                                          f"STORESCP@127.0.0.1:{scp_port}", orthanc.destination])
         sent = storescu(port, sources)
         assert sent.returncode == 0, sent.stderr
-        wait_for(lambda: len(recorder.received) == 11, 120, "11 derived instances at the recorder")
-        wait_for(lambda: len(list(scp_dir.iterdir())) == 11, 60, "11 instances at storescp")
+        wait_for(lambda: len(recorder.received) == total, 240, f"{total} at the recorder")
+        wait_for(lambda: len(list(scp_dir.iterdir())) == total, 60, f"{total} at storescp")
+        wait_for(lambda: orthanc.count() == total, 60, f"{total} in Orthanc")
     finally:
         scp.terminate()
         scp.wait()
     assert set(recorder.received.values()) == {1}  # each derived instance sent once
-    sources_by_uid = {str(pydicom.dcmread(p).SOPInstanceUID) for p in sources}
+    by_uid = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in sources}
     series = set()
     for ds in recorder.datasets.values():
         assert "DERIVED" in ds.ImageType
-        assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID in sources_by_uid
+        assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID in by_uid
         series.add(ds.SeriesInstanceUID)
-    assert len(series) == 2  # one derived series per source series
+    assert len(series) == 1 + len(REAL_FILES)  # one derived series per source series
+    checked = sorted(scp_dir.iterdir())
+    for path in checked[:: max(1, len(checked) // 20)] + [p for p in checked if "MR" in p.name]:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        source = by_uid[ds.SourceImageSequence[0].ReferencedSOPInstanceUID]
+        assert not dciodvfy_errors(path) - dciodvfy_errors(source), source.name
     state = status(spool)
-    assert state["instances"] == {"enhanced": 11}
-    assert all(states == {"sent": 11} for states in state["sends"].values())
+    assert state["instances"] == {"enhanced": total}
+    assert all(states == {"sent": total} for states in state["sends"].values())
     assert oct(spool.stat().st_mode & 0o777) == "0o700"
 
 
