@@ -13,7 +13,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Protocol, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import numpy as np
 import pydicom
@@ -131,13 +131,16 @@ def check_output_dir(out_dir: Path, inputs: Sequence[Path]) -> None:
 
 def enhance_series(paths: Sequence[Path], pipeline: Enhancer, out_dir: Path, *,
                    window: Optional[Window] = None, preview: bool = False,
-                   progress: bool = True, overwrite: bool = False, **sampling: Any) -> Report:
+                   progress: bool = True, overwrite: bool = False,
+                   on_output: Optional[Callable[[Path], None]] = None, **sampling: Any) -> Report:
     """Enhance every image series under ``paths`` into new series under ``out_dir``.
 
     Resumable: UIDs and file names are the same on every run with the same inputs, engine and
     settings, so a rerun after a crash or a kill skips the instances already written (checked
     by their SOP Instance UID) and removes the partial files the interrupted run left. An
-    output that cannot be written (disk full, read-only) stops the batch with OutputError."""
+    output that cannot be written (disk full, read-only) stops the batch with OutputError.
+    ``on_output(path)`` is called for each derived file as soon as it is finished (written
+    now or by an earlier run), e.g. to send it on while the rest of the series runs."""
     out_dir = Path(out_dir)
     check_output_dir(out_dir, paths)
     with folder_lock(out_dir, "--out"):
@@ -158,6 +161,8 @@ def enhance_series(paths: Sequence[Path], pipeline: Enhancer, out_dir: Path, *,
                     target = folder / f"IM{index + 1:05d}.dcm"
                     try:
                         job.run(instance, target, report)
+                        if on_output is not None:
+                            on_output(target)
                     except InputError as exc:
                         report.failures.append((instance.path, str(exc)))
                     except (OutputError, KeyboardInterrupt, MemoryError):

@@ -112,6 +112,15 @@ class Journal:
                                    "state != 'refused' ORDER BY path", (series_uid,)).fetchall()
         return [Path(r[0]) for r in rows]
 
+    def queue(self, path: Path, series_uid: str, destinations: list[str]) -> None:
+        """One finished derived file: to be sent to each destination (once: a file queued
+        again after a crash keeps its row)."""
+        now = time.time()
+        with self.transaction() as db:
+            for destination in destinations:
+                db.execute("INSERT OR IGNORE INTO sends VALUES (?, ?, ?, 'pending', 0, ?, NULL, "
+                           "NULL)", (str(path), destination, series_uid, now))
+
     def enhanced(self, series_uid: str, outputs: list[Path], failed: dict[str, str],
                  destinations: list[str], started: float) -> None:
         """The series' results are in the spool: queue them for every destination. Only if

@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import ssl
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,24 @@ STORAGE_CLASSES = (
     "1.2.840.10008.5.1.4.1.1.7.3")
 SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
 WARNINGS = (0x0001, 0xB000, 0xB006, 0xB007)  # stored, with a warning
+
+
+# The acceptor's order decides among a context's proposed syntaxes (pynetdicom picks the first
+# of ours the sender proposed). A sender proposes its file's own encoding with uncompressed
+# fallbacks; taking the encoding it has spares it a conversion it may not be able to make
+# (dcmtk's storescu cannot decode RLE or JPEG 2000 to send them uncompressed). So, as dcmtk's
+# storescp +xa does: compressed syntaxes first, lossless before lossy, then uncompressed.
+PREFERRED = (
+    "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.81",
+    "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51",
+    "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2")
+
+
+def syntax_preference(syntaxes: list[str]) -> list[str]:
+    """``syntaxes`` with PREFERRED first, in that order, and the rest after."""
+    rank = {uid: i for i, uid in enumerate(PREFERRED)}
+    return sorted(syntaxes, key=lambda uid: rank.get(str(uid), len(rank)))
 
 
 @dataclass(frozen=True)
@@ -103,6 +122,8 @@ class Node:
         self.ae: Any = None
         self.server: Any = None
         self.held = contextlib.ExitStack()  # the spool's lock
+        self.stopping = threading.Event()
+        self.sender: Optional[threading.Thread] = None
 
     # -- life -----------------------------------------------------------------------------
     def start(self, listen: bool = True) -> None:
@@ -121,6 +142,10 @@ class Node:
         self.journal = open_journal(spool)
         if listen:
             self.listen()
+        # Sending runs beside enhancement: a derived file goes to the PACS as soon as it is
+        # written, so the PACS's own storage time overlaps the rest of the series.
+        self.sender = threading.Thread(target=self.send_loop, name="scanside-forward", daemon=True)
+        self.sender.start()
 
     def listen(self) -> None:
         from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
@@ -132,7 +157,7 @@ class Node:
         for sop_class in STORAGE_CLASSES:
             # Every syntax is accepted at association; one scanside cannot decode is refused
             # per instance, with a status and a journal entry, not by failing the association.
-            ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
+            ae.add_supported_context(sop_class, syntax_preference(ALL_TRANSFER_SYNTAXES))
         ae.maximum_pdu_size = 0  # no limit: large instances in fewer PDUs
         handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_REQUESTED, self.handle_requested)]
         self.ae = ae
@@ -155,6 +180,9 @@ class Node:
         return context
 
     def stop(self) -> None:
+        self.stopping.set()
+        if self.sender is not None:
+            self.sender.join(timeout=60)
         if self.server is not None:
             self.server.shutdown()
         if self.journal is not None:
@@ -162,9 +190,17 @@ class Node:
         self.held.close()
 
     def step(self) -> None:
+        """Enhance the series that are complete (sending runs in its own thread)."""
         self.enhance_complete()
-        for destination in self.settings.forward:
-            self.forward(destination)
+
+    def send_loop(self, interval: float = 0.2) -> None:
+        while not self.stopping.is_set():
+            for destination in self.settings.forward:
+                try:
+                    self.forward(destination)
+                except Exception as exc:  # noqa: BLE001 - the sender thread must not die
+                    log.warning("forwarding to %s: %s", destination.key, type(exc).__name__)
+            self.stopping.wait(interval)
 
     # -- receiving ------------------------------------------------------------------------
     def handle_requested(self, event: Any) -> None:
@@ -226,8 +262,11 @@ class Node:
             started = time.time()
             paths = journal.instances(series)
             try:
+                destinations = [d.key for d in self.settings.forward]
                 report = enhance_series(paths, self.pipeline, self.settings.derived_dir,
                                         window=self.settings.window, progress=False,
+                                        on_output=lambda path: journal.queue(path, series,
+                                                                             destinations),
                                         **self.settings.sampling)
             except OutputError as exc:  # the spool is full: tried again on the next step
                 journal.event("spool", str(exc))

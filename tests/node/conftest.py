@@ -117,10 +117,14 @@ def echo(port: int) -> bool:
     return bool(status) and status.Status == 0
 
 
-def storescu(port: int, files: list[Path], aet: str = "MODALITY") -> subprocess.CompletedProcess:
+def storescu(port: int, files: list[Path], aet: str = "MODALITY",
+             *options: str) -> subprocess.CompletedProcess:
+    """dcmtk's storescu; it proposes uncompressed syntaxes unless ``options`` say otherwise
+    (-xr RLE, -xw JPEG 2000, as a modality configured for them would)."""
     require(STORESCU, "dcmtk")
-    return subprocess.run([str(STORESCU), "-aet", aet, "-aec", "SCANSIDE", "127.0.0.1", str(port),
-                           *map(str, files)], capture_output=True, text=True, timeout=120)
+    return subprocess.run([str(STORESCU), *options, "-aet", aet, "-aec", "SCANSIDE", "127.0.0.1",
+                           str(port), *map(str, files)], capture_output=True, text=True,
+                          timeout=120)
 
 
 def status(spool: Path) -> dict:
