@@ -132,7 +132,8 @@ def check_output_dir(out_dir: Path, inputs: Sequence[Path]) -> None:
 def enhance_series(paths: Sequence[Path], pipeline: Enhancer, out_dir: Path, *,
                    window: Optional[Window] = None, preview: bool = False,
                    progress: bool = True, overwrite: bool = False,
-                   on_output: Optional[Callable[[Path], None]] = None, **sampling: Any) -> Report:
+                   on_output: Optional[Callable[[Path], None]] = None,
+                   names: str = "position", **sampling: Any) -> Report:
     """Enhance every image series under ``paths`` into new series under ``out_dir``.
 
     Resumable: UIDs and file names are the same on every run with the same inputs, engine and
@@ -140,7 +141,10 @@ def enhance_series(paths: Sequence[Path], pipeline: Enhancer, out_dir: Path, *,
     by their SOP Instance UID) and removes the partial files the interrupted run left. An
     output that cannot be written (disk full, read-only) stops the batch with OutputError.
     ``on_output(path)`` is called for each derived file as soon as it is finished (written
-    now or by an earlier run), e.g. to send it on while the rest of the series runs."""
+    now or by an earlier run), e.g. to send it on while the rest of the series runs.
+    ``names``: "position" (IM00001.dcm ... in slice order: stable while the inputs are) or
+    "uid" (the derived SOP Instance UID: stable when a series grows between runs, as on a
+    node where late or out-of-order slices arrive)."""
     out_dir = Path(out_dir)
     check_output_dir(out_dir, paths)
     with folder_lock(out_dir, "--out"):
@@ -158,7 +162,9 @@ def enhance_series(paths: Sequence[Path], pipeline: Enhancer, out_dir: Path, *,
                 bar = tqdm(series.instances, desc=f"series {number}/{len(collected.series)}",
                            unit="file", disable=not progress)
                 for index, instance in enumerate(bar):
-                    target = folder / f"IM{index + 1:05d}.dcm"
+                    by_uid = names == "uid" and bool(fingerprint)
+                    name = job.expected_uid(instance) if by_uid else f"IM{index + 1:05d}"
+                    target = folder / f"{name}.dcm"
                     try:
                         job.run(instance, target, report)
                         if on_output is not None:

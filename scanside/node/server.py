@@ -267,6 +267,7 @@ class Node:
                                         window=self.settings.window, progress=False,
                                         on_output=lambda path: journal.queue(path, series,
                                                                              destinations),
+                                        names="uid",  # a series may grow, out of order
                                         **self.settings.sampling)
             except OutputError as exc:  # the spool is full: tried again on the next step
                 journal.event("spool", str(exc))

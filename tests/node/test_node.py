@@ -119,3 +119,53 @@ def test_a_killed_node_resumes_from_its_journal(node_factory, recorder, tmp_path
     wait_for(lambda: len(recorder.received) == 8, 120, "8 derived instances after the restart")
     assert set(recorder.received.values()) == {1}
     assert status(spool)["sends"] == {f"RECORDER@127.0.0.1:{recorder.port}": {"sent": 8}}
+
+
+def test_tls_and_forwarding_the_originals(node_factory, recorder, tmp_path):
+    """A node with --tls-cert takes TLS associations only; --forward-originals passes the
+    sources on beside their derived instances."""
+    import ssl
+
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    spool = tmp_path / "spool"
+    node, port = node_factory(spool, [f"RECORDER@127.0.0.1:{recorder.port}"], "--tls-cert",
+                              str(cert), "--tls-key", str(key), "--forward-originals")
+    sources = ct_series(tmp_path / "in", 2)
+    assert storescu(port, sources).returncode != 0  # plain DICOM is not accepted
+    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", port, ae_title="SCANSIDE", tls_args=(client, "localhost"))
+    assert assoc.is_established
+    try:
+        assert [int(assoc.send_c_store(p).Status) for p in sources] == [0, 0]
+    finally:
+        assoc.release()
+    wait_for(lambda: len(recorder.received) == 4, 120, "2 derived + 2 original instances")
+    originals = {str(pydicom.dcmread(p).SOPInstanceUID) for p in sources}
+    assert originals <= set(recorder.received)
+    derived = set(recorder.received) - originals
+    assert all("DERIVED" in recorder.datasets[uid].ImageType for uid in derived)
+
+
+def test_late_slices_out_of_order_join_the_same_derived_series(node_factory, recorder, tmp_path):
+    """The second half of a series arrives first and is enhanced and sent; the first half
+    follows: every slice ends in the one derived series, nothing refused as 'exists'."""
+    spool = tmp_path / "spool"
+    node, port = node_factory(spool, [f"RECORDER@127.0.0.1:{recorder.port}"])
+    sources = ct_series(tmp_path / "in", 6)
+    assert storescu(port, sources[3:]).returncode == 0
+    wait_for(lambda: len(recorder.received) == 3, 120, "the late half sent")
+    assert storescu(port, sources[:3]).returncode == 0
+    wait_for(lambda: len(recorder.received) == 6, 120, "the whole series sent")
+    assert set(recorder.received.values()) == {1}
+    assert len({ds.SeriesInstanceUID for ds in recorder.datasets.values()}) == 1
+    state = status(spool)
+    assert state["instances"] == {"enhanced": 6} and not state["last_errors"]

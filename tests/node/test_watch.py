@@ -64,3 +64,32 @@ def test_dropped_files_are_taken_when_complete_and_once(tiny_engine, tmp_path):
     assert state["instances"] == {"enhanced": 6}
     # The half-written file was never looked at (it would have been refused as truncated).
     assert not [e for e in state["last_errors"] if e["kind"] == "refused"]
+
+
+def test_watch_killed_at_twenty_points_takes_every_file_once(tiny_engine, tmp_path):
+    """Files keep arriving while the watcher is SIGKILLed at 20 seeded moments and restarted:
+    every file ends as one derived instance of one series, none twice, no partial file."""
+    import random
+
+    rng = random.Random(2027)
+    sources = ct_series(tmp_path / "made", 20)
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    node = watch(tiny_engine, tmp_path, 0)
+    try:
+        for kill, path in enumerate(sources):
+            (drop / path.name).write_bytes(path.read_bytes())
+            time.sleep(rng.uniform(0.0, 2.5))  # taking, enhancing or idle when the kill lands
+            node.send_signal(signal.SIGKILL)
+            node.wait()
+            node = watch(tiny_engine, tmp_path, kill + 1)
+        wait_for(lambda: status(tmp_path / "spool")["instances"] == {"enhanced": 20}, 120,
+                 "all 20 files enhanced")
+    finally:
+        node.terminate()
+        node.wait(timeout=30)
+    outputs = sorted((tmp_path / "out").rglob("*.dcm"))
+    assert len(outputs) == 20 and len({p.parent for p in outputs}) == 1
+    uids = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in outputs}
+    assert len(uids) == 20
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".partial")]
