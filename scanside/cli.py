@@ -180,6 +180,8 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         from scanside.dicom.series import check_output_dir
 
         check_output_dir(args.out, dicoms)  # before the engine loads: fail fast
+    if args.ray is not None:
+        return enhance_on_ray(args, dicoms, images, window)
     pipe = Pipeline.load(args.engine, args.backend, max_tile=args.max_tile)
     started = time.perf_counter()
     written, failures, count = enhance_images(pipe, images, args, single=len(args.inputs) == 1)
@@ -194,6 +196,27 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         failures += report.failures
         skipped = len(report.skipped)
     return summarise(written, failures, time.perf_counter() - started, count, skipped)
+
+
+def enhance_on_ray(args: argparse.Namespace, dicoms: list[Path], images: list[Path],
+                   window) -> int:
+    from scanside.cluster import enhance_archive
+
+    if images:
+        raise InputError(f"--ray: {images[0]} is a PNG/NPY image; the cluster path takes DICOM "
+                         "files and folders only")
+    report = enhance_archive(dicoms, args.out, engine=args.engine,
+                             address=None if args.ray == "local" else args.ray,
+                             workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                             backend=args.backend, max_tile=args.max_tile, window=window,
+                             overwrite=args.overwrite, report_json=args.report,
+                             **sampling_of(args))
+    for series, counts in sorted(report.series.items()):
+        print(f"series {series}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if report.first_output_s is not None:
+        print(f"first output after {report.first_output_s:.1f} s")
+    return summarise(len(report.written), [(Path(p), r) for p, r in report.failures],
+                     report.seconds, report.images, len(report.skipped))
 
 
 def enhance_images(pipe, inputs: list[Path], args: argparse.Namespace, single: bool):
@@ -510,6 +533,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preview", action="store_true",
                    help="DICOM: also write source | result | difference PNGs")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run on a Ray cluster (a head node's address, 'auto', or none for a "
+                        "local one); --out must be a path every node sees")
+    p.add_argument("--workers", type=positive_int, default=2,
+                   help="--ray: actors, each holding the engines (default 2)")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0,
+                   help="--ray: CPUs reserved per actor (default 1)")
+    p.add_argument("--report", type=Path, help="--ray: write the run's report as JSON")
     p.set_defaults(func=cmd_enhance)
 
     p = sub.add_parser("serve", help="DICOM node: receive series (C-STORE), enhance each "

@@ -1,0 +1,57 @@
+"""The Ray path: a local cluster gives the same files as `scanside enhance` on one machine;
+a rerun writes nothing again; Ray stays out of every other import."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pydicom
+import pytest
+
+from scanside import Pipeline
+from scanside.cli import main
+from scanside.dicom import enhance_series
+from tests.node.conftest import ct_series
+
+SETTINGS = dict(steps=2, strength=0.5, seed=1)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def pixels(folder):
+    return {p.relative_to(folder): pydicom.dcmread(p).PixelData for p in folder.rglob("*.dcm")}
+
+
+def test_a_local_cluster_writes_what_one_machine_writes(local_ray, tiny_engine, tmp_path, capsys):
+    from scanside.cluster import enhance_archive
+
+    ct_series(tmp_path / "in" / "a", 6)
+    ct_series(tmp_path / "in" / "b", 4)
+    single = enhance_series([tmp_path / "in"], Pipeline.load(tiny_engine), tmp_path / "single",
+                            progress=False, **SETTINGS)
+    report = enhance_archive([tmp_path / "in"], tmp_path / "ray", engine=tiny_engine, workers=2,
+                             report_json=tmp_path / "report.json", **SETTINGS)
+    assert report.ok and len(report.written) == len(single.written) == 10
+    assert pixels(tmp_path / "ray") == pixels(tmp_path / "single")  # names and pixel bytes
+    assert sorted(c["written"] for c in report.series.values()) == [4, 6]
+    assert json.loads((tmp_path / "report.json").read_text())["images"] == 10
+    # The same through the CLI: a rerun finds every slice done and writes nothing.
+    code = main(["enhance", str(tmp_path / "in"), "--out", str(tmp_path / "ray"), "--engine",
+                 str(tiny_engine), "--steps", "2", "--strength", "0.5", "--seed", "1", "--ray"])
+    assert code == 0
+    assert "0 file(s) written, 10 already done by an earlier run" in capsys.readouterr().out
+    assert not [p for p in (tmp_path / "ray").rglob("*") if p.name.endswith(".partial")]
+
+
+def test_ray_is_imported_only_by_the_cluster_path():
+    code = ("import sys, scanside, scanside.cli, scanside.dicom, scanside.node, "
+            "scanside.runtime; sys.exit('ray' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -1,0 +1,74 @@
+"""The full cluster test (CI runs it as its own command, README "Ray"): a head node and a
+second worker node process on this machine, loopback only; a few hundred slices in several
+series; the worker node is killed mid-run and the output is still complete and identical to
+one machine's. Set SCANSIDE_CLUSTER_TESTS=1 to run it (about two minutes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from scanside import Pipeline
+from scanside.bench.orthanc import free_port
+from scanside.dicom import enhance_series
+from tests.node.conftest import REPO, ct_series
+
+pytestmark = pytest.mark.skipif(not os.environ.get("SCANSIDE_CLUSTER_TESTS"),
+                                reason="the two-node Ray test runs with SCANSIDE_CLUSTER_TESTS=1")
+
+
+# Token authentication off on both nodes: a loopback-only test cluster.
+RAY_ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def ray_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ray.scripts.scripts", *args],
+                          capture_output=True, text=True, timeout=180, env=RAY_ENV)
+
+
+def test_a_worker_node_killed_mid_run(tiny_engine, tmp_path):
+    pytest.importorskip("ray")
+    port, worker_port = free_port(), free_port()
+    head = ray_cli("start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                   "--num-cpus", "1", "--include-dashboard", "false", "--disable-usage-stats")
+    assert head.returncode == 0, head.stderr
+    try:
+        worker = ray_cli("start", "--address", f"127.0.0.1:{port}", "--node-ip-address",
+                         "127.0.0.1", "--num-cpus", "1", "--node-manager-port", str(worker_port))
+        assert worker.returncode == 0, worker.stderr
+        for n, count in enumerate((120, 100, 80)):
+            ct_series(tmp_path / "in" / f"series{n}", count)
+        run = subprocess.Popen(
+            [sys.executable, "-m", "scanside", "enhance", str(tmp_path / "in"), "--out",
+             str(tmp_path / "ray"), "--engine", str(tiny_engine), "--steps", "4", "--strength",
+             "0.5", "--seed", "1", "--ray", f"127.0.0.1:{port}", "--workers", "2"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+            env={**RAY_ENV, "PYTHONPATH": str(REPO)})
+        deadline = time.monotonic() + 300
+        while len(list((tmp_path / "ray").rglob("*.dcm"))) < 60 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        raylet = subprocess.run(["pgrep", "-f", f"node_manager_port={worker_port}"],
+                                capture_output=True, text=True).stdout.split()
+        assert raylet, "the worker node's raylet was not found"
+        for pid in raylet:
+            os.kill(int(pid), signal.SIGKILL)
+        output, _ = run.communicate(timeout=900)
+        assert run.returncode == 0, output[-2000:]
+    finally:
+        ray_cli("stop", "--force")
+    single = enhance_series([tmp_path / "in"], Pipeline.load(tiny_engine), tmp_path / "single",
+                            progress=False, steps=4, strength=0.5, seed=1)
+    assert len(single.written) == 300
+    ours = {p.relative_to(tmp_path / "ray"): pydicom.dcmread(p).PixelData
+            for p in (tmp_path / "ray").rglob("*.dcm")}
+    theirs = {p.relative_to(tmp_path / "single"): pydicom.dcmread(p).PixelData
+              for p in (tmp_path / "single").rglob("*.dcm")}
+    assert ours == theirs  # complete, no duplicate, byte-identical pixels, 3 series
+    assert not [p for p in (tmp_path / "ray").rglob("*") if p.name.endswith(".partial")]
