@@ -208,6 +208,7 @@ def enhance_on_ray(args: argparse.Namespace, dicoms: list[Path], images: list[Pa
     report = enhance_archive(dicoms, args.out, engine=args.engine,
                              address=None if args.ray == "local" else args.ray,
                              workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                             gpus_per_worker=args.gpus_per_worker,
                              backend=args.backend, max_tile=args.max_tile, window=window,
                              overwrite=args.overwrite, report_json=args.report,
                              **sampling_of(args))
@@ -540,6 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--ray: actors, each holding the engines (default 2)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0,
                    help="--ray: CPUs reserved per actor (default 1)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0,
+                   help="--ray: GPUs reserved per actor, for --backend cuda (default 0)")
     p.add_argument("--report", type=Path, help="--ray: write the run's report as JSON")
     p.set_defaults(func=cmd_enhance)
 
