@@ -79,7 +79,8 @@ def elements(data: bytes, meta: bool = False) -> list[Element]:
             if implicit:
                 hdr, length_at, size = raw.value_tell - 8, raw.value_tell - 4, 4
             else:
-                vr = data[raw.value_tell - 6:raw.value_tell - 4]
+                # Long form: tag, VR, 2 reserved bytes, 4-byte length; the VR sits 8 bytes
+                # before the value.
                 long_form = data[raw.value_tell - 10:raw.value_tell - 8] in LONG_VRS
                 if long_form:
                     hdr, length_at, size = raw.value_tell - 12, raw.value_tell - 4, 4
