@@ -17,15 +17,12 @@ OUT must be a path every node sees (a shared filesystem). Ray is an optional ext
 from __future__ import annotations
 
 import json
-import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from scanside.errors import InputError
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -156,13 +156,13 @@ def enhance_series(paths: Sequence[Path], pipeline: Enhancer, out_dir: Path, *,
         fingerprint = run_fingerprint(pipeline, window, sampling)
         job = Job(pipeline, window, preview, sampling, fingerprint, overwrite)
         started = time.perf_counter()
+        by_uid = names == "uid" and bool(fingerprint)
         try:
             for number, series in enumerate(collected.series, 1):
                 folder = out_dir / derived_series_uid(series.uid, fingerprint)
                 bar = tqdm(series.instances, desc=f"series {number}/{len(collected.series)}",
                            unit="file", disable=not progress)
                 for index, instance in enumerate(bar):
-                    by_uid = names == "uid" and bool(fingerprint)
                     name = job.expected_uid(instance) if by_uid else f"IM{index + 1:05d}"
                     target = folder / f"{name}.dcm"
                     try:

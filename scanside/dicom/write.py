@@ -30,6 +30,7 @@ from pydicom.uid import (
 )
 
 from scanside import __version__
+from scanside.errors import InputError
 from scanside.files import atomic_path
 
 # SOP classes whose IODs allow ImageType DERIVED with the source's own modules.

@@ -208,3 +208,21 @@ def test_inputs_are_never_modified(tmp_path):
     assert (source.read_bytes(), source.stat().st_mtime_ns) == before
     assert np.array_equal(pydicom.dcmread(source).pixel_array,
                           pydicom.dcmread(pydicom_file("CT_small.dcm")).pixel_array)
+
+
+def test_a_derived_instance_that_cannot_be_encoded_is_the_inputs_error():
+    """encode() named InputError without importing it: a NameError instead of the message."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    from scanside.dicom.write import encode
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4"
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.add_new(0x00280010, "US", "not a number")
+    with pytest.raises(InputError, match=r"src\.dcm: the derived instance cannot be encoded "
+                                         r"element \(0028,0010\)"):
+        encode(ds, "src.dcm")
