@@ -435,7 +435,7 @@ def cmd_models_train(args: argparse.Namespace) -> int:
     from scanside.models.train import Settings, train_default
 
     settings = Settings(seed=args.seed, unet_steps=args.unet_steps,
-                        workers=args.workers)
+                        tune_steps=args.tune_steps, workers=args.workers)
     model_dir = train_default(args.out_dir, settings)
     print(f"trained model: {model_dir}; export it with `scanside export {model_dir} --out ENGINE`")
     return 0
@@ -636,7 +636,10 @@ def build_parser() -> argparse.ArgumentParser:
                                               "needs the export and train extras)")
     p.add_argument("out_dir", type=Path, help="run folder: data, checkpoints, and model/ at the end")
     p.add_argument("--seed", type=int, default=Settings.seed, help="everything random follows it")
-    p.add_argument("--unet-steps", type=positive_int, default=Settings.unet_steps)
+    p.add_argument("--unet-steps", type=positive_int, default=Settings.unet_steps,
+                   help="phase 1: plain loss")
+    p.add_argument("--tune-steps", type=int, default=Settings.tune_steps,
+                   help="phase 2: loss weighted by noise level, with a mean-shift penalty")
     p.add_argument("--workers", type=positive_int, default=Settings.workers,
                    help="processes simulating the scans")
     p.set_defaults(func=cmd_models_train)

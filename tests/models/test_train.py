@@ -18,7 +18,7 @@ from scanside.models.train import Settings, dihedral, train_default  # noqa: E40
 # One scene of each source (a head needs Debian's mricron-data: CI installs it), 32 px patches.
 TINY = Settings(recipe="ct-tiny", scenes=(("head", 1), ("natural", 1), ("phantom", 2)),
                 patches=(("head", 2), ("natural", 1), ("phantom", 1)), patch=32,
-                unet_steps=4, unet_batch=2, checkpoint_every=1, workers=1)
+                unet_steps=2, tune_steps=2, unet_batch=2, checkpoint_every=1, workers=1)
 UNET = "unet/diffusion_pytorch_model.safetensors"
 
 
@@ -75,12 +75,13 @@ def test_same_seed_same_weights_and_resume_is_exact(trained, tmp_path, monkeypat
     lines: list[str] = []
     resumed = train_default(tmp_path, TINY, echo=lines.append)
     assert any("steps 2..4" in line for line in lines)  # it went on, did not start over
+    # ... into phase 2, with phase 1's optimizer and EMA (the same bytes as one uninterrupted run)
     assert (resumed / UNET).read_bytes() == (model_dir / UNET).read_bytes()
 
 
 def test_other_settings_in_the_same_folder_are_refused(trained):
     model_dir, _ = trained
-    other = Settings(**{**TINY.__dict__, "unet_steps": 5})
+    other = Settings(**{**TINY.__dict__, "tune_steps": 5})
     with pytest.raises(InputError, match="other settings"):
         train_default(model_dir.parent, other, echo=lambda _: None)
 
@@ -142,3 +143,37 @@ def test_learning_rate_is_one_cosine_cycle():
     assert all(unet_lr(k, settings) == cosine_lr(k, 1000, settings.unet_lr) for k in range(1000))
     assert unet_lr(99, settings) == pytest.approx(settings.unet_lr)  # warm-up done: the peak
     assert unet_lr(999, settings) < unet_lr(500, settings) < unet_lr(99, settings)
+
+
+def test_phase_two_runs_its_own_cosine_after_phase_one():
+    from scanside.models.train import cosine_lr, total_steps, unet_lr
+
+    settings = Settings(unet_steps=1000, tune_steps=500)
+    assert total_steps(settings) == 1500
+    assert unet_lr(999, settings) == cosine_lr(999, 1000, settings.unet_lr)
+    assert [unet_lr(1000 + k, settings) for k in range(500)] == [
+        cosine_lr(k, 500, settings.tune_lr) for k in range(500)]
+
+
+def test_tuned_loss_weighs_samples_by_their_noise_and_punishes_a_mean_shift():
+    from scanside.models.train import noise_std, tuned_loss
+
+    settings = Settings()
+    rng = np.random.default_rng(0)
+    full = np.zeros((2, 32, 32), np.float32)
+    low = full + rng.standard_normal((2, 32, 32)).astype(np.float32) * np.array([1, 2],
+                                                                              np.float32)[:, None, None]
+    std = noise_std(low, full)
+    assert std[1] / std[0] == pytest.approx(2, rel=0.1)
+    w = torch.ones(2, 1, 32, 32)
+    target = torch.zeros(2, 4, 32, 32)
+    white = torch.from_numpy(rng.standard_normal((1, 4, 32, 32)).astype(np.float32))
+    # The same error on the quieter sample costs about 4x what it costs on the noisier one.
+    on_quiet = float(tuned_loss(torch.cat([white, 0 * white]), target, w, std, settings))
+    on_noisy = float(tuned_loss(torch.cat([0 * white, white]), target, w, std, settings))
+    assert on_quiet / on_noisy == pytest.approx((std[1] / std[0]) ** 2, rel=1e-4)
+    # A uniform shift of the same power as white error costs far more (the block average keeps it).
+    shift = torch.ones(2, 4, 32, 32) * float(white.pow(2).mean().sqrt())
+    noise = torch.cat([white, white])
+    assert float(tuned_loss(shift, target, w, std, settings)) > 10 * float(
+        tuned_loss(noise, target, w, std, settings))
