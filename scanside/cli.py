@@ -165,6 +165,13 @@ def sampling_of(args: argparse.Namespace) -> dict:
                 consistency_px=args.consistency)
 
 
+def output_location(text: str) -> "Path | str":
+    """--out: a local path, or (kept as text: Path would fold its '//') a filesystem URI."""
+    from scanside.store import is_store, local_path
+
+    return text if is_store(text) else Path(local_path(text))
+
+
 def cmd_enhance(args: argparse.Namespace) -> int:
     from scanside import Pipeline
     from scanside.files import IMAGE_SUFFIXES
@@ -176,7 +183,11 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         from scanside.dicom import Window
 
         window = Window.parse(args.window)
-    if dicoms:
+    if isinstance(args.out, str):
+        if args.ray is None:
+            raise InputError(f"--out {args.out.split('?', 1)[0]}: a filesystem URI is written by "
+                             "the cluster path only; add --ray, or give a local folder")
+    elif dicoms:
         from scanside.dicom.series import check_output_dir
 
         check_output_dir(args.out, dicoms)  # before the engine loads: fail fast
@@ -526,8 +537,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", type=Path,
                    help="DICOM files or folders (one new series per source series), .png or .npy")
     add_sampling(p, guidance=1.0, strength=True)
-    p.add_argument("--out", required=True, type=Path,
-                   help="output folder (or a .png/.npy file, for one image input)")
+    p.add_argument("--out", required=True, type=output_location,
+                   help="output folder (or a .png/.npy file, for one image input); with --ray "
+                        "also a filesystem URI such as s3://bucket/prefix")
     p.add_argument("--window", metavar="CENTER,WIDTH",
                    help="DICOM value window mapped to the model's input (default: CT "
                         "[-1000, 1000] HU, else the file's VOI window, else the image range)")

@@ -10,19 +10,25 @@ is atomic and a slice whose output exists with its expected SOP Instance UID is 
 retried task (Ray restarts a dead actor and retries its work) or a rerun of the whole command
 writes nothing twice and leaves no partial file.
 
-OUT must be a path every node sees (a shared filesystem). Ray is an optional extra
-(``pip install 'scanside[cluster]'``); nothing else in scanside imports this module.
+OUT is a path every node sees (a shared filesystem), or a filesystem URI pyarrow or fsspec
+opens (``s3://bucket/prefix``, ``gs://``, ``hdfs://`` ...; scanside.store), which each actor
+opens itself. Ray is an optional extra (``pip install 'scanside[cluster]'``); nothing else in
+scanside imports this module.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from scanside.errors import InputError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -45,10 +51,14 @@ class EnhanceActor:
 
     def __init__(self, engine: Optional[str], backend: str, max_tile: Optional[int],
                  window: Optional[tuple[float, float]], sampling: dict[str, Any],
-                 fingerprint: str, overwrite: bool, threads: Optional[int]) -> None:
+                 fingerprint: str, overwrite: bool, threads: Optional[int], out: str) -> None:
         from scanside import Pipeline
         from scanside.dicom.series import Job, run_fingerprint
         from scanside.dicom.window import Window
+        from scanside.store import Store, is_store
+
+        self.store = Store(out) if is_store(out) else None
+        self.out = out
 
         pipe = Pipeline.load(engine, backend, max_tile=max_tile, threads=threads)
         chosen = Window(window[0], window[1], "argument") if window else None
@@ -63,8 +73,10 @@ class EnhanceActor:
         from scanside.errors import ScansideError
 
         statuses, reasons, frames = [], [], []
-        for path, target in zip(batch["path"], batch["target"]):
+        names = []
+        for path, key in zip(batch["path"], batch["target"]):
             report = Report()
+            names.append(self.store.name(key) if self.store else str(Path(self.out) / key))
             if self.mismatch:
                 statuses.append("failed")
                 reasons.append(f"{path}: this node's engine or scanside version differs from the "
@@ -72,40 +84,45 @@ class EnhanceActor:
                 frames.append(0)
                 continue
             try:
-                self.job.run(read_header(Path(path)), Path(target), report)
+                if self.store is not None:
+                    self.job.run_into(read_header(Path(path)), self.store, key, report)
+                else:
+                    self.job.run(read_header(Path(path)), Path(self.out) / key, report)
                 statuses.append("written" if report.written else "skipped")
                 reasons.append("")
             except ScansideError as exc:  # the message names the file; the batch goes on
                 statuses.append("failed")
                 reasons.append(str(exc))
             frames.append(report.images)
-        return {"path": list(batch["path"]), "target": list(batch["target"]),
+        return {"path": list(batch["path"]), "target": names,
                 "status": statuses, "reason": reasons, "frames": frames}
 
 
-def plan(paths: Sequence[Path], out_dir: Path, fingerprint: str):
-    """(tasks, header failures): one task per instance, with its output path."""
+def plan(paths: Sequence[Path], fingerprint: str):
+    """(tasks, header failures): one task per instance, with its output's key under OUT
+    (SERIES_UID/IM00001.dcm ...)."""
     from scanside.dicom.read import collect
     from scanside.dicom.write import series_uid
 
     collected = collect(paths)
     tasks = []
     for series in collected.series:
-        folder = out_dir / series_uid(series.uid, fingerprint)
+        folder = series_uid(series.uid, fingerprint)
         for index, instance in enumerate(series.instances):
-            tasks.append({"path": str(instance.path),
-                          "target": str(folder / f"IM{index + 1:05d}.dcm")})
+            tasks.append({"path": str(instance.path), "target": f"{folder}/IM{index + 1:05d}.dcm"})
     return tasks, [(str(p), reason) for p, reason in collected.failures]
 
 
-def enhance_archive(paths: Sequence[Path], out_dir: Path, *, engine: Optional[Path] = None,
+def enhance_archive(paths: Sequence[Path], out_dir: "str | Path", *,
+                    engine: Optional[Path] = None,
                     address: Optional[str] = None, workers: int = 2, cpus_per_worker: float = 1,
                     gpus_per_worker: float = 0, backend: str = "cpu",
                     max_tile: Optional[int] = None, window: Optional[Any] = None,
                     overwrite: bool = False, threads: Optional[int] = None,
                     report_json: Optional[Path] = None, **sampling: Any) -> ArchiveReport:
     """Enhance every image series under ``paths`` into ``out_dir`` on a Ray cluster
-    (``address``: a running cluster, "auto", or None for a local one)."""
+    (``address``: a running cluster, "auto", or None for a local one). ``out_dir``: a folder
+    every node sees, or a filesystem URI (a str: ``s3://bucket/prefix`` ...)."""
     try:
         import ray
     except ImportError:
@@ -113,9 +130,14 @@ def enhance_archive(paths: Sequence[Path], out_dir: Path, *, engine: Optional[Pa
     from scanside import Pipeline
     from scanside.dicom.series import check_output_dir, run_fingerprint
     from scanside.files import folder_lock, remove_partials
+    from scanside.store import Store, is_store, local_path
 
-    out_dir = Path(out_dir)
-    check_output_dir(out_dir, paths)
+    out = str(out_dir) if is_store(out_dir) else local_path(str(out_dir))
+    store = Store(out) if is_store(out) else None
+    if store is not None:
+        store.check_writable()  # a wrong bucket or credentials stop here, before any work
+    else:
+        check_output_dir(Path(out), paths)
     pipe = Pipeline.load(engine, backend, max_tile=max_tile)  # for the fingerprint only
     fingerprint = run_fingerprint(pipe, window, sampling)
     if not fingerprint:
@@ -123,9 +145,13 @@ def enhance_archive(paths: Sequence[Path], out_dir: Path, *, engine: Optional[Pa
                          "every node derives the same UIDs")
     report = ArchiveReport()
     started = time.perf_counter()
-    with folder_lock(out_dir, "--out"):  # other runs are kept out; this run's actors write
-        remove_partials(out_dir)
-        tasks, failures = plan(paths, out_dir, fingerprint)
+    # Other runs are kept out of a local folder (its lock); this run's actors write. A store
+    # has no lock: one run per prefix at a time is the user's to keep.
+    with nullcontext() if store is not None else folder_lock(Path(out), "--out"):
+        stale = store.remove_partials() if store is not None else remove_partials(Path(out))
+        if stale:
+            log.warning("removed %d partial file(s) an interrupted run left", stale)
+        tasks, failures = plan(paths, fingerprint)
         report.failures += failures
         if tasks:
             if not ray.is_initialized():
@@ -143,7 +169,8 @@ def enhance_archive(paths: Sequence[Path], out_dir: Path, *, engine: Optional[Pa
                                            backend=backend, max_tile=max_tile,
                                            window=window_args, sampling=sampling,
                                            fingerprint=fingerprint, overwrite=overwrite,
-                                           threads=threads or int(cpus_per_worker) or 1))
+                                           threads=threads or int(cpus_per_worker) or 1,
+                                           out=out))
             for row in dataset.iter_rows():
                 if report.first_output_s is None:
                     report.first_output_s = time.perf_counter() - started

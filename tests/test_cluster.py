@@ -14,6 +14,7 @@ from scanside import Pipeline
 from scanside.cli import main
 from scanside.dicom import enhance_series
 from tests.node.conftest import ct_series
+from tests.test_store import bucket_uri
 
 SETTINGS = dict(steps=2, strength=0.5, seed=1)
 
@@ -49,6 +50,40 @@ def test_a_local_cluster_writes_what_one_machine_writes(local_ray, tiny_engine, 
     assert code == 0
     assert "0 file(s) written, 10 already done by an earlier run" in capsys.readouterr().out
     assert not [p for p in (tmp_path / "ray").rglob("*") if p.name.endswith(".partial")]
+
+
+def test_a_cluster_writes_to_s3_what_one_machine_writes(local_ray, s3_endpoint, tiny_engine,
+                                                         tmp_path):
+    from scanside.cluster import enhance_archive
+    from scanside.store import Store
+
+    ct_series(tmp_path / "in" / "a", 5)
+    single = enhance_series([tmp_path / "in"], Pipeline.load(tiny_engine), tmp_path / "single",
+                            progress=False, **SETTINGS)
+    uri = bucket_uri(s3_endpoint)
+    report = enhance_archive([tmp_path / "in"], uri, engine=tiny_engine, workers=2, **SETTINGS)
+    assert report.ok and len(report.written) == 5
+    assert all(name.startswith("s3://***@") for name in report.written)  # no secret in reports
+    store = Store(uri)
+    for path in (tmp_path / "single").rglob("*.dcm"):
+        with store.open_input(path.relative_to(tmp_path / "single").as_posix()) as f:
+            assert pydicom.dcmread(f).PixelData == pydicom.dcmread(path).PixelData
+    # A rerun reads each object's UID back and writes nothing; a foreign object is refused.
+    first = sorted(p.relative_to(tmp_path / "single").as_posix()
+                   for p in (tmp_path / "single").rglob("*.dcm"))[0]
+    store.write(first, b"not ours")
+    again = enhance_archive([tmp_path / "in"], uri, engine=tiny_engine, workers=2, **SETTINGS)
+    assert not again.written and len(again.skipped) == 4
+    [(_, reason)] = again.failures
+    assert reason.startswith(f"{store.name(first)}: already exists and holds another instance")
+
+
+def test_a_uri_out_without_ray_is_refused(tmp_path, capsys):
+    ct_series(tmp_path / "in", 1)
+    code = main(["enhance", str(tmp_path / "in"), "--out", "s3://bucket/out?region=x"])
+    assert code == 2
+    assert "--out s3://bucket/out: a filesystem URI is written by the cluster path only" in (
+        capsys.readouterr().err)
 
 
 def test_ray_is_imported_only_by_the_cluster_path():

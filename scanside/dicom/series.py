@@ -13,7 +13,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol, Sequence
+from typing import IO, TYPE_CHECKING, Any, Callable, Optional, Protocol, Sequence
 
 import numpy as np
 import pydicom
@@ -29,6 +29,9 @@ from .read import Instance, check_header, collect, frame_count, frame_values, re
 from .window import Window, choose
 from .write import Derivation, derive, derived_uid, encode, series_number, write_bytes
 from .write import series_uid as derived_series_uid
+
+if TYPE_CHECKING:
+    from scanside.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +188,15 @@ def enhance_series(paths: Sequence[Path], pipeline: Enhancer, out_dir: Path, *,
     return report
 
 
+def stored_uid(source: "Path | IO[bytes]") -> str:
+    """The SOP Instance UID of an existing output ('' if it cannot be read as DICOM)."""
+    try:
+        with parse.quiet():
+            return str(pydicom.dcmread(source, stop_before_pixels=True).SOPInstanceUID)
+    except Exception:  # noqa: BLE001 - whatever it is, it is not our finished result
+        return ""
+
+
 @dataclass
 class Job:
     """One run's settings, applied to each instance."""
@@ -204,31 +216,52 @@ class Job:
         different file in its place is refused unless --overwrite."""
         if not target.exists():
             return False
-        try:
-            with parse.quiet():
-                found = str(pydicom.dcmread(target, stop_before_pixels=True).SOPInstanceUID)
-        except Exception:  # noqa: BLE001 - whatever it is, it is not our finished result
-            found = ""
+        complete = not self.preview or target.with_suffix(".png").exists()
+        return self.accept(instance, str(target), stored_uid(target), complete)
+
+    def accept(self, instance: Instance, name: str, found: str, complete: bool = True) -> bool:
+        """Whether the existing output ``name`` (SOP Instance UID ``found``) is this run's
+        finished result for ``instance``; refuses another file unless --overwrite."""
         ours = bool(self.fingerprint) and found == self.expected_uid(instance)
-        if ours and (not self.preview or target.with_suffix(".png").exists()):
+        if ours and complete:
             return True
         if ours or self.overwrite:
             return False
-        raise InputError(f"{target}: already exists and holds another instance, not this run's "
+        raise InputError(f"{name}: already exists and holds another instance, not this run's "
                          f"result for {instance.path}; remove it, choose another --out, or pass "
                          "--overwrite")
+
+    def derive(self, instance: Instance, series: str) -> tuple[bytes, Dataset, np.ndarray,
+                                                                Window, int]:
+        """(encoded file, its dataset, the first enhanced frame, the window used, frames) of
+        ``instance`` enhanced into the derived series ``series``."""
+        ds = read_pixels(instance)
+        result, used, first = enhance_frames(self.pipeline, ds, instance.path, self.window,
+                                             self.sampling)
+        derived = derive(ds, result, Derivation(describe(self.pipeline, used, self.sampling),
+                                                series, series_number(ds),
+                                                fingerprint=self.fingerprint))
+        data = encode(derived, instance.path)  # encoding problems are the input's, not disk's
+        return data, derived, first, used, len(result)
+
+    def run_into(self, instance: Instance, store: "Store", key: str, report: Report) -> None:
+        """``run`` for an output on a store (scanside.store): ``key`` is SERIES_UID/NAME."""
+        if store.exists(key):
+            with store.open_input(key) as stream:
+                found = stored_uid(stream)
+            if self.accept(instance, store.name(key), found):
+                report.skipped.append(Path(key))
+                return
+        data, _, _, _, frames = self.derive(instance, key.rsplit("/", 2)[-2])
+        store.write(key, data)
+        report.written.append(Path(key))
+        report.images += frames
 
     def run(self, instance: Instance, target: Path, report: Report) -> None:
         if self.finished(instance, target):
             report.skipped.append(target)
             return
-        ds = read_pixels(instance)
-        result, used, first = enhance_frames(self.pipeline, ds, instance.path, self.window,
-                                             self.sampling)
-        uid = target.parent.name
-        derived = derive(ds, result, Derivation(describe(self.pipeline, used, self.sampling), uid,
-                                                series_number(ds), fingerprint=self.fingerprint))
-        data = encode(derived, instance.path)  # encoding problems are the input's, not disk's
+        data, derived, first, used, frames = self.derive(instance, target.parent.name)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             write_bytes(data, target, overwrite=True)  # finished() refused what is not ours
@@ -240,5 +273,5 @@ class Job:
                               "are kept; free space or fix the folder's permissions and run "
                               "the same command again to resume") from None
         report.written.append(target)
-        report.images += len(result)
-        log.info("wrote %s (%d frame(s), window %s)", target, len(result), used.source)
+        report.images += frames
+        log.info("wrote %s (%d frame(s), window %s)", target, frames, used.source)
