@@ -55,7 +55,7 @@ def add_sampling(p: argparse.ArgumentParser, guidance: float, strength: bool) ->
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--scheduler", default=None, choices=[s.value for s in SchedulerName],
                    help="default: the model's own scheduler")
-    p.add_argument("--backend", default="cpu", choices=["cpu", "cuda"])
+    add_backend(p)
     if strength:
         p.add_argument("--strength", type=strength_arg, default=None,
                        help=f"how far to noise the input, in (0, 1] (default: {own}0.3)")
@@ -68,6 +68,27 @@ def add_sampling(p: argparse.ArgumentParser, guidance: float, strength: bool) ->
                        help="dynamic engines: run images whole up to PX on each side, else in "
                             "PX tiles (the memory budget; default: the engine's largest size). "
                             "Static engines always tile at their own size")
+
+
+def add_backend(p: argparse.ArgumentParser) -> None:
+    from scanside.runtime.engines import Backend
+
+    p.add_argument("--backend", default="cpu", choices=[b.value for b in Backend],
+                   help="cpu (ONNX Runtime), cuda and ort-tensorrt (onnxruntime-gpu's CUDA and "
+                        "TensorRT providers), tensorrt (native plans, built on first use), or "
+                        "auto (the fastest present; -v says why the others were not). GPU "
+                        "backends are not yet verified on hardware")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="GPU backends: capture fixed-shape calls in CUDA graphs and replay them")
+    p.add_argument("--low-memory", action="store_true",
+                   help="tensorrt: one engine's activations in GPU memory at a time (Jetson)")
+
+
+def gpu_options(args: argparse.Namespace):
+    from scanside.runtime.engines import GpuOptions
+
+    return GpuOptions(cuda_graph=getattr(args, "cuda_graph", False),
+                      low_memory=getattr(args, "low_memory", False))
 
 
 def add_node_options(p: argparse.ArgumentParser) -> None:
@@ -97,9 +118,24 @@ def cmd_export(args: argparse.Namespace) -> int:
                             component_precision=parse_component_precision(args.component_precision),
                             calibration=args.calibration,
                             synthetic_calibration=args.synthetic_calibration,
-                            int8_activations=args.int8_activations)
+                            int8_activations=args.int8_activations,
+                            trt_compat=args.trt_compat)
     print(f"exported {args.model_dir} -> {args.out} ({manifest.height}x{manifest.width})")
     print_accuracy(manifest)
+    if args.trtexec_script:
+        from scanside.export.tensorrt import trtexec_script
+        from scanside.files import atomic_path
+
+        major = 8 if args.trt_compat else 10
+        with atomic_path(args.trtexec_script, overwrite=args.overwrite) as tmp:
+            tmp.write_text(trtexec_script(args.out, manifest, major))
+        args.trtexec_script.chmod(0o755)
+        print(f"wrote {args.trtexec_script} (trtexec, TensorRT {major}.x)")
+    if args.tensorrt:
+        from scanside.export.tensorrt import build_plans
+
+        for plan in build_plans(args.out, manifest):
+            print(f"TensorRT plan {plan}")
     return 0
 
 
@@ -137,7 +173,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.out.suffix.lower() not in (".png", ".npy", ".dcm"):
         raise InputError(f"--out: {args.out} must end in .png, .npy or .dcm")
     refuse_existing(args.out, args.overwrite)
-    pipe = Pipeline.load(args.engine, args.backend)
+    pipe = Pipeline.load(args.engine, args.backend, gpu=gpu_options(args))
     sampling = dict(prompt=args.prompt, steps=args.steps, guidance=args.guidance,
                     seed=args.seed, scheduler=args.scheduler)
     image = pipe.generate(negative_prompt=args.negative_prompt, progress=True, **sampling)
@@ -193,7 +229,7 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         check_output_dir(args.out, dicoms)  # before the engine loads: fail fast
     if args.ray is not None:
         return enhance_on_ray(args, dicoms, images, window)
-    pipe = Pipeline.load(args.engine, args.backend, max_tile=args.max_tile)
+    pipe = Pipeline.load(args.engine, args.backend, max_tile=args.max_tile, gpu=gpu_options(args))
     started = time.perf_counter()
     written, failures, count = enhance_images(pipe, images, args, single=len(args.inputs) == 1)
     skipped = 0
@@ -302,7 +338,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = node_settings(args, ae_title=args.ae_title, host=args.host, port=args.port,
                              allow=allow, tls_cert=args.tls_cert, tls_key=args.tls_key,
                              tls_ca=args.tls_ca)
-    node = Node(settings, Pipeline.load(args.engine, args.backend, max_tile=args.max_tile))
+    node = Node(settings, Pipeline.load(args.engine, args.backend, max_tile=args.max_tile,
+                              gpu=gpu_options(args)))
     node.start()
     try:
         run_until_signalled(node.step)
@@ -325,7 +362,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
         if inside:
             raise InputError(f"{name}: {folder} is inside the watched folder; choose one outside")
     node = Node(node_settings(args, derived=args.out),
-                Pipeline.load(args.engine, args.backend, max_tile=args.max_tile))
+                Pipeline.load(args.engine, args.backend, max_tile=args.max_tile,
+                              gpu=gpu_options(args)))
     node.start(listen=False)
     watcher = Watcher(node, args.in_dir, args.stable)
     try:
@@ -378,6 +416,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     print("built with  " + ", ".join(f"{k} {v}" for k, v in m.versions.items()))
     if args.verify:
         print("hashes      verified")
+    from scanside.runtime.engines.tensorrt import cache_root, cached_plans
+
+    for line in cached_plans(cache_root(Path(args.engine_dir), m.source_hash)):
+        print(f"plan        {line}")
     return 0
 
 
@@ -524,6 +566,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8-activations", choices=["u8", "s8"], default="u8",
                    help="u8: asymmetric, ONNX Runtime's fast x86 path (default); s8: symmetric, "
                         "as TensorRT's explicit int8 requires")
+    p.add_argument("--trt-compat", choices=["8.5"],
+                   help="graphs TensorRT 8.5's parser takes (JetPack 5.1): LayerNormalization "
+                        "decomposed")
+    p.add_argument("--trtexec-script", type=Path, metavar="PATH",
+                   help="also write the trtexec command lines that build this engine's plans")
+    p.add_argument("--tensorrt", action="store_true",
+                   help="also build the TensorRT plans now, on this machine's GPU (else they "
+                        "are built on first use with --backend tensorrt)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing engine directory")
     p.set_defaults(func=cmd_export)
 
@@ -609,7 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strength", type=strength_arg, default=0.3)
     p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--scheduler", default=None, help="default: the model's own")
-    p.add_argument("--backend", default="cpu", choices=["cpu", "cuda"])
+    add_backend(p)
     p.add_argument("--repeat", type=positive_int, default=3, help="timed runs (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
     p.add_argument("--threads", type=positive_int, help="ONNX Runtime intra-op threads")

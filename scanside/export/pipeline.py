@@ -7,6 +7,8 @@ import json
 import logging
 import shutil
 from pathlib import Path
+
+import onnx
 from typing import Mapping, Optional
 
 from tqdm.auto import tqdm
@@ -25,6 +27,7 @@ from .onnx import OPSET, ParityError, parity, to_onnx, wrap
 from .precision import Int8Activations
 from .reduce import needs_calibration, reduce
 from .specs import ModelShape, build_specs
+from .trt_compat import check_compat, decompose_layernorm
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +91,18 @@ def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional
                  component_precision: Optional[Mapping[str, "Precision | str"]] = None,
                  calibration: Optional[Path] = None,
                  synthetic_calibration: bool = False,
-                 int8_activations: "Int8Activations | str" = Int8Activations.U8) -> Manifest:
+                 int8_activations: "Int8Activations | str" = Int8Activations.U8,
+                 trt_compat: Optional[str] = None) -> Manifest:
     """Export every component of ``model_dir`` to ONNX in ``out``; returns the manifest.
+
+    ``trt_compat="8.5"`` rewrites the graphs for TensorRT 8.5's parser (JetPack 5.1; see
+    trt_compat.py); the rewritten graphs pass the same parity check against torch.
 
     ``precision`` applies to every component unless ``component_precision`` names another
     (e.g. {"unet": "int8", "vae_decoder": "fp16"}); int8 needs ``calibration`` images.
     """
     model_dir, out = Path(model_dir), Path(out)
+    check_compat(trt_compat)
     precisions = resolve_precisions(precision, component_precision or {})
     ckpt.check_folder(model_dir)
     if opset < 17:
@@ -123,6 +131,10 @@ def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional
         feeds = spec.dummy_inputs(bindings)
         path = staging / f"{name}.onnx"
         to_onnx(module, spec, feeds, path, opset)
+        if trt_compat:
+            graph = onnx.load(str(path), load_external_data=False)  # weights stay where they are
+            if decompose_layernorm(graph):
+                onnx.save(graph, str(path))
         # Held-out inputs for the parity check: another seed than the trace's.
         diff, tolerance = parity(path, module, spec, spec.dummy_inputs(bindings, seed=1))
         log.info("%s: ORT vs torch max abs diff %.3g (tolerance %.3g)", name, diff, tolerance)

@@ -24,7 +24,7 @@ from scanside.errors import InputError
 from . import images, schedulers
 from .artifacts import COMPONENTS, TOKENIZER, Conditioning, Manifest, read_manifest
 from .default import default_engine_dir
-from .engines import Backend, Engine, open_engine
+from .engines import Backend, Engine, GpuOptions, open_engine
 from .schedulers import Plan, SchedulerName
 from .tiles import Grid, run_tiled
 from .timing import NullTimer, StageTimer
@@ -109,20 +109,31 @@ class Pipeline:
     @classmethod
     def load(cls, engine_dir: Union[str, Path, None] = None, backend: Union[str, Backend] = "cpu",
              *, threads: Optional[int] = None, verify: bool = False,
-             max_tile: Optional[int] = None) -> "Pipeline":
-        """Open ENGINE_DIR (see ``scanside export``) on ``backend`` ("cpu" or "cuda");
-        without one, the default low-dose CT model shipped inside the package.
-        ``max_tile``: see the attribute (dynamic engines only)."""
+             max_tile: Optional[int] = None, gpu: GpuOptions = GpuOptions()) -> "Pipeline":
+        """Open ENGINE_DIR (see ``scanside export``) on ``backend`` ("cpu", "cuda",
+        "ort-tensorrt", "tensorrt" or "auto": the fastest present, logged with why the others
+        were not); without one, the default low-dose CT model shipped inside the package.
+        ``max_tile``: see the attribute (dynamic engines only); ``gpu``: CUDA graphs and the
+        low-memory mode of the GPU backends."""
+        from scanside.runtime.engines.devices import choose
+
         engine_dir = default_engine_dir() if engine_dir is None else Path(engine_dir)
-        backend = Backend.parse(backend)
+        backend, notes = choose(backend)
+        for note in notes:
+            log.info("%s", note)
         manifest = read_manifest(engine_dir, verify=verify)
         tokenizer = ClipTokenizer.from_json(
             json.loads((engine_dir / TOKENIZER).read_text(encoding="utf-8")),
             str(engine_dir / TOKENIZER),
         )
+        scratch = None
+        if backend is Backend.TENSORRT and gpu.low_memory:
+            from scanside.runtime.engines.tensorrt import SharedScratch
+
+            scratch = SharedScratch()
         engines = {
-            name: open_engine(engine_dir / manifest.components[name].file,
-                              manifest.components[name].spec, backend, threads)
+            name: open_engine(engine_dir, manifest.components[name], manifest.source_hash,
+                              backend, threads, gpu, scratch)
             for name in COMPONENTS
         }
         pipe = cls(engine_dir, manifest, tokenizer, engines, backend)

@@ -14,6 +14,9 @@ from scanside.runtime.iospec import IOSpec
 class Backend(str, enum.Enum):
     CPU = "cpu"  # ONNX Runtime, CPU execution provider
     CUDA = "cuda"  # ONNX Runtime, CUDA execution provider (onnxruntime-gpu)
+    ORT_TENSORRT = "ort-tensorrt"  # ONNX Runtime, TensorRT execution provider (onnxruntime-gpu)
+    TENSORRT = "tensorrt"  # native TensorRT plans (tensorrt + cuda-python)
+    AUTO = "auto"  # the fastest present (devices.choose says which and why)
 
     @classmethod
     def parse(cls, value: "str | Backend") -> "Backend":

@@ -1,4 +1,17 @@
-"""ONNX Runtime adapter: one InferenceSession per component."""
+"""ONNX Runtime adapter: one InferenceSession per component, on the CPU, CUDA or TensorRT
+execution provider.
+
+On a GPU provider the session must really run there: ORT falls back to the CPU with only a
+log line when the provider's libraries (CUDA, cuDNN, TensorRT) do not load, so the session's
+providers are checked and a fallback is an error that says what is missing. Outputs are bound
+on the device with IO binding (no per-call output allocation on the host side beyond the
+copy back); static engines with ``cuda_graph`` keep their inputs and outputs in fixed device
+buffers (OrtValues updated in place), which ORT's CUDA graphs require.
+
+**The CUDA and TensorRT providers are not yet run on hardware** here (no onnxruntime-gpu on any
+machine this project is built on); their option dictionaries are tested, and the calls follow
+ONNX Runtime's execution-provider documentation.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +24,48 @@ import numpy as np
 import onnxruntime as ort
 
 from scanside.errors import BackendUnavailable
-from scanside.runtime.iospec import IOSpec
+from scanside.runtime.iospec import DTYPES, IOSpec
 
 from .base import Backend
+from .devices import INSTALL, ORT_PROVIDERS
 
 log = logging.getLogger(__name__)
-PROVIDERS = {Backend.CPU: "CPUExecutionProvider", Backend.CUDA: "CUDAExecutionProvider"}
+WORKSPACE_BYTES = 2 << 30
+
+
+def cuda_options(cuda_graph: bool = False, device_id: int = 0) -> dict[str, str]:
+    """CUDA execution provider options (ORT's documented names; values as strings)."""
+    return {"device_id": str(device_id),
+            # Autotuned convolutions: slower first call, faster every later one.
+            "cudnn_conv_algo_search": "EXHAUSTIVE",
+            "arena_extend_strategy": "kSameAsRequested",  # no power-of-two over-allocation
+            "do_copy_in_default_stream": "1",
+            "enable_cuda_graph": "1" if cuda_graph else "0"}
+
+
+def tensorrt_options(spec: IOSpec, cache_dir: Path, precision: str, cuda_graph: bool = False,
+                     device_id: int = 0) -> dict[str, str]:
+    """TensorRT execution provider options: engine and timing caches under ``cache_dir``,
+    explicit profiles from the IOSpec for dynamic engines, precision from the graph's."""
+    from .tensorrt import profile_shapes, shapes_option
+
+    options = {"device_id": str(device_id),
+               "trt_max_workspace_size": str(WORKSPACE_BYTES),
+               "trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache_dir),
+               "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache_dir),
+               "trt_fp16_enable": str(precision in ("fp16", "int8")),
+               "trt_int8_enable": str(precision == "int8"),  # the graph's Q/DQ, no calibration
+               "trt_cuda_graph_enable": str(cuda_graph)}
+    if any(low != high for low, _, high in profile_shapes(spec).values()):
+        for which, name in enumerate(("min", "opt", "max")):
+            options[f"trt_profile_{name}_shapes"] = shapes_option(spec, which)
+    return options
+
+
+def static_shapes(spec: IOSpec) -> bool:
+    from .tensorrt import profile_shapes
+
+    return all(low == high for low, _, high in profile_shapes(spec).values())
 
 
 _shared_arena = False
@@ -49,26 +98,74 @@ def session_options(threads: int | None) -> ort.SessionOptions:
 
 
 class OrtEngine:
-    def __init__(self, path: Path, spec: IOSpec, backend: Backend, threads: int | None = None):
-        provider = PROVIDERS[backend]
+    def __init__(self, path: Path, spec: IOSpec, backend: Backend, threads: int | None = None,
+                 precision: str = "fp32", cache_dir: Path | None = None,
+                 cuda_graph: bool = False):
+        provider = ORT_PROVIDERS[backend]
         available = ort.get_available_providers()
         if provider not in available:
             raise BackendUnavailable(
                 f"backend {backend.value}: ONNX Runtime here offers {available}, not {provider}; "
-                "install onnxruntime-gpu (pip install 'scanside[gpu]') on a CUDA machine, "
-                "or use backend='cpu'"
-            )
+                f"install: {INSTALL.get(backend, '')}; or use --backend cpu")
         self.spec = spec
+        self.backend = backend
         options = session_options(threads)
+        providers: list = [provider]
+        # CUDA graphs need every input and output at a fixed address and shape.
+        self.cuda_graph = cuda_graph and static_shapes(spec)
         if backend is Backend.CPU:
             register_shared_arena()
             options.add_session_config_entry("session.use_env_allocators", "1")
-        self.session = ort.InferenceSession(
-            str(path), sess_options=options, providers=[provider]
-        )
+        elif backend is Backend.CUDA:
+            providers = [(provider, cuda_options(self.cuda_graph))]
+        else:  # TensorRT provider, with CUDA for any node TensorRT does not take
+            if cache_dir is None:
+                raise ValueError("the TensorRT provider needs a cache directory")
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            providers = [(provider, tensorrt_options(spec, cache_dir, precision, self.cuda_graph)),
+                         ("CUDAExecutionProvider", cuda_options())]
+        self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        used = self.session.get_providers()
+        if not used or used[0] != provider:
+            raise BackendUnavailable(
+                f"backend {backend.value}: ONNX Runtime fell back to {used} for {path.name} "
+                f"(the {provider} libraries did not load: CUDA, cuDNN or TensorRT missing or of "
+                "another version; run with ORT_LOG_LEVEL=VERBOSE or check `ldd` on "
+                "libonnxruntime_providers_*.so); or use --backend cpu")
         self.output_names = [t.name for t in spec.outputs]
+        self.device_values: dict[str, ort.OrtValue] = {}
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.spec.check_feeds(feeds)
-        outputs = self.session.run(self.output_names, dict(feeds))
-        return dict(zip(self.output_names, outputs))
+        if self.backend is Backend.CPU:
+            outputs = self.session.run(self.output_names, dict(feeds))
+            return dict(zip(self.output_names, outputs))
+        return self.run_on_device(feeds)
+
+    def run_on_device(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        binding = self.session.io_binding()
+        if self.cuda_graph:
+            # Fixed device buffers, updated in place: what ORT's CUDA graph replay needs.
+            for name, array in feeds.items():
+                value = self.device_values.get(name)
+                if value is None:
+                    value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), "cuda", 0)
+                    self.device_values[name] = value
+                else:
+                    value.update_inplace(np.ascontiguousarray(array))
+                binding.bind_ortvalue_input(name, value)
+            for t in self.spec.outputs:
+                value = self.device_values.get(t.name)
+                if value is None:
+                    fixed = {d: r[0] for d, r in self.spec.ranges.items()}
+                    shape = self.spec.concrete(t.shape, fixed)
+                    value = ort.OrtValue.ortvalue_from_shape_and_type(shape, DTYPES[t.dtype], "cuda", 0)
+                    self.device_values[t.name] = value
+                binding.bind_ortvalue_output(t.name, value)
+        else:
+            for name, array in feeds.items():
+                binding.bind_cpu_input(name, np.ascontiguousarray(array))
+            for name in self.output_names:
+                binding.bind_output(name, "cuda", 0)
+        self.session.run_with_iobinding(binding)
+        return dict(zip(self.output_names, binding.copy_outputs_to_cpu()))
