@@ -136,6 +136,8 @@ def run_bench(engine_dir: Path, settings: Settings, progress: bool = True) -> di
     settings.check()
     rss_before = machine.peak_rss_bytes()
     pipe = Pipeline.load(engine_dir, settings.backend, threads=settings.threads)
+    on_gpu = pipe.backend.value != "cpu"
+    device_before = machine.device_memory_in_use() if on_gpu else None
     size = settings.size or pipe.manifest.height
     grid = pipe.grid(*pipe.prepare(test_image(size, 0)).pixels.shape[-2:])
     recorder = Recorder()
@@ -153,6 +155,7 @@ def run_bench(engine_dir: Path, settings: Settings, progress: bool = True) -> di
         runs.append(run)
     peak_rss = machine.peak_rss_bytes()  # before FLOP counting loads the graphs again
     gpu_used = machine.gpu_memory_used_mib()
+    device_after = machine.device_memory_in_use() if on_gpu else None
     stages = stage_table(runs)
     flops = flops_per_stage(pipe, size, settings.guidance)
     measured_peak = peak.measure(threads=settings.threads)
@@ -165,7 +168,8 @@ def run_bench(engine_dir: Path, settings: Settings, progress: bool = True) -> di
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "engine": str(engine_dir), "model_hash": pipe.manifest.source_hash,
-        "precision": pipe.manifest.precision.value, "backend": settings.backend,
+        "precision": pipe.manifest.precision.value, "backend": pipe.backend.value,
+        "backend_requested": settings.backend,
         "settings": {"task": settings.task.value, "size": size, "steps": settings.steps,
                      "unet_steps": int(len(runs[0].get("unet", []))),
                      "strength": settings.strength, "guidance": settings.guidance,
@@ -178,7 +182,12 @@ def run_bench(engine_dir: Path, settings: Settings, progress: bool = True) -> di
         "stages": stages,
         "memory": {"peak_rss_bytes": peak_rss, "rss_before_load_bytes": rss_before,
                    "engine_weight_bytes": weights, "peak_rss_over_weights": peak_rss / weights,
-                   "gpu_used_mib": gpu_used},
+                   "gpu_used_mib": gpu_used,
+                   # What the pipeline took on the device after loading (engines, buffers,
+                   # caches), from the CUDA runtime; None on the CPU backend.
+                   "device_memory_taken_bytes": (device_after - device_before
+                                                 if device_before is not None
+                                                 and device_after is not None else None)},
         "peak": measured_peak,
         "machine": machine.describe(),
     }

@@ -61,6 +61,18 @@ def gpu_memory_used_mib() -> Optional[float]:
         return None
 
 
+def device_memory_in_use() -> Optional[int]:
+    """Bytes in use on GPU 0 (all processes) through the CUDA runtime, where there is one. Unlike
+    nvidia-smi this also works on a Jetson, whose GPU shares the system memory."""
+    try:
+        from scanside.runtime.engines.devices import cudart
+
+        err, free, total = cudart().cudaMemGetInfo()
+        return int(total - free) if int(err) == 0 else None
+    except Exception:  # noqa: BLE001 - no cuda-python, no driver, no device: not measured
+        return None
+
+
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process so far (Linux reports KiB)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -40,7 +40,9 @@ def table(result: dict[str, Any]) -> str:
         f"scheduler overhead: {result['stages']['scheduler']['median'] / loop:.2%} of the loop",
         f"peak RSS {mem['peak_rss_bytes'] / 2**30:.2f} GiB = {mem['peak_rss_over_weights']:.2f} x "
         f"engine weights ({mem['engine_weight_bytes'] / 2**30:.2f} GiB)"
-        + (f"; GPU memory used {mem['gpu_used_mib']:.0f} MiB" if mem.get("gpu_used_mib") else ""),
+        + (f"; GPU memory used {mem['gpu_used_mib']:.0f} MiB" if mem.get("gpu_used_mib") else "")
+        + (f"; taken on the device {mem['device_memory_taken_bytes'] / 2**20:.0f} MiB"
+           if mem.get("device_memory_taken_bytes") is not None else ""),
         f"machine peak: {result['peak']['gflops']:.1f} GFLOP/s ({result['peak']['how']})",
     ]
     if result.get("peers"):
