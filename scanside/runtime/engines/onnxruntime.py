@@ -87,12 +87,31 @@ def register_shared_arena() -> None:
         _shared_arena = True
 
 
+def physical_cores(cpus: "set[int] | None" = None, sysfs: Path = Path("/sys/devices/system/cpu")) -> int:
+    """Physical cores among the CPUs this process may run on (its affinity: a container's
+    cpuset, a Ray actor's or a `taskset`). ORT's default counts every logical CPU of the
+    machine; SMT siblings share one core's matrix units, so a thread on each only contends."""
+    if cpus is None:
+        cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(
+            range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in cpus:
+        topology = sysfs / f"cpu{cpu}" / "topology"
+        try:
+            package = (topology / "physical_package_id").read_text().strip()
+            core = (topology / "core_id").read_text().strip()
+        except OSError:
+            return max(1, len(cpus))  # no topology (not Linux, or hidden): every CPU a core
+        cores.add((package, core))
+    return max(1, len(cores))
+
+
 def session_options(threads: int | None) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # ORT's default spreads over every logical CPU; on SMT machines physical cores are faster,
-    # and a caller sharing the scanner PC with other work can cap it.
-    options.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    # One thread per physical core this process may use (see physical_cores); a caller
+    # sharing the scanner PC with other work can cap it.
+    options.intra_op_num_threads = threads or physical_cores()
     options.log_severity_level = 3
     return options
 
