@@ -221,3 +221,15 @@ def test_threads_default_to_physical_cores_of_the_process_affinity(tmp_path):
     fake_topology(other, {0: (0, 0), 1: (1, 0)})
     assert physical_cores({0, 1}, other) == 2
     assert physical_cores({0, 1, 2}, tmp_path / "missing") == 3  # no topology: count CPUs
+
+
+def test_reused_buffers_hold_the_largest_call_of_every_tensor():
+    from scanside.runtime.engines.tensorrt import largest_shapes
+
+    manifest = read_manifest(default_engine_dir())
+    decoder = {n: s for n, s, _ in largest_shapes(manifest.components["vae_decoder"].spec)}
+    high = manifest.components["vae_decoder"].spec.ranges
+    assert decoder["latent"] == (high["B"][2], 4, high["h"][2], high["w"][2])
+    assert decoder["image"] == (high["B"][2], 1, high["H"][2], high["W"][2])  # no input has H
+    unet = {n: s for n, s, _ in largest_shapes(manifest.components["unet"].spec)}
+    assert unet["out_sample"][0] == unet["sample"][0] == high["UB"][2]

@@ -74,6 +74,23 @@ def profile_shapes(spec: IOSpec) -> dict[str, tuple[tuple[int, ...], tuple[int, 
     return shapes
 
 
+def largest_shapes(spec: IOSpec) -> list[tuple[str, tuple[int, ...], str]]:
+    """(name, largest shape, dtype) of every input and output: what a buffer reused for every
+    call must hold. Outputs take the inputs' largest sizes, and the ranges' maxima for the
+    dimensions no input has (a VAE's pixel size from its latent size)."""
+    bindings = {d: r[2] for d, r in spec.ranges.items()}
+    out = []
+    for name, (_, _, high) in profile_shapes(spec).items():
+        tensor = next(t for t in spec.inputs if t.name == name)
+        for d, size in zip(tensor.shape, high):
+            if isinstance(d, str):
+                bindings[d] = int(size)
+        out.append((name, high, tensor.dtype))
+    for tensor in spec.outputs:
+        out.append((tensor.name, spec.concrete(tensor.shape, bindings), tensor.dtype))
+    return out
+
+
 def shape_text(shape: tuple[int, ...]) -> str:
     return "x".join(str(d) for d in shape)
 
@@ -304,31 +321,18 @@ class TrtEngine:
         self.stream = check(self.rt.cudaStreamCreate(), "cudaStreamCreate")
         self.names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.buffers: dict[str, tuple[int, int]] = {}  # name -> (pointer, bytes)
-        self.allocate(profile_shapes(spec))
+        self.allocate()
         # A graph records buffer addresses: the shared scratch moves, so no graphs with it.
         self.cuda_graph = cuda_graph and scratch is None
         self.graphs: dict[tuple, Any] = {}
 
-    def allocate(self, shapes: Mapping[str, tuple]) -> None:
+    def allocate(self) -> None:
         """Device buffers at the profile's largest shapes, once."""
-        largest = {name: s[2] for name, s in shapes.items()}
-        for t in self.spec.tensors():
-            if t in self.spec.outputs:
-                dims = self.largest_output(t.shape, largest)
-            else:
-                dims = largest[t.name]
-            nbytes = int(np.prod(dims)) * np.dtype(DTYPES[t.dtype]).itemsize
+        for name, dims, dtype in largest_shapes(self.spec):
+            nbytes = int(np.prod(dims)) * np.dtype(DTYPES[dtype]).itemsize
             ptr = int(check(self.rt.cudaMalloc(max(nbytes, 1)), "cudaMalloc"))
-            self.buffers[t.name] = (ptr, nbytes)
-            self.context.set_tensor_address(t.name, ptr)
-
-    def largest_output(self, shape: tuple, largest_inputs: Mapping[str, tuple]) -> tuple:
-        bindings: dict[str, int] = {}
-        for t in self.spec.inputs:
-            for d, size in zip(t.shape, largest_inputs[t.name]):
-                if isinstance(d, str):
-                    bindings[d] = max(bindings.get(d, 0), int(size))
-        return self.spec.concrete(shape, bindings)
+            self.buffers[name] = (ptr, nbytes)
+            self.context.set_tensor_address(name, ptr)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.spec.check_feeds(feeds)
