@@ -5,7 +5,8 @@ noted).
 Profiles come from the IOSpec (``profile_shapes``): a static engine's one shape, or a dynamic
 engine's (min, opt, max) per named dimension — the tile sizes the pipeline runs included,
 since they lie inside the ranges. A plan is specific to the GPU, its compute capability and
-the TensorRT version, so plans live in ENGINE_DIR/tensorrt/<key>/ (``PlanKey``): the ONNX hash,
+the TensorRT version, so plans live in ENGINE_DIR/tensorrt/<key>/ (or the user's cache when the
+engine directory is read-only: ``cache_root``), keyed by ``PlanKey``: the ONNX hash,
 the GPU's name and SM, the TensorRT version and the build options; a key that does not match
 (a new ONNX, another GPU, an upgraded TensorRT) builds a new plan and says why, never loads a
 stale one. One timing cache per GPU and TensorRT version is reused across builds.
