@@ -177,3 +177,24 @@ def test_tuned_loss_weighs_samples_by_their_noise_and_punishes_a_mean_shift():
     noise = torch.cat([white, white])
     assert float(tuned_loss(shift, target, w, std, settings)) > 10 * float(
         tuned_loss(noise, target, w, std, settings))
+
+
+def test_lesion_pixels_can_keep_their_weight_whatever_the_noise():
+    from scanside.models.train import tuned_loss
+
+    settings = Settings(lesion_noise_weighted=False, lowfreq_weight=0.0, lowfreq_px=2)
+    target = torch.zeros(2, 1, 4, 4)
+    lesion = torch.zeros(2, 1, 4, 4)
+    lesion[:, :, 0, 0] = 1
+    w = 1 + settings.lesion_weight * lesion
+    error = torch.zeros(2, 1, 4, 4)
+    error[:, :, 0, 0] = 1  # the same error on each sample's lesion pixel
+    std = np.array([1.0, 2.0])
+    both = float(tuned_loss(error, target, w, std, settings))
+    quiet_only = float(tuned_loss(error * torch.tensor([1.0, 0.0]).view(2, 1, 1, 1), target, w, std, settings))
+    # Each lesion error costs the same on the quiet and the noisy sample (its weight is not
+    # divided by the noise weight); with lesion_noise_weighted it would differ 4-fold.
+    assert quiet_only == pytest.approx(both / 2, rel=0.02)
+    weighted = Settings(lesion_noise_weighted=True, lowfreq_weight=0.0, lowfreq_px=2)
+    quiet_w = float(tuned_loss(error * torch.tensor([1.0, 0.0]).view(2, 1, 1, 1), target, w, std, weighted))
+    assert quiet_w > 0.75 * float(tuned_loss(error, target, w, std, weighted))
