@@ -220,8 +220,10 @@ def cmd_enhance(args: argparse.Namespace) -> int:
 
         window = Window.parse(args.window)
     if isinstance(args.out, str):
+        from scanside.store import redact
+
         if args.ray is None:
-            raise InputError(f"--out {args.out.split('?', 1)[0]}: a filesystem URI is written by "
+            raise InputError(f"--out {redact(args.out)}: a filesystem URI is written by "
                              "the cluster path only; add --ray, or give a local folder")
     elif dicoms:
         from scanside.dicom.series import check_output_dir

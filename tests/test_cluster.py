@@ -80,10 +80,11 @@ def test_a_cluster_writes_to_s3_what_one_machine_writes(local_ray, s3_endpoint, 
 
 def test_a_uri_out_without_ray_is_refused(tmp_path, capsys):
     ct_series(tmp_path / "in", 1)
-    code = main(["enhance", str(tmp_path / "in"), "--out", "s3://bucket/out?region=x"])
+    code = main(["enhance", str(tmp_path / "in"), "--out", "s3://key:secret@bucket/out?region=x"])
     assert code == 2
-    assert "--out s3://bucket/out: a filesystem URI is written by the cluster path only" in (
-        capsys.readouterr().err)
+    err = capsys.readouterr().err
+    assert "--out s3://***@bucket/out: a filesystem URI is written by the cluster path only" in err
+    assert "secret" not in err
 
 
 def test_ray_is_imported_only_by_the_cluster_path():

@@ -42,11 +42,10 @@ def decompose_layernorm(model: onnx.ModelProto) -> int:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         axis, eps = int(attrs.get("axis", -1)), float(attrs.get("epsilon", 1e-5))
         rank = ranks.get(node.input[0])
-        if axis < 0 and rank is None:
+        if rank is None:  # the op normalises over axis..last: the rank decides the axes
             raise InputError(f"{node.name}: LayerNormalization on a tensor of unknown rank; "
                              "cannot rewrite it for TensorRT 8.5")
-        first = axis if axis >= 0 else rank + axis
-        axes = list(range(first, rank)) if rank is not None else [axis]
+        axes = list(range(axis if axis >= 0 else rank + axis, rank))
         p = f"{node.name or 'layernorm'}_{count}"
         x, scale = node.input[0], node.input[1]
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None

@@ -44,6 +44,14 @@ def test_decomposed_layernorm_matches_the_fused_op(axis, bias, opset):
     np.testing.assert_allclose(run(model, x), fused, rtol=1e-5, atol=1e-5)
 
 
+def test_a_layernorm_of_unknown_rank_is_refused_not_guessed():
+    model = layernorm_model([2, 5, 16], 1, False, 17)
+    del model.graph.input[0].type.tensor_type.shape.dim[:]  # rank no longer known
+    model.graph.input[0].type.tensor_type.ClearField("shape")
+    with pytest.raises(InputError, match="unknown rank"):
+        decompose_layernorm(model)
+
+
 def test_only_the_supported_compat_versions_are_taken():
     check_compat(None)
     check_compat("8.5")

@@ -28,6 +28,7 @@ from scanside.runtime.iospec import DTYPES, IOSpec
 
 from .base import Backend
 from .devices import INSTALL, ORT_PROVIDERS
+from .tensorrt import is_static, largest_shapes
 
 log = logging.getLogger(__name__)
 WORKSPACE_BYTES = 2 << 30
@@ -47,7 +48,7 @@ def tensorrt_options(spec: IOSpec, cache_dir: Path, precision: str, cuda_graph: 
                      device_id: int = 0) -> dict[str, str]:
     """TensorRT execution provider options: engine and timing caches under ``cache_dir``,
     explicit profiles from the IOSpec for dynamic engines, precision from the graph's."""
-    from .tensorrt import profile_shapes, shapes_option
+    from .tensorrt import shapes_option
 
     options = {"device_id": str(device_id),
                "trt_max_workspace_size": str(WORKSPACE_BYTES),
@@ -56,16 +57,10 @@ def tensorrt_options(spec: IOSpec, cache_dir: Path, precision: str, cuda_graph: 
                "trt_fp16_enable": str(precision in ("fp16", "int8")),
                "trt_int8_enable": str(precision == "int8"),  # the graph's Q/DQ, no calibration
                "trt_cuda_graph_enable": str(cuda_graph)}
-    if any(low != high for low, _, high in profile_shapes(spec).values()):
+    if not is_static(spec):
         for which, name in enumerate(("min", "opt", "max")):
             options[f"trt_profile_{name}_shapes"] = shapes_option(spec, which)
     return options
-
-
-def static_shapes(spec: IOSpec) -> bool:
-    from .tensorrt import profile_shapes
-
-    return all(low == high for low, _, high in profile_shapes(spec).values())
 
 
 _shared_arena = False
@@ -131,7 +126,7 @@ class OrtEngine:
         options = session_options(threads)
         providers: list = [provider]
         # CUDA graphs need every input and output at a fixed address and shape.
-        self.cuda_graph = cuda_graph and static_shapes(spec)
+        self.cuda_graph = cuda_graph and is_static(spec)
         if backend is Backend.CPU:
             register_shared_arena()
             options.add_session_config_entry("session.use_env_allocators", "1")
@@ -152,6 +147,8 @@ class OrtEngine:
                 "another version; run with ORT_LOG_LEVEL=VERBOSE or check `ldd` on "
                 "libonnxruntime_providers_*.so); or use --backend cpu")
         self.output_names = [t.name for t in spec.outputs]
+        # A static engine's one output shape each (what CUDA graphs keep buffers of).
+        self.output_shapes = {name: shape for name, shape, _ in largest_shapes(spec)}
         self.device_values: dict[str, ort.OrtValue] = {}
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -176,8 +173,7 @@ class OrtEngine:
             for t in self.spec.outputs:
                 value = self.device_values.get(t.name)
                 if value is None:
-                    fixed = {d: r[0] for d, r in self.spec.ranges.items()}
-                    shape = self.spec.concrete(t.shape, fixed)
+                    shape = self.output_shapes[t.name]
                     value = ort.OrtValue.ortvalue_from_shape_and_type(shape, DTYPES[t.dtype], "cuda", 0)
                     self.device_values[t.name] = value
                 binding.bind_ortvalue_output(t.name, value)

@@ -75,6 +75,11 @@ def profile_shapes(spec: IOSpec) -> dict[str, tuple[tuple[int, ...], tuple[int, 
     return shapes
 
 
+def is_static(spec: IOSpec) -> bool:
+    """True if every input has one shape (no free dimension, batch included)."""
+    return all(low == high for low, _, high in profile_shapes(spec).values())
+
+
 def largest_shapes(spec: IOSpec) -> list[tuple[str, tuple[int, ...], str]]:
     """(name, largest shape, dtype) of every input and output: what a buffer reused for every
     call must hold. Outputs take the inputs' largest sizes, and the ranges' maxima for the
@@ -197,8 +202,7 @@ def trtexec_command(onnx: Path, plan: Path, spec: IOSpec, precision: str, trt_ma
     build with JetPack's own tools)."""
     cmd = ["trtexec", f"--onnx={onnx}", f"--saveEngine={plan}",
            f"--timingCacheFile={timing_cache}", f"--memPoolSize=workspace:{workspace_mib}M"]
-    dynamic = any(s[0] != s[2] for s in profile_shapes(spec).values())
-    if dynamic:
+    if not is_static(spec):
         cmd += [f"--minShapes={shapes_option(spec, 0)}", f"--optShapes={shapes_option(spec, 1)}",
                 f"--maxShapes={shapes_option(spec, 2)}"]
     else:
