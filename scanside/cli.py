@@ -91,7 +91,35 @@ def gpu_options(args: argparse.Namespace):
                       low_memory=getattr(args, "low_memory", False))
 
 
+def load_for_slices(args: argparse.Namespace):
+    """(Pipeline, slices in flight) for --workers: on the CPU each of the workers' engine
+    calls gets its share of the cores (scanside.runtime.parallel); the GPU backends run one
+    slice at a time."""
+    from scanside import Pipeline
+    from scanside.runtime.engines import Backend
+    from scanside.runtime.parallel import default_workers, threads_per_worker
+
+    workers = args.workers or default_workers()
+    pipe = Pipeline.load(args.engine, args.backend, max_tile=args.max_tile,
+                         gpu=gpu_options(args), threads=threads_per_worker(workers))
+    if pipe.backend is not Backend.CPU:
+        if workers > 1 and args.workers:
+            raise InputError(f"--workers {args.workers}: backend {pipe.backend.value} runs one "
+                             "slice at a time (one set of device buffers per engine); leave "
+                             "--workers out or give 1")
+        workers = 1
+    return pipe, workers
+
+
+def add_workers(p: argparse.ArgumentParser, ray: bool = False) -> None:
+    extra = "; with --ray: actors, each holding the engines (default 2)" if ray else ""
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help="images (DICOM slices, PNG/NPY files) enhanced at once, each engine call on its share of the "
+                        "cores (default: 2 where there are 2 or more cores, 1 on a GPU)" + extra)
+
+
 def add_node_options(p: argparse.ArgumentParser) -> None:
+    add_workers(p)
     p.add_argument("--series-idle", type=float, default=30.0, metavar="S",
                    help="a series is complete when nothing arrived for S seconds (default 30)")
     p.add_argument("--forward-originals", action="store_true",
@@ -209,7 +237,6 @@ def output_location(text: str) -> "Path | str":
 
 
 def cmd_enhance(args: argparse.Namespace) -> int:
-    from scanside import Pipeline
     from scanside.files import IMAGE_SUFFIXES
 
     images = [p for p in args.inputs if p.suffix.lower() in IMAGE_SUFFIXES]
@@ -231,15 +258,15 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         check_output_dir(args.out, dicoms)  # before the engine loads: fail fast
     if args.ray is not None:
         return enhance_on_ray(args, dicoms, images, window)
-    pipe = Pipeline.load(args.engine, args.backend, max_tile=args.max_tile, gpu=gpu_options(args))
+    pipe, workers = load_for_slices(args)
     started = time.perf_counter()
-    written, failures, count = enhance_images(pipe, images, args, single=len(args.inputs) == 1)
+    written, failures, count = enhance_images(pipe, images, args, len(args.inputs) == 1, workers)
     skipped = 0
     if dicoms:
         from scanside.dicom import enhance_series
 
         report = enhance_series(dicoms, pipe, args.out, window=window, preview=args.preview,
-                                overwrite=args.overwrite, **sampling_of(args))
+                                overwrite=args.overwrite, workers=workers, **sampling_of(args))
         written += len(report.written)
         count += report.images
         failures += report.failures
@@ -256,7 +283,7 @@ def enhance_on_ray(args: argparse.Namespace, dicoms: list[Path], images: list[Pa
                          "files and folders only")
     report = enhance_archive(dicoms, args.out, engine=args.engine,
                              address=None if args.ray == "local" else args.ray,
-                             workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                             workers=args.workers or 2, cpus_per_worker=args.cpus_per_worker,
                              gpus_per_worker=args.gpus_per_worker,
                              backend=args.backend, max_tile=args.max_tile, window=window,
                              overwrite=args.overwrite, report_json=args.report,
@@ -269,27 +296,35 @@ def enhance_on_ray(args: argparse.Namespace, dicoms: list[Path], images: list[Pa
                      report.seconds, report.images, len(report.skipped))
 
 
-def enhance_images(pipe, inputs: list[Path], args: argparse.Namespace, single: bool):
-    """PNG/NPY inputs; returns (files written, failures, images)."""
+def enhance_images(pipe, inputs: list[Path], args: argparse.Namespace, single: bool,
+                   workers: int = 1):
+    """PNG/NPY inputs, ``workers`` at once; returns (files written, failures, images)."""
     from scanside.files import read_image, refuse_existing, write_image
+    from scanside.runtime.parallel import in_order
 
     if inputs and not (single and args.out.suffix.lower() in (".png", ".npy")):
         args.out.mkdir(parents=True, exist_ok=True)
+
+    def one(source: Path) -> Path:
+        target = output_for(source, args.out, single)
+        if target.resolve() == source.resolve():
+            raise InputError(f"{target}: output would replace the input; choose another --out")
+        refuse_existing(target, args.overwrite)
+        image = read_image(source)
+        result = pipe.enhance(image, progress=workers == 1, **sampling_of(args))
+        write_image(target, result, image.dtype, overwrite=args.overwrite)
+        return target
+
     failures: list[tuple[Path, str]] = []
     written = 0
-    for source in inputs:
+    for source, outcome in in_order(one, inputs, workers):
         try:
-            target = output_for(source, args.out, single)
-            if target.resolve() == source.resolve():
-                raise InputError(f"{target}: output would replace the input; choose another --out")
-            refuse_existing(target, args.overwrite)
-            image = read_image(source)
-            result = pipe.enhance(image, progress=True, **sampling_of(args))
-            write_image(target, result, image.dtype, overwrite=args.overwrite)
-            written += 1
-            print(f"{source} -> {target}")
+            target = outcome.result()
         except InputError as exc:  # a bad file does not stop the batch
             failures.append((source, str(exc)))
+            continue
+        written += 1
+        print(f"{source} -> {target}")
     return written, failures, written
 
 
@@ -333,15 +368,15 @@ def run_until_signalled(step) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from scanside import Pipeline
     from scanside.node import Node, Peer
 
     allow = [Peer.parse(text, "--allow", with_port=False) for text in args.allow or []]
     settings = node_settings(args, ae_title=args.ae_title, host=args.host, port=args.port,
                              allow=allow, tls_cert=args.tls_cert, tls_key=args.tls_key,
                              tls_ca=args.tls_ca)
-    node = Node(settings, Pipeline.load(args.engine, args.backend, max_tile=args.max_tile,
-                              gpu=gpu_options(args)))
+    pipe, workers = load_for_slices(args)
+    settings.workers = workers
+    node = Node(settings, pipe)
     node.start()
     try:
         run_until_signalled(node.step)
@@ -351,7 +386,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from scanside import Pipeline
     from scanside.dicom.series import check_output_dir
     from scanside.node import Node
     from scanside.node.watch import Watcher
@@ -363,9 +397,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
         inside = args.in_dir.resolve() in [folder.resolve(), *folder.resolve().parents]
         if inside:
             raise InputError(f"{name}: {folder} is inside the watched folder; choose one outside")
-    node = Node(node_settings(args, derived=args.out),
-                Pipeline.load(args.engine, args.backend, max_tile=args.max_tile,
-                              gpu=gpu_options(args)))
+    pipe, workers = load_for_slices(args)
+    node = Node(node_settings(args, derived=args.out, workers=workers), pipe)
     node.start(listen=False)
     watcher = Watcher(node, args.in_dir, args.stable)
     try:
@@ -429,10 +462,12 @@ def cmd_bench_series(args: argparse.Namespace) -> int:
     from scanside.bench import report
     from scanside.bench.series import run_series
 
-    result = run_series(args.engine_dir, args.series, args.size or 512, args.threads)
+    result = run_series(args.engine_dir, args.series, args.size or 512, args.threads,
+                        args.workers)
     print(f"{result['slices']} slices of {result['size']}x{result['size']} CT through "
           f"`scanside enhance` (DICOM read, enhance, derived write), {result['precision']} "
-          f"engine, model settings: {result['slices_per_second']:.2f} slices/s, "
+          f"engine, model settings, {result['workers']} worker(s) x "
+          f"{result['threads_per_worker']} thread(s): {result['slices_per_second']:.2f} slices/s, "
           f"{result['seconds_per_slice']:.3f} s per slice ({result['machine'].get('cpu')})")
     if args.json:
         report.write_json(result, args.json)
@@ -601,8 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="run on a Ray cluster (a head node's address, 'auto', or none for a "
                         "local one); --out must be a path every node sees")
-    p.add_argument("--workers", type=positive_int, default=2,
-                   help="--ray: actors, each holding the engines (default 2)")
+    add_workers(p, ray=True)
     p.add_argument("--cpus-per-worker", type=float, default=1.0,
                    help="--ray: CPUs reserved per actor (default 1)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0,
@@ -669,6 +703,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--series", type=positive_int, metavar="N",
                    help="instead: N slices of --size (default 512) CT through `scanside enhance` "
                         "with the model's own settings; reports slices per second")
+    p.add_argument("--workers", type=positive_int,
+                   help="--series: slices at once (default: as `scanside enhance`)")
     p.add_argument("--json", type=Path, help="write the full result as JSON")
     p.add_argument("--plot", type=Path, help="write a PNG chart of the stage breakdown")
     p.add_argument("--peers", action="store_true",

@@ -40,12 +40,18 @@ def write_series(folder: Path, count: int, size: int, pixel_mm: float = 0.5) -> 
 
 
 def run_series(engine_dir: Optional[Path], count: int = 100, size: int = 512,
-               threads: Optional[int] = None, **sampling: Any) -> dict[str, Any]:
+               threads: Optional[int] = None, workers: Optional[int] = None,
+               **sampling: Any) -> dict[str, Any]:
+    """``workers`` slices at once (default: as ``scanside enhance``), each engine call on
+    ``threads`` (default: the cores split between the workers)."""
     from scanside import Pipeline
     from scanside.dicom import enhance_series
+    from scanside.runtime.parallel import default_workers, threads_per_worker
 
     from . import machine
 
+    workers = workers or default_workers()
+    threads = threads or threads_per_worker(workers)
     pipe = Pipeline.load(engine_dir, threads=threads)
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "in"
@@ -53,11 +59,13 @@ def run_series(engine_dir: Optional[Path], count: int = 100, size: int = 512,
         write_series(source, count, size)
         pipe.enhance(test_image(size, 1), **sampling)  # warm-up: ORT allocates its arena
         started = time.perf_counter()
-        report = enhance_series([source], pipe, Path(tmp) / "out", progress=False, **sampling)
+        report = enhance_series([source], pipe, Path(tmp) / "out", progress=False,
+                                workers=workers, **sampling)
         seconds = time.perf_counter() - started
     if report.failures:
         raise RuntimeError(f"bench series: {report.failures[0][0]}: {report.failures[0][1]}")
     return {"slices": count, "size": size, "seconds": seconds,
             "slices_per_second": count / seconds, "seconds_per_slice": seconds / count,
+            "workers": workers, "threads_per_worker": threads,
             "engine": str(pipe.engine_dir), "precision": pipe.manifest.precision.value,
             "sampling": pipe.sampling_defaults(**sampling), "machine": machine.describe()}

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import struct
+import threading
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -76,18 +77,51 @@ def shown_value(ds: Dataset, tag: Any) -> str:
     return f" {text[:40]!r}" + ("..." if len(text) > 40 else "")
 
 
+class _Quiet:
+    """Shared by every thread: the first to enter silences pydicom, the last to leave restores
+    it. Saving and restoring per block (``warnings.catch_warnings`` alone) is not thread-safe:
+    with slices read in parallel one block's exit would reopen the warnings while another
+    thread is still parsing, and a pydicom warning may quote an element's value."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.depth = 0
+        self.level = logging.NOTSET
+        self.caught: Optional[warnings.catch_warnings] = None
+
+    def enter(self) -> None:
+        with self.lock:
+            if self.depth == 0:
+                logger = logging.getLogger("pydicom")
+                self.level = logger.level
+                logger.setLevel(logging.CRITICAL)
+                self.caught = warnings.catch_warnings()
+                self.caught.__enter__()
+                warnings.simplefilter("ignore")
+            self.depth += 1
+
+    def leave(self) -> None:
+        with self.lock:
+            self.depth -= 1
+            if self.depth == 0:
+                assert self.caught is not None
+                self.caught.__exit__(None, None, None)
+                self.caught = None
+                logging.getLogger("pydicom").setLevel(self.level)
+
+
+_quiet = _Quiet()
+
+
 @contextmanager
 def quiet() -> Iterator[None]:
-    """pydicom's warnings and log records may quote element values: keep them out of logs."""
-    logger = logging.getLogger("pydicom")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+    """pydicom's warnings and log records may quote element values: keep them out of logs
+    (from every thread, while any thread is inside)."""
+    _quiet.enter()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
+        yield
     finally:
-        logger.setLevel(level)
+        _quiet.leave()
 
 
 def check_vr(elem: Any) -> None:

@@ -11,9 +11,10 @@ import logging
 import os
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, Optional, Protocol, Sequence
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, Optional, Protocol, Sequence
 
 import numpy as np
 import pydicom
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 
 from scanside.errors import InputError, OutputError
 from scanside.files import folder_lock, remove_partials
+from scanside.runtime.parallel import in_order
 
 from . import parse
 from . import preview as previews
@@ -57,6 +59,32 @@ class Report:
     @property
     def ok(self) -> bool:
         return not self.failures
+
+    def absorb(self, other: "Report") -> None:
+        """Add ``other``'s files and images (one instance's report, in the batch's order)."""
+        self.written += other.written
+        self.failures += other.failures
+        self.skipped += other.skipped
+        self.images += other.images
+
+
+@contextmanager
+def one_file(path: Path, report: Report) -> Iterator[None]:
+    """A problem of the file at ``path`` goes into ``report`` and the batch goes on; an
+    output that cannot be written, an interrupt or exhausted memory stop it."""
+    try:
+        yield
+    except InputError as exc:
+        report.failures.append((path, str(exc)))
+    except (OutputError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - one file's bug must not end the batch
+        # Where it happened, not the message: a message may quote a value.
+        log.info("internal error on %s: %s at\n%s", path, type(exc).__name__,
+                 "".join(traceback.format_tb(exc.__traceback__)))
+        report.failures.append((path, (
+            f"{path}: internal error ({type(exc).__name__}) while enhancing it; please report "
+            "it to scanside with `-v` output")))
 
 
 def enhance_frames(pipeline: Enhancer, ds: Dataset, path: Path, window: Optional[Window],
@@ -136,7 +164,7 @@ def enhance_series(paths: Sequence[Path], pipeline: Enhancer, out_dir: Path, *,
                    window: Optional[Window] = None, preview: bool = False,
                    progress: bool = True, overwrite: bool = False,
                    on_output: Optional[Callable[[Path], None]] = None,
-                   names: str = "position", **sampling: Any) -> Report:
+                   names: str = "position", workers: int = 1, **sampling: Any) -> Report:
     """Enhance every image series under ``paths`` into new series under ``out_dir``.
 
     Resumable: UIDs and file names are the same on every run with the same inputs, engine and
@@ -147,7 +175,10 @@ def enhance_series(paths: Sequence[Path], pipeline: Enhancer, out_dir: Path, *,
     now or by an earlier run), e.g. to send it on while the rest of the series runs.
     ``names``: "position" (IM00001.dcm ... in slice order: stable while the inputs are) or
     "uid" (the derived SOP Instance UID: stable when a series grows between runs, as on a
-    node where late or out-of-order slices arrive)."""
+    node where late or out-of-order slices arrive). ``workers``: instances enhanced at once,
+    each read, enhanced and written by one worker thread while the others run (see
+    scanside.runtime.parallel; load the pipeline with ``threads_per_worker(workers)``);
+    reports, ``on_output`` calls and file names stay in the series' order."""
     out_dir = Path(out_dir)
     check_output_dir(out_dir, paths)
     with folder_lock(out_dir, "--out"):
@@ -163,26 +194,20 @@ def enhance_series(paths: Sequence[Path], pipeline: Enhancer, out_dir: Path, *,
         try:
             for number, series in enumerate(collected.series, 1):
                 folder = out_dir / derived_series_uid(series.uid, fingerprint)
-                bar = tqdm(series.instances, desc=f"series {number}/{len(collected.series)}",
+                stems = [job.expected_uid(i) if by_uid else f"IM{n:05d}"
+                          for n, i in enumerate(series.instances, 1)]
+                targets = [(instance, folder / f"{name}.dcm")
+                           for instance, name in zip(series.instances, stems)]
+                bar = tqdm(total=len(targets), desc=f"series {number}/{len(collected.series)}",
                            unit="file", disable=not progress)
-                for index, instance in enumerate(bar):
-                    name = job.expected_uid(instance) if by_uid else f"IM{index + 1:05d}"
-                    target = folder / f"{name}.dcm"
-                    try:
-                        job.run(instance, target, report)
-                        if on_output is not None:
-                            on_output(target)
-                    except InputError as exc:
-                        report.failures.append((instance.path, str(exc)))
-                    except (OutputError, KeyboardInterrupt, MemoryError):
-                        raise
-                    except Exception as exc:  # noqa: BLE001 - one file's bug must not end the batch
-                        # Where it happened, not the message: a message may quote a value.
-                        log.info("internal error on %s: %s at\n%s", instance.path,
-                                 type(exc).__name__, "".join(traceback.format_tb(exc.__traceback__)))
-                        report.failures.append((instance.path, (
-                            f"{instance.path}: internal error ({type(exc).__name__}) while "
-                            "enhancing it; please report it to scanside with `-v` output")))
+                with bar:
+                    for (instance, target), outcome in in_order(job.attempt, targets, workers):
+                        bar.update()
+                        done = outcome.result()  # raises what stops the batch (disk full)
+                        report.absorb(done)
+                        if on_output is not None and not done.failures:
+                            with one_file(instance.path, report):
+                                on_output(target)
         finally:
             report.seconds = time.perf_counter() - started
     return report
@@ -257,6 +282,15 @@ class Job:
         report.written.append(Path(key))
         report.images += frames
 
+    def attempt(self, item: "tuple[Instance, Path]") -> Report:
+        """``run`` for one (instance, target) of a batch, into a report of its own (workers
+        run several at once; the batch adds them up in order)."""
+        instance, target = item
+        report = Report()
+        with one_file(instance.path, report):
+            self.run(instance, target, report)
+        return report
+
     def run(self, instance: Instance, target: Path, report: Report) -> None:
         if self.finished(instance, target):
             report.skipped.append(target)
@@ -268,10 +302,10 @@ class Job:
             if self.preview:
                 previews.write(target.with_suffix(".png"), first, derived, used, overwrite=True)
         except OSError as exc:
-            raise OutputError(f"--out: cannot write {target} ({exc.strerror or exc}); "
-                              f"{len(report.written)} file(s) of this run were finished and "
-                              "are kept; free space or fix the folder's permissions and run "
-                              "the same command again to resume") from None
+            raise OutputError(f"--out: cannot write {target} ({exc.strerror or exc}); the files "
+                              "this run finished before it are kept; free space or fix the "
+                              "folder's permissions and run the same command again to "
+                              "resume") from None
         report.written.append(target)
         report.images += frames
         log.info("wrote %s (%d frame(s), window %s)", target, frames, used.source)

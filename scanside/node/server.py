@@ -108,6 +108,7 @@ class NodeSettings:
     tls_key: Optional[Path] = None
     tls_ca: Optional[Path] = None
     derived: Optional[Path] = None  # where derived series go (default SPOOL/derived)
+    workers: int = 1  # slices enhanced at once (scanside.runtime.parallel)
 
     @property
     def derived_dir(self) -> Path:
@@ -268,6 +269,7 @@ class Node:
                                         on_output=lambda path: journal.queue(path, series,
                                                                              destinations),
                                         names="uid",  # a series may grow, out of order
+                                        workers=self.settings.workers,
                                         **self.settings.sampling)
             except OutputError as exc:  # the spool is full: tried again on the next step
                 journal.event("spool", str(exc))

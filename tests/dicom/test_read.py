@@ -104,3 +104,46 @@ def test_missing_plugin_names_the_package(monkeypatch, ct_series):
     with pytest.raises(InputError, match=r"JPEG-LS Lossless.*pyjpegls.*scanside\[codecs\]"):
         codecs.check_decodable(pydicom.uid.JPEGLSLossless, "x.dcm")
 
+
+
+def test_quiet_holds_while_any_thread_is_inside(recwarn):
+    """Slices are read by several workers at once: one worker leaving its quiet block must not
+    reopen pydicom's warnings and log records (which may quote values) while another is still
+    inside. Failed with a per-block catch_warnings and saved level: the second thread's
+    warning and log record came through."""
+    import logging
+    import threading
+    import warnings
+
+    from scanside.dicom.parse import quiet
+
+    logger = logging.getLogger("pydicom")
+    level = logger.level
+    first_in, second_in, first_left = threading.Event(), threading.Event(), threading.Event()
+    logging_open = []
+
+    def first():  # enters first, leaves first: not the nesting order
+        with quiet():
+            first_in.set()
+            second_in.wait()
+        first_left.set()
+
+    def second():
+        first_in.wait()
+        with quiet():
+            second_in.set()
+            first_left.wait()
+            warnings.warn("PatientName=SECRET", UserWarning)
+            logging_open.append(logger.isEnabledFor(logging.WARNING))
+
+    threads = [threading.Thread(target=second), threading.Thread(target=first)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not [w for w in recwarn if "SECRET" in str(w.message)]
+    assert logging_open == [False]
+    # Both left: pydicom's level and the warning filters are back as they were.
+    assert logger.level == level
+    warnings.warn("after", UserWarning)
+    assert [str(w.message) for w in recwarn] == ["after"]

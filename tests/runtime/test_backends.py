@@ -200,29 +200,6 @@ def test_cli_takes_every_backend_and_auto_runs_here(tmp_path, capsys):
     assert "backend tensorrt:" in capsys.readouterr().err
 
 
-def fake_topology(root, cores_of_cpu: dict[int, tuple[int, int]]):
-    for cpu, (package, core) in cores_of_cpu.items():
-        folder = root / f"cpu{cpu}" / "topology"
-        folder.mkdir(parents=True)
-        (folder / "physical_package_id").write_text(f"{package}\n")
-        (folder / "core_id").write_text(f"{core}\n")
-
-
-def test_threads_default_to_physical_cores_of_the_process_affinity(tmp_path):
-    from scanside.runtime.engines.onnxruntime import physical_cores
-
-    # 4 cores with 2 SMT threads each (cpu n and n+4 share core n), one package.
-    fake_topology(tmp_path, {cpu: (0, cpu % 4) for cpu in range(8)})
-    assert physical_cores(set(range(8)), tmp_path) == 4  # not 8: siblings share a core
-    assert physical_cores({0, 4}, tmp_path) == 1  # pinned to one core's two threads
-    assert physical_cores({0, 1, 5}, tmp_path) == 2
-    # Two packages whose core ids repeat are still different cores.
-    other = tmp_path / "two"
-    fake_topology(other, {0: (0, 0), 1: (1, 0)})
-    assert physical_cores({0, 1}, other) == 2
-    assert physical_cores({0, 1, 2}, tmp_path / "missing") == 3  # no topology: count CPUs
-
-
 def test_reused_buffers_hold_the_largest_call_of_every_tensor():
     from scanside.runtime.engines.tensorrt import largest_shapes
 

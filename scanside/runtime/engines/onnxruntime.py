@@ -16,7 +16,6 @@ ONNX Runtime's execution-provider documentation.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Mapping
 
@@ -25,6 +24,7 @@ import onnxruntime as ort
 
 from scanside.errors import BackendUnavailable
 from scanside.runtime.iospec import DTYPES, IOSpec
+from scanside.runtime.parallel import physical_cores
 
 from .base import Backend
 from .devices import INSTALL, ORT_PROVIDERS
@@ -80,25 +80,6 @@ def register_shared_arena() -> None:
                                  ort.OrtMemType.DEFAULT)
         ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
         _shared_arena = True
-
-
-def physical_cores(cpus: "set[int] | None" = None, sysfs: Path = Path("/sys/devices/system/cpu")) -> int:
-    """Physical cores among the CPUs this process may run on (its affinity: a container's
-    cpuset, a Ray actor's or a `taskset`). ORT's default counts every logical CPU of the
-    machine; SMT siblings share one core's matrix units, so a thread on each only contends."""
-    if cpus is None:
-        cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(
-            range(os.cpu_count() or 1))
-    cores = set()
-    for cpu in cpus:
-        topology = sysfs / f"cpu{cpu}" / "topology"
-        try:
-            package = (topology / "physical_package_id").read_text().strip()
-            core = (topology / "core_id").read_text().strip()
-        except OSError:
-            return max(1, len(cpus))  # no topology (not Linux, or hidden): every CPU a core
-        cores.add((package, core))
-    return max(1, len(cores))
 
 
 def session_options(threads: int | None) -> ort.SessionOptions:
