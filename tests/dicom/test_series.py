@@ -178,3 +178,32 @@ def test_one_new_series_per_source_series_and_nothing_else(ct_series, radiograph
     files = sorted(p for p in out.rglob("*") if p.is_file())
     assert files == sorted(report.written)  # no temporary or stray files
     assert all(p.suffix == ".dcm" for p in files)
+
+
+def timeless(path: Path) -> pydicom.Dataset:
+    """The derived dataset without the moments it was written at."""
+    ds = pydicom.dcmread(path)
+    del ds.InstanceCreationDate, ds.InstanceCreationTime
+    del ds.ContributingEquipmentSequence[-1].ContributionDateTime
+    return ds
+
+
+def test_workers_write_the_same_files_in_the_same_order(all_kinds, concat_engine, tmp_path):
+    """Several slices at once through one Pipeline (concurrent ONNX Runtime runs): every
+    output element and pixel, the report's order and a bad file's failure as with one worker."""
+    from scanside import Pipeline
+
+    bad = tmp_path / "bad" / "truncated.dcm"
+    bad.parent.mkdir()
+    bad.write_bytes(all_kinds[0].read_bytes()[:300])
+    inputs = [*all_kinds, bad]
+    pipe = Pipeline.load(concat_engine, threads=1)
+    runs = {}
+    for workers in (1, 3):
+        out = tmp_path / f"out{workers}"
+        report = enhance_series(inputs, pipe, out, progress=False, workers=workers, steps=4)
+        runs[workers] = ([p.relative_to(out) for p in report.written], report.failures,
+                         {p.relative_to(out): timeless(p) for p in report.written})
+    assert runs[3][0] == runs[1][0] and len(runs[1][0]) == len(all_kinds)
+    assert runs[3][1] == runs[1][1] and [p for p, _ in runs[1][1]] == [bad]
+    assert runs[3][2] == runs[1][2]
