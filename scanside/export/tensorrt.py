@@ -9,8 +9,11 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from scanside.errors import InputError
 from scanside.runtime.artifacts import Manifest
+from scanside.runtime.engines import Backend
 from scanside.runtime.engines.tensorrt import cache_root, ensure_plan, trtexec_command
+from scanside.runtime.pipeline import unfit_backends
 
 SCRIPT_HEADER = """#!/usr/bin/env bash
 # TensorRT plans for {engine} with trtexec, written by `scanside export --trtexec-script`.
@@ -23,8 +26,15 @@ mkdir -p "$ENGINE/tensorrt/trtexec"
 """
 
 
+def check_for_tensorrt(engine_dir: Path, manifest: Manifest) -> None:
+    reason = unfit_backends(manifest, engine_dir).get(Backend.TENSORRT)
+    if reason:
+        raise InputError(f"--tensorrt/--trtexec-script: {reason}")
+
+
 def trtexec_script(engine_dir: Path, manifest: Manifest, trt_major: int = 10) -> str:
     """A bash script with one trtexec command per component."""
+    check_for_tensorrt(engine_dir, manifest)
     compat = "" if trt_major >= 10 else " (weakly typed: --fp16/--int8 from the manifest)"
     lines = [SCRIPT_HEADER.format(engine=engine_dir, engine_q=shlex.quote(str(engine_dir)),
                                   precision=manifest.precision.value, major=trt_major,
@@ -42,6 +52,7 @@ def trtexec_script(engine_dir: Path, manifest: Manifest, trt_major: int = 10) ->
 
 def build_plans(engine_dir: Path, manifest: Manifest) -> list[Path]:
     """Build (or find cached) every component's plan for this GPU now."""
+    check_for_tensorrt(engine_dir, manifest)
     root = cache_root(engine_dir, manifest.source_hash)
     return [ensure_plan(root, name, engine_dir / c.file, c.sha256, c.spec, c.precision.value)
             for name, c in manifest.components.items()]

@@ -66,6 +66,13 @@ class Component:
                    data.get("quantization"))
 
 
+class Attention(str, enum.Enum):
+    """How the attention layers were exported (scanside/export/attention.py)."""
+
+    PLAIN = "plain"  # MatMul/Softmax/MatMul: every backend, TensorRT included
+    FUSED = "fused"  # com.microsoft.MultiHeadAttention: ONNX Runtime only
+
+
 @dataclass(frozen=True)
 class Manifest:
     source_hash: str
@@ -93,6 +100,7 @@ class Manifest:
     # The model's own enhancement settings (prompt, strength, steps, guidance, scheduler), from
     # the checkpoint's scanside.json; arguments a caller gives win over them.
     enhance_defaults: Mapping[str, Any] = field(default_factory=dict)
+    attention: Attention = Attention.PLAIN
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -110,6 +118,7 @@ class Manifest:
                          "reference": "fp32 engine of the same checkpoint",
                          "calibration": self.calibration},
             "enhance_defaults": dict(self.enhance_defaults),
+            "attention": self.attention.value,
         }
 
     @classmethod
@@ -128,6 +137,7 @@ class Manifest:
             final_image_psnr_db=data["accuracy"]["final_image_psnr_db"],
             calibration=data["accuracy"]["calibration"],
             enhance_defaults=data.get("enhance_defaults", {}),
+            attention=Attention(data.get("attention", Attention.PLAIN.value)),
         )
 
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from scanside.errors import InputError
 
 from . import images, schedulers
-from .artifacts import COMPONENTS, TOKENIZER, Conditioning, Manifest, read_manifest
+from .artifacts import COMPONENTS, TOKENIZER, Attention, Conditioning, Manifest, read_manifest
 from .default import default_engine_dir
 from .engines import Backend, Engine, GpuOptions, open_engine
 from .schedulers import Plan, SchedulerName
@@ -91,6 +91,16 @@ def fixed_draw(fixed: Optional[np.ndarray], draw: NoiseSource, shape: tuple[int,
     return fixed.astype(np.float32)
 
 
+def unfit_backends(manifest: Manifest, engine_dir: Path) -> dict[Backend, str]:
+    """Backends this engine cannot run on, with why and the fix."""
+    if manifest.attention is Attention.FUSED:
+        return {Backend.TENSORRT: (
+            f"{engine_dir} was exported with --attention fused (ONNX Runtime's "
+            "MultiHeadAttention), which TensorRT's parser does not take; re-export it with "
+            "--attention plain (TensorRT fuses attention itself)")}
+    return {}
+
+
 @dataclass
 class Pipeline:
     """Stable-Diffusion-style inference over one engine directory; torch-free."""
@@ -118,10 +128,10 @@ class Pipeline:
         from scanside.runtime.engines.devices import choose
 
         engine_dir = default_engine_dir() if engine_dir is None else Path(engine_dir)
-        backend, notes = choose(backend)
+        manifest = read_manifest(engine_dir, verify=verify)
+        backend, notes = choose(backend, unfit_backends(manifest, engine_dir))
         for note in notes:
             log.info("%s", note)
-        manifest = read_manifest(engine_dir, verify=verify)
         tokenizer = ClipTokenizer.from_json(
             json.loads((engine_dir / TOKENIZER).read_text(encoding="utf-8")),
             str(engine_dir / TOKENIZER),

@@ -106,19 +106,22 @@ def missing(backend: Backend, ort_providers: Optional[Callable[[], list[str]]] =
     return None
 
 
-def choose(requested: "str | Backend", **probes: Any) -> tuple[Backend, list[str]]:
+def choose(requested: "str | Backend", unfit: "Optional[dict[Backend, str]]" = None,
+           **probes: Any) -> tuple[Backend, list[str]]:
     """(the backend to use, notes): an explicit backend that is missing raises with the
     reason and the install command; ``auto`` takes the first present in AUTO_ORDER and its
-    notes say why each faster one was passed over."""
+    notes say why each faster one was passed over. ``unfit``: backends the engine itself
+    cannot run on, with why (refused like a missing one)."""
+    unfit = unfit or {}
     backend = Backend.parse(requested)
     if backend is not Backend.AUTO:
-        reason = missing(backend, **probes)
+        reason = unfit.get(backend) or missing(backend, **probes)
         if reason:
             raise BackendUnavailable(f"backend {backend.value}: {reason}; or use --backend cpu")
         return backend, []
     notes = []
     for candidate in AUTO_ORDER:
-        reason = missing(candidate, **probes)
+        reason = unfit.get(candidate) or missing(candidate, **probes)
         if reason is None:
             notes.append(f"backend auto: chose {candidate.value}")
             return candidate, notes
