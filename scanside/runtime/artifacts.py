@@ -101,6 +101,9 @@ class Manifest:
     # the checkpoint's scanside.json; arguments a caller gives win over them.
     enhance_defaults: Mapping[str, Any] = field(default_factory=dict)
     attention: Attention = Attention.PLAIN
+    # A VAE measured at export to be a per-pixel affine map (scanside/export/affine.py): its
+    # encode weight/bias/std and decode weight/bias, run in numpy instead of its graphs.
+    vae_affine: Optional[Mapping[str, Any]] = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -119,6 +122,7 @@ class Manifest:
                          "calibration": self.calibration},
             "enhance_defaults": dict(self.enhance_defaults),
             "attention": self.attention.value,
+            "vae_affine": self.vae_affine,
         }
 
     @classmethod
@@ -138,6 +142,7 @@ class Manifest:
             calibration=data["accuracy"]["calibration"],
             enhance_defaults=data.get("enhance_defaults", {}),
             attention=Attention(data.get("attention", Attention.PLAIN.value)),
+            vae_affine=data.get("vae_affine"),
         )
 
 

@@ -136,3 +136,12 @@ def keep_low_frequencies(output: np.ndarray, source: np.ndarray, sigma: float) -
     """Data consistency: ``output`` with its content coarser than ``sigma`` px replaced by
     ``source``'s, so large-scale means (HU of a flat organ) stay the input's; [0, 1]."""
     return np.clip(output + gaussian_blur(source - output, sigma), 0.0, 1.0).astype(np.float32)
+
+
+def per_pixel_affine(weight: "np.ndarray | list", bias: "np.ndarray | list",
+                     x: np.ndarray) -> np.ndarray:
+    """(B, in, H, W) -> (B, out, H, W): ``weight`` (out, in) @ x + ``bias`` at every pixel
+    (a pixel-space model's VAE, measured at export: scanside/export/affine.py)."""
+    w = np.asarray(weight, np.float32)
+    out = np.einsum("oi,bihw->bohw", w, x.astype(np.float32, copy=False), optimize=True)
+    return out + np.asarray(bias, np.float32)[None, :, None, None]

@@ -141,10 +141,12 @@ class Pipeline:
             from scanside.runtime.engines.tensorrt import SharedScratch
 
             scratch = SharedScratch()
+        # A VAE measured to be a per-pixel affine map runs as that map: its graphs stay shut.
+        names = [n for n in COMPONENTS if not (manifest.vae_affine and n.startswith("vae_"))]
         engines = {
             name: open_engine(engine_dir, manifest.components[name], manifest.source_hash,
                               backend, threads, gpu, scratch)
-            for name in COMPONENTS
+            for name in names
         }
         pipe = cls(engine_dir, manifest, tokenizer, engines, backend)
         pipe.check_max_tile(max_tile)
@@ -243,14 +245,25 @@ class Pipeline:
         return (1, self.manifest.components["unet"].spec.outputs[0].shape[1], height // f, width // f)
 
     def encode(self, pixels: np.ndarray, grid: Optional[Grid] = None) -> tuple[np.ndarray, np.ndarray]:
+        affine = self.manifest.vae_affine
         with self.timer.stage("vae_encode"):
+            if affine:  # per pixel: no tiles needed
+                e = affine["encode"]
+                mean = images.per_pixel_affine(e["weight"], e["bias"], pixels)
+                std = np.broadcast_to(np.asarray(e["std"], np.float32)[None, :, None, None],
+                                      mean.shape)
+                return mean, std
             out = self.run("vae_encoder", {"image": pixels}, grid, "image", 1,
                            self.manifest.vae_factor)
         return out["latent_mean"], out["latent_std"]  # (1, 4, h, w) each
 
     def decode(self, latents: np.ndarray, grid: Optional[Grid] = None) -> np.ndarray:
         scaled = latents / np.float32(self.manifest.vae_scaling_factor)
+        affine = self.manifest.vae_affine
         with self.timer.stage("vae_decode"):
+            if affine:
+                d = affine["decode"]
+                return images.per_pixel_affine(d["weight"], d["bias"], scaled)
             return self.run("vae_decoder", {"latent": scaled}, grid, "latent",
                             self.manifest.vae_factor, 1)["image"]  # (1, C, H, W)
 
@@ -451,6 +464,7 @@ class Pipeline:
         identity = {"scanside": __version__, "backend": self.backend.value,
                     "max_tile": self.max_tile, "settings": settings,
                     "components": {name: c.sha256 for name, c in sorted(m.components.items())},
+                    "vae_affine": m.vae_affine,
                     "noise": (hashlib.sha256(np.ascontiguousarray(noise)).hexdigest()
                               if noise is not None else None)}
         text = json.dumps(identity, sort_keys=True, default=str)
