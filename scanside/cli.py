@@ -465,6 +465,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_bench_series(args: argparse.Namespace) -> int:
     from scanside.bench import report
+    from scanside.bench.machine import cpu_label
     from scanside.bench.series import run_series
 
     result = run_series(args.engine_dir, args.series, args.size or 512, args.threads,
@@ -473,7 +474,7 @@ def cmd_bench_series(args: argparse.Namespace) -> int:
           f"`scanside enhance` (DICOM read, enhance, derived write), {result['precision']} "
           f"engine, model settings, {result['workers']} worker(s) x "
           f"{result['threads_per_worker']} thread(s): {result['slices_per_second']:.2f} slices/s, "
-          f"{result['seconds_per_slice']:.3f} s per slice ({result['machine'].get('cpu')})")
+          f"{result['seconds_per_slice']:.3f} s per slice ({cpu_label(result['machine']['cpu'])})")
     if args.json:
         report.write_json(result, args.json)
         print(f"wrote {args.json}")

@@ -19,8 +19,21 @@ LIBRARIES = ("scanside", "numpy", "onnxruntime", "onnxruntime-gpu", "pydicom", "
              "diffusers", "transformers", "onnx", "optimum-onnx", "tensorrt")
 
 
+def host_class(flags: "set[str] | list[str]", machine: str = "") -> str:
+    """The matrix unit int8 and fp32 kernels can reach: what separates two hosts' figures
+    (a cloud VM's model name is often just "AMD EPYC")."""
+    flags = set(flags)
+    for flag, name in (("amx_int8", "x86-amx"), ("avx512_vnni", "x86-avx512-vnni"),
+                       ("avx_vnni", "x86-avx-vnni"), ("avx512f", "x86-avx512"),
+                       ("avx2", "x86-avx2"), ("i8mm", "arm64-i8mm"), ("asimddp", "arm64-dotprod")):
+        if flag in flags:
+            return name
+    return machine or platform.machine()
+
+
 def cpu_info() -> dict[str, Any]:
     model, flags = platform.processor() or platform.machine(), set()
+    ident: dict[str, str] = {}
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         for line in cpuinfo.read_text(errors="replace").splitlines():
@@ -30,9 +43,22 @@ def cpu_info() -> dict[str, Any]:
                 model = value.strip()
             elif key in ("flags", "features"):
                 flags.update(value.split())
+            elif key in ("vendor_id", "cpu family", "model", "stepping") and value.strip():
+                ident.setdefault(key.replace(" ", "_"), value.strip())
     return {"model": model, "machine": platform.machine(), "logical_cores": os.cpu_count(),
             "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+            # vendor, family, model number, stepping: e.g. AMD family 25 is Zen 3/4, 26 Zen 5
+            "id": ident, "host_class": host_class(flags, platform.machine()),
             "flags": sorted(f for f in INTERESTING_FLAGS if f in flags)}
+
+
+def cpu_label(cpu: dict[str, Any]) -> str:
+    """One line for a report: model, family/model numbers, host class, cores."""
+    ident = cpu.get("id") or {}
+    numbers = (f" (family {ident['cpu_family']} model {ident['model']})"
+               if "cpu_family" in ident and "model" in ident else "")
+    return (f"{cpu.get('model')}{numbers}, {cpu.get('host_class', '?')}, "
+            f"{cpu.get('usable_cores')} usable cores")
 
 
 def gpu_info() -> Optional[list[dict[str, str]]]:

@@ -8,6 +8,8 @@ from typing import Any
 
 from scanside.files import atomic_path
 
+from .machine import cpu_label
+
 ORDER = ("dicom_read", "text", "vae_encode", "unet_step", "unet_total", "scheduler",
          "vae_decode", "dicom_write", "total")
 LABELS = {"dicom_read": "DICOM read", "text": "tokenise + text encoder", "vae_encode": "VAE encode",
@@ -24,7 +26,7 @@ def table(result: dict[str, Any]) -> str:
         f"{s['task']} {s['size']}x{s['size']}, {s['steps']} steps ({s['unet_steps']} UNet calls), "
         f"strength {s['strength']}, guidance {s['guidance']}, {s['scheduler']}; "
         f"{s['repeat']} runs after {s['warmup']} warm-up",
-        f"machine: {cpu['model']}, {cpu['logical_cores']} logical cores, flags {' '.join(cpu['flags'])}",
+        f"machine: {cpu_label(cpu)}, flags {' '.join(cpu['flags'])}",
         "",
         f"{'stage':26} {'median s':>9} {'p90 s':>9} {'min s':>9} {'GFLOP':>8} {'GFLOP/s':>8} {'of peak':>8}",
     ]
