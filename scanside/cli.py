@@ -92,30 +92,25 @@ def gpu_options(args: argparse.Namespace):
 
 
 def load_for_slices(args: argparse.Namespace):
-    """(Pipeline, slices in flight) for --workers: on the CPU each of the workers' engine
-    calls gets its share of the cores (scanside.runtime.parallel); the GPU backends run one
-    slice at a time."""
+    """(Pipeline, images in flight) for --workers: on the CPU each worker's engine calls get
+    its share of the cores; on a GPU the workers' engine calls take turns while their reading,
+    decoding and writing overlap (scanside.runtime.parallel)."""
     from scanside import Pipeline
-    from scanside.runtime.engines import Backend
     from scanside.runtime.parallel import default_workers, threads_per_worker
 
     workers = args.workers or default_workers()
     pipe = Pipeline.load(args.engine, args.backend, max_tile=args.max_tile,
                          gpu=gpu_options(args), threads=threads_per_worker(workers))
-    if pipe.backend is not Backend.CPU:
-        if workers > 1 and args.workers:
-            raise InputError(f"--workers {args.workers}: backend {pipe.backend.value} runs one "
-                             "slice at a time (one set of device buffers per engine); leave "
-                             "--workers out or give 1")
-        workers = 1
     return pipe, workers
 
 
 def add_workers(p: argparse.ArgumentParser, ray: bool = False) -> None:
     extra = "; with --ray: actors, each holding the engines (default 2)" if ray else ""
     p.add_argument("--workers", type=positive_int, default=None,
-                   help="images (DICOM slices, PNG/NPY files) enhanced at once, each engine call on its share of the "
-                        "cores (default: 2 where there are 2 or more cores, 1 on a GPU)" + extra)
+                   help="images (DICOM slices, PNG/NPY files) in flight at once: on the CPU each "
+                        "engine call runs on its share of the cores, on a GPU the engine calls "
+                        "take turns while reading and writing overlap (default: 2 where there "
+                        "are 2 or more cores)" + extra)
 
 
 def add_node_options(p: argparse.ArgumentParser) -> None:

@@ -7,8 +7,9 @@ layout reorders between its convolutions scale poorly across threads, and a slic
 decode, scheduler step and encode are single-threaded Python; two slices in flight fill both
 gaps. So a CPU series runs ``workers`` slices at once, each engine call on its share of the
 cores. ONNX Runtime sessions take concurrent ``run`` calls (the shared arena is locked), so
-the workers share one Pipeline. GPU backends keep one set of device buffers per engine: one
-slice at a time there.
+the workers share one Pipeline. GPU backends keep one set of device buffers per engine: there
+the workers' engine calls take turns (``Pipeline.engine_lock``) while one worker's DICOM
+decode and write overlap the other's GPU work.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Union
@@ -114,6 +115,10 @@ class Pipeline:
     # in max_tile tiles: the memory budget. None: the engine's largest size (its profile).
     max_tile: Optional[int] = None
     timer: StageTimer = field(default_factory=NullTimer, repr=False)  # set by benchmarks
+    # Held around every engine call on the GPU backends, whose engines keep one set of device
+    # buffers: several slices' reading, scheduling and writing still overlap there (workers),
+    # their engine calls take turns. ONNX Runtime's CPU sessions run concurrent calls.
+    engine_lock: Optional[threading.Lock] = field(default=None, repr=False)
     _embeddings: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -148,7 +153,8 @@ class Pipeline:
                               backend, threads, gpu, scratch)
             for name in names
         }
-        pipe = cls(engine_dir, manifest, tokenizer, engines, backend)
+        pipe = cls(engine_dir, manifest, tokenizer, engines, backend,
+                   engine_lock=None if backend is Backend.CPU else threading.Lock())
         pipe.check_max_tile(max_tile)
         pipe.max_tile = max_tile
         return pipe
@@ -192,13 +198,19 @@ class Pipeline:
         overlap = max(m.divisor, min(th, tw) // 4 // m.divisor * m.divisor)
         return Grid.plan(height, width, th, tw, overlap, m.divisor)
 
+    def call(self, engine: Engine, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.engine_lock is None:
+            return engine.run(feeds)
+        with self.engine_lock:
+            return engine.run(feeds)
+
     def run(self, name: str, feeds: dict[str, np.ndarray], grid: Optional[Grid],
             tiled: str, in_scale: int, out_scale: int) -> dict[str, np.ndarray]:
         """One engine call, over ``grid``'s tiles when there is one: ``tiled`` names the
         spatial input; other inputs with a batch axis follow each tile's sample."""
         engine = self.engines[name]
         if grid is None:
-            return engine.run(feeds)
+            return self.call(engine, feeds)
         spec = self.manifest.components[name].spec
         names = [o.name for o in spec.outputs]
         batch_axis = spec.inputs[0].shape[0]  # "B" or "UB"
@@ -212,7 +224,7 @@ class Pipeline:
         def call(batch: np.ndarray, rows: np.ndarray) -> list[np.ndarray]:
             others = {k: (v[rows] if k in batched else v)
                       for k, v in feeds.items() if k != tiled}
-            out = engine.run({tiled: batch, **others})
+            out = self.call(engine, {tiled: batch, **others})
             return [out[n] for n in names]
 
         fused = run_tiled(call, feeds[tiled], grid, in_scale, out_scale, max_batch)
@@ -226,7 +238,7 @@ class Pipeline:
         if prompt not in self._embeddings:
             with self.timer.stage("text"):
                 ids = self.tokenizer([prompt])  # (1, 77) int32
-                out = self.engines["text_encoder"].run({"input_ids": ids})
+                out = self.call(self.engines["text_encoder"], {"input_ids": ids})
             self._embeddings[prompt] = out["last_hidden_state"]
         return self._embeddings[prompt]
 

@@ -97,3 +97,35 @@ def test_stopping_early_cancels_what_has_not_started():
             break
     time.sleep(0.1)
     assert len(started) <= 2 + 2 * 2  # the loop's window, not the hundred
+
+
+def test_gpu_engine_calls_take_turns_cpu_ones_do_not(tiny_engine):
+    """A GPU engine's device buffers are one per engine: calls from several workers must not
+    overlap there (Pipeline.engine_lock); on the CPU they run at once."""
+    from scanside import Pipeline
+
+    class Recording:
+        def __init__(self):
+            self.running, self.most = 0, 0
+            self.lock = threading.Lock()
+
+        def run(self, feeds):
+            with self.lock:
+                self.running += 1
+                self.most = max(self.most, self.running)
+            time.sleep(0.03)
+            with self.lock:
+                self.running -= 1
+            return {}
+
+    pipe = Pipeline.load(tiny_engine)
+    assert pipe.engine_lock is None  # the CPU backend
+    for lock, expected in ((None, 3), (threading.Lock(), 1)):
+        pipe.engine_lock = lock
+        engine = Recording()
+        threads = [threading.Thread(target=pipe.call, args=(engine, {})) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert engine.most == expected
