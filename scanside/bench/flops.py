@@ -1,7 +1,8 @@
 """FLOPs of an exported component at the benchmarked shape, counted from the ONNX graph.
 
-FLOPs = 2 x multiply-accumulates of Conv, ConvTranspose, MatMul and Gemm (everything else —
-norms, softmax, activations — is memory-bound and small in FLOPs). Shapes come from ONNX
+FLOPs = 2 x multiply-accumulates of Conv, ConvTranspose, MatMul, Gemm and ONNX Runtime's fused
+MultiHeadAttention (its two products, as the unfused MatMuls would count them; everything
+else — norms, softmax, activations — is memory-bound and small in FLOPs). Shapes come from ONNX
 Runtime's symbolic shape inference (it propagates the Shape/Reshape arithmetic of attention,
 which onnx's own inference leaves unknown) on the graph with its dims bound to the run's sizes.
 """
@@ -14,7 +15,7 @@ from typing import Mapping
 
 import numpy as np
 
-COUNTED = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+COUNTED = ("Conv", "ConvTranspose", "MatMul", "Gemm", "MultiHeadAttention")
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,13 @@ def node_macs(node, table: Mapping[str, tuple[int, ...]]) -> int | None:
         if node.op_type == "Conv":
             return int(np.prod(out)) * int(np.prod(weight[1:]))
         return int(np.prod(inp)) * int(np.prod(weight[1:]))
+    if node.op_type == "MultiHeadAttention":
+        # query (B, S, D), key (B, L, D), value (B, L, Dv): q k^T is S x L x D per batch
+        # (D split over the heads), scores x v is S x L x Dv.
+        q, k, v = (table.get(name) for name in node.input[:3])
+        if q is None or k is None or v is None or len(k) != 3:
+            return None
+        return q[0] * q[1] * k[1] * (q[2] + v[2])
     a, out = table.get(node.input[0]), table.get(node.output[0])
     if a is None or out is None:
         return None

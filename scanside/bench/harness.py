@@ -113,6 +113,10 @@ def flops_per_stage(pipe, size: int, guidance: float) -> dict[str, Optional[int]
     sizes = size_bindings(size, size, pipe.manifest.vae_factor, unet_batch=2 if guidance > 1 else 1)
     files = {"text": "text_encoder", "vae_encode": "vae_encoder", "unet_step": "unet",
              "vae_decode": "vae_decoder"}
+    if pipe.manifest.vae_affine:
+        # The VAE runs as its measured per-pixel map, not its graphs: a few multiply-adds a
+        # pixel, nothing to set beside a matrix unit's peak.
+        files = {k: v for k, v in files.items() if not v.startswith("vae_")}
     out: dict[str, Optional[int]] = {}
     for stage, component in files.items():
         try:

@@ -86,3 +86,11 @@ def test_the_pipeline_runs_the_map_not_the_graphs_and_agrees_with_them(ct_tiny_e
     a, b = fast.enhance(image), graphs.enhance(image)
     assert np.abs(a - b).max() < 2e-3  # the graphs' float32 GroupNorm rounding, no more
     assert fast.fingerprint() != graphs.fingerprint()  # derived UIDs tell them apart
+
+
+def test_the_bench_sets_no_graph_flops_beside_an_affine_vae(ct_tiny_engine):
+    """The VAE's graph FLOPs divided by the affine map's time read 500 % of the peak."""
+    from scanside.bench.harness import flops_per_stage
+
+    flops = flops_per_stage(Pipeline.load(ct_tiny_engine), 64, guidance=1.0)
+    assert set(flops) == {"text", "unet_step"} and flops["unet_step"] > 0

@@ -98,3 +98,13 @@ def test_a_masked_attention_keeps_diffusers_processor():
     reference = attn(x)
     attn.set_processor(processor)
     assert torch.allclose(attn(x), reference, atol=1e-6)
+
+
+def test_the_fused_node_counts_the_flops_of_the_products_it_replaced(fused_engine, tiny_engine):
+    from scanside.bench.flops import count_flops
+
+    for component, sizes in (("unet", {"UB": 1, "h": 8, "w": 8}), ("vae_decoder", {"B": 1})):
+        plain = count_flops(tiny_engine / f"{component}.onnx", sizes)
+        fused = count_flops(fused_engine / f"{component}.onnx", sizes)
+        assert fused.unknown_nodes == plain.unknown_nodes == 0
+        assert fused.flops == plain.flops > 0
