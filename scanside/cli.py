@@ -447,6 +447,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"precision   {m.precision.value}   opset {m.opset}   image {size}, {m.image_channels} channel(s)")
     print(f"conditioning {m.conditioning.value}   VAE factor {m.vae_factor}, scaling {m.vae_scaling_factor}")
     print(f"scheduler   {m.scheduler_config.get('_class_name', '?')}   source {m.source_hash[:16]}")
+    fused = " (ONNX Runtime's MultiHeadAttention: not for TensorRT)" if m.attention.value == "fused" else ""
+    print(f"attention   {m.attention.value}{fused}")
+    if m.vae_affine:
+        parity = m.vae_affine["parity"]
+        print(f"VAE         a per-pixel affine map, run in numpy instead of its graphs (max|diff| "
+              f"{parity['max_abs_diff']:.3g} vs torch, tolerance {parity['tolerance']:.3g})")
     print_accuracy(m)
     print("built with  " + ", ".join(f"{k} {v}" for k, v in m.versions.items()))
     if args.verify:

@@ -54,11 +54,16 @@ def test_generate(tiny_engine, tmp_path, capsys):
 
 
 def test_info(tiny_engine, capsys):
+    from scanside.runtime.default import default_engine_dir
+
     code, out, _ = run(capsys, "info", tiny_engine, "--verify")
     assert code == 0
     assert "unet" in out and "fp32" in out and "verified" in out
+    assert "attention   plain" in out and "affine" not in out  # SD's VAE mixes pixels
     code, out, _ = run(capsys, "info", tiny_engine, "--json")
     assert json.loads(out)["magic"] == "scanside-engine"
+    code, out, _ = run(capsys, "info", default_engine_dir())
+    assert "a per-pixel affine map" in out
 
 
 @pytest.mark.parametrize(
