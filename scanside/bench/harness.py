@@ -105,14 +105,17 @@ def stage_table(runs: list[dict[str, list[float]]]) -> dict[str, dict[str, float
     return {name: summary(values) for name, values in stages.items()}
 
 
+STAGE_COMPONENTS = {"text": "text_encoder", "vae_encode": "vae_encoder", "unet_step": "unet",
+                    "vae_decode": "vae_decoder"}
+
+
 def flops_per_stage(pipe, size: int, guidance: float) -> dict[str, Optional[int]]:
     try:
         from .flops import count_flops
     except ImportError:
         return {}
     sizes = size_bindings(size, size, pipe.manifest.vae_factor, unet_batch=2 if guidance > 1 else 1)
-    files = {"text": "text_encoder", "vae_encode": "vae_encoder", "unet_step": "unet",
-             "vae_decode": "vae_decoder"}
+    files = dict(STAGE_COMPONENTS)
     if pipe.manifest.vae_affine:
         # The VAE runs as its measured per-pixel map, not its graphs: a few multiply-adds a
         # pixel, nothing to set beside a matrix unit's peak.
@@ -162,12 +165,18 @@ def run_bench(engine_dir: Path, settings: Settings, progress: bool = True) -> di
     device_after = machine.device_memory_in_use() if on_gpu else None
     stages = stage_table(runs)
     flops = flops_per_stage(pipe, size, settings.guidance)
-    measured_peak = peak.measure(threads=settings.threads)
+    precisions = {stage: pipe.manifest.components[c].precision.value
+                  for stage, c in STAGE_COMPONENTS.items()}
+    measured_peak = peak.measure(threads=settings.threads, int8="int8" in precisions.values())
     for name, count in flops.items():
         if name in stages and count:
+            # An int8 component against the int8 peak (its MACs run as u8 x s8 products).
+            int8 = precisions[name] == "int8" and "int8_gops" in measured_peak
             stages[name]["gflop"] = count / 1e9
             stages[name]["gflops_achieved"] = count / stages[name]["median"] / 1e9
-            stages[name]["fraction_of_peak"] = stages[name]["gflops_achieved"] / measured_peak["gflops"]
+            stages[name]["peak_used"] = "int8" if int8 else "float32"
+            stages[name]["fraction_of_peak"] = stages[name]["gflops_achieved"] / (
+                measured_peak["int8_gops"] if int8 else measured_peak["gflops"])
     weights = sum(c.bytes for c in pipe.manifest.components.values())
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,

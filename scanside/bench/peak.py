@@ -51,9 +51,22 @@ def best_seconds(run: Callable[[], object], repeat: int) -> float:
     return best
 
 
-def measure(repeat: int = 5, threads: int | None = None) -> dict[str, object]:
+def matmul_integer_model_bytes(n: int = N) -> bytes:
+    from onnx import TensorProto, helper
+
+    a = helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n])
+    b = helper.make_tensor_value_info("b", TensorProto.INT8, [n, n])
+    c = helper.make_tensor_value_info("c", TensorProto.INT32, [n, n])
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["c"])], "peak",
+                              [a, b], [c])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return model.SerializeToString()
+
+
+def measure(repeat: int = 5, threads: int | None = None, int8: bool = False) -> dict[str, object]:
     """Best-of-``repeat`` GFLOP/s of the MatMul and the convolution, and the better of the two;
-    numpy's (BLAS) matmul where onnx is absent."""
+    numpy's (BLAS) matmul where onnx is absent. ``int8``: also ``int8_gops``, the u8 x s8
+    MatMulInteger rate (MLAS's VNNI/AMX path where the CPU has it, as the engines' QDQ nodes)."""
     rng = np.random.default_rng(0)
     a, b = (rng.standard_normal((N, N), dtype=np.float32) for _ in range(2))
     matmul_flops = 2 * N**3
@@ -77,8 +90,15 @@ def measure(repeat: int = 5, threads: int | None = None) -> dict[str, object]:
     conv_flops = 2 * CONV_CHANNELS**2 * 9 * CONV_SIDE**2
     # The convolution is 4.8 GFLOP against the MatMul's 17: more rounds for the same time.
     conv_gflops = conv_flops / best_seconds(lambda: conv.run(None, {"x": x}), 4 * repeat) / 1e9
+    extra = {}
+    if int8:
+        ua = rng.integers(0, 256, (N, N), dtype=np.uint8)
+        sb = rng.integers(-128, 128, (N, N), dtype=np.int8)
+        integer = session(matmul_integer_model_bytes())
+        extra["int8_gops"] = matmul_flops / best_seconds(
+            lambda: integer.run(None, {"a": ua, "b": sb}), repeat) / 1e9
     return {"gflops": max(matmul_gflops, conv_gflops), "matmul_gflops": matmul_gflops,
-            "conv_gflops": conv_gflops,
+            "conv_gflops": conv_gflops, **extra,
             "how": (f"onnxruntime, best of a {N}x{N}x{N} MatMul ({matmul_gflops:.0f}) and a 3x3 "
                     f"Conv {CONV_CHANNELS}->{CONV_CHANNELS} at {CONV_SIDE}x{CONV_SIDE} "
                     f"({conv_gflops:.0f}), float32")}

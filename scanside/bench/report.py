@@ -45,7 +45,9 @@ def table(result: dict[str, Any]) -> str:
         + (f"; GPU memory used {mem['gpu_used_mib']:.0f} MiB" if mem.get("gpu_used_mib") else "")
         + (f"; taken on the device {mem['device_memory_taken_bytes'] / 2**20:.0f} MiB"
            if mem.get("device_memory_taken_bytes") is not None else ""),
-        f"machine peak: {result['peak']['gflops']:.1f} GFLOP/s ({result['peak']['how']})",
+        f"machine peak: {result['peak']['gflops']:.1f} GFLOP/s ({result['peak']['how']})"
+        + (f"; int8 {result['peak']['int8_gops']:.1f} GOP/s (u8 x s8 MatMulInteger), the "
+           "peak of the int8 stages" if "int8_gops" in result["peak"] else ""),
     ]
     if result.get("peers"):
         lines += ["", peers_table(result)]

@@ -212,3 +212,14 @@ def test_sensitivity_leaves_no_files_beside_a_large_model(tiny_engine, tmp_path)
     before = sorted(p.name for p in tmp_path.iterdir())
     sensitivity.measure(src, qdq, [], ["Conv"])
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_bench_sets_int8_stages_beside_the_int8_peak(int8_engine):
+    """An int8 UNet's FLOP rate over the float32 peak read 230 % on a VNNI host."""
+    from scanside.bench.harness import Settings, run_bench
+
+    result = run_bench(int8_engine, Settings(repeat=1, warmup=0, size=64, steps=4, strength=0.5))
+    assert result["peak"]["int8_gops"] > 0
+    unet = result["stages"]["unet_step"]
+    assert unet["peak_used"] == "int8"
+    assert unet["fraction_of_peak"] == unet["gflops_achieved"] / result["peak"]["int8_gops"]
