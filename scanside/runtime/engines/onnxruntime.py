@@ -16,7 +16,6 @@ ONNX Runtime's execution-provider documentation.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Mapping
 
@@ -79,7 +78,7 @@ def register_shared_arena() -> None:
     if not _shared_arena:
         info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0,
                                  ort.OrtMemType.DEFAULT)
-        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, int(os.environ.get("SS_ARENA", "-1")), -1, -1))
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
         _shared_arena = True
 
 
