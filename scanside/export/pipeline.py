@@ -163,6 +163,13 @@ def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional
     if vae_affine:
         log.info("VAE: a per-pixel affine map (max abs diff %.3g vs torch); the runtime applies "
                  "it instead of the VAE graphs", vae_affine["parity"]["max_abs_diff"])
+        for name in ("vae_encoder", "vae_decoder"):
+            # Reducing graphs that never run would only cost time (and ORT's quantiser
+            # crashed on the identity VAE's shared zero weights).
+            if precisions[name] is not Precision.FP32:
+                log.warning("%s: kept fp32, not %s: the runtime applies the VAE's affine map, "
+                            "not its graphs", name, precisions[name].value)
+                precisions[name] = Precision.FP32
     manifest = Manifest(
         source_hash=folder_hash(model_dir), precision=Precision.FP32, opset=opset,
         height=height, width=width, dynamic=dynamic, image_channels=shape.image_channels,

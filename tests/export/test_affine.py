@@ -94,3 +94,17 @@ def test_the_bench_sets_no_graph_flops_beside_an_affine_vae(ct_tiny_engine):
 
     flops = flops_per_stage(Pipeline.load(ct_tiny_engine), 64, guidance=1.0)
     assert set(flops) == {"text", "unet_step"} and flops["unet_step"] > 0
+
+
+def test_int8_keeps_an_affine_vae_in_fp32_and_does_not_crash(tmp_path):
+    """ONNX Runtime's quantiser crashed on the identity VAE's shared zero weights
+    ("Expected ... conv2.weight to be an initializer"); graphs that never run are not reduced."""
+    model = build("ct-tiny", tmp_path / "ct-tiny", seed=4)
+    manifest = export_model(model, tmp_path / "e", height=64, width=64, precision="int8",
+                            synthetic_calibration=True)
+    assert manifest.vae_affine is not None
+    precisions = {n: c.precision.value for n, c in manifest.components.items()}
+    assert precisions == {"text_encoder": "int8", "unet": "int8", "vae_encoder": "fp32",
+                          "vae_decoder": "fp32"}
+    out = Pipeline.load(tmp_path / "e").enhance(np.full((64, 64), 0.5, np.float32))
+    assert out.shape == (64, 64) and np.isfinite(out).all()
