@@ -453,6 +453,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         parity = m.vae_affine["parity"]
         print(f"VAE         a per-pixel affine map, run in numpy instead of its graphs (max|diff| "
               f"{parity['max_abs_diff']:.3g} vs torch, tolerance {parity['tolerance']:.3g})")
+    if m.tuned_on:
+        print(f"tuned on    {m.tuned_on.get('host_class')} ({m.tuned_on.get('cpu')}): int8 "
+              "choices timed there")
     print_accuracy(m)
     print("built with  " + ", ".join(f"{k} {v}" for k, v in m.versions.items()))
     if args.verify:

@@ -237,8 +237,17 @@ def reduce(staging: Path, manifest: Manifest, precisions: Mapping[str, Precision
             bytes=sum(f.stat().st_size for f in onnx_files(dst)), precision=p,
             parity_max_abs_diff=diff, parity_tolerance=tolerance,
             parity_reference="fp32 onnx, held-out inputs", quantization=how)
+    tuned_on = None
+    if any(p is Precision.INT8 for p in precisions.values()):
+        # The static/dynamic and float-fallback choices were timed here: on another matrix
+        # unit (VNNI vs AMX vs ARM dot product) another layout may be the faster one.
+        from scanside.runtime.host import cpu_info
+
+        cpu = cpu_info()
+        tuned_on = {"host_class": cpu["host_class"], "cpu": str(cpu["model"])}
     reduced = dataclasses.replace(manifest, components=components,
-                                  calibration=calibration.source if calibration else None)
+                                  calibration=calibration.source if calibration else None,
+                                  tuned_on=tuned_on)
     (staging / MANIFEST).write_text(json.dumps(reduced.to_json(), indent=2), encoding="utf-8")
     reduced = dataclasses.replace(reduced, final_image_psnr_db=final_psnr(fp32_dir, staging, held_image))
     (staging / MANIFEST).write_text(json.dumps(reduced.to_json(), indent=2), encoding="utf-8")

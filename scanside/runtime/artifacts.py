@@ -104,6 +104,9 @@ class Manifest:
     # A VAE measured at export to be a per-pixel affine map (scanside/export/affine.py): its
     # encode weight/bias/std and decode weight/bias, run in numpy instead of its graphs.
     vae_affine: Optional[Mapping[str, Any]] = None
+    # int8 engines: the host whose kernels the quantisation choices were timed on
+    # ({"host_class": "x86-avx512-vnni", "cpu": ...}).
+    tuned_on: Optional[Mapping[str, str]] = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -123,6 +126,7 @@ class Manifest:
             "enhance_defaults": dict(self.enhance_defaults),
             "attention": self.attention.value,
             "vae_affine": self.vae_affine,
+            "tuned_on": self.tuned_on,
         }
 
     @classmethod
@@ -143,6 +147,7 @@ class Manifest:
             enhance_defaults=data.get("enhance_defaults", {}),
             attention=Attention(data.get("attention", Attention.PLAIN.value)),
             vae_affine=data.get("vae_affine"),
+            tuned_on=data.get("tuned_on"),
         )
 
 

@@ -157,6 +157,15 @@ class Pipeline:
                    engine_lock=None if backend is Backend.CPU else threading.Lock())
         pipe.check_max_tile(max_tile)
         pipe.max_tile = max_tile
+        if backend is Backend.CPU and manifest.tuned_on:
+            from .host import host_class
+
+            here = host_class()
+            if manifest.tuned_on.get("host_class") != here:
+                log.warning("%s: its int8 choices were timed on %s (%s), this CPU is %s; "
+                            "re-export it here for the layout fastest on this host",
+                            engine_dir, manifest.tuned_on.get("host_class"),
+                            manifest.tuned_on.get("cpu"), here)
         return pipe
 
     # -- tiles ----------------------------------------------------------------------------

@@ -223,3 +223,22 @@ def test_bench_sets_int8_stages_beside_the_int8_peak(int8_engine):
     unet = result["stages"]["unet_step"]
     assert unet["peak_used"] == "int8"
     assert unet["fraction_of_peak"] == unet["gflops_achieved"] / result["peak"]["int8_gops"]
+
+
+def test_int8_records_the_host_it_was_tuned_on_and_warns_elsewhere(int8_engine, monkeypatch,
+                                                                    caplog, capsys):
+    from scanside.cli import main
+    from scanside.runtime import host
+    from scanside.runtime.artifacts import read_manifest
+
+    tuned = read_manifest(int8_engine).tuned_on
+    assert tuned["host_class"] == host.host_class() and tuned["cpu"]
+    assert main(["info", str(int8_engine)]) == 0
+    assert f"tuned on    {tuned['host_class']}" in capsys.readouterr().out
+    with caplog.at_level("WARNING"):
+        Pipeline.load(int8_engine)
+    assert "timed on" not in caplog.text  # the same host: nothing to say
+    monkeypatch.setattr(host, "host_class", lambda flags=None, machine="": "x86-amx")
+    with caplog.at_level("WARNING"):
+        Pipeline.load(int8_engine)
+    assert f"timed on {tuned['host_class']}" in caplog.text and "this CPU is x86-amx" in caplog.text
