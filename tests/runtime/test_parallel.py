@@ -17,8 +17,6 @@ def fake_topology(root, cores_of_cpu: dict[int, tuple[int, int]]):
 
 
 def test_threads_default_to_physical_cores_of_the_process_affinity(tmp_path):
-    from scanside.runtime.parallel import physical_cores
-
     # 4 cores with 2 SMT threads each (cpu n and n+4 share core n), one package.
     fake_topology(tmp_path, {cpu: (0, cpu % 4) for cpu in range(8)})
     assert physical_cores(set(range(8)), tmp_path) == 4  # not 8: siblings share a core
