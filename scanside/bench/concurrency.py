@@ -16,16 +16,17 @@ import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from scanside.runtime.artifacts import Manifest
 
-def unet_feeds(engine_dir: Path, size: int, batch: int) -> dict[str, np.ndarray]:
-    from scanside.runtime.artifacts import read_manifest
+
+def unet_feeds(m: "Manifest", size: int, batch: int) -> dict[str, np.ndarray]:
     from scanside.runtime.iospec import size_bindings
 
-    m = read_manifest(engine_dir)
     spec = m.components["unet"].spec
     bindings = size_bindings(size, size, m.vae_factor, batch=batch, unet_batch=batch)
     return spec.dummy_inputs({**bindings, "vocab": 2})
@@ -61,12 +62,12 @@ def measure(engine_dir: Optional[Path], size: int = 512, repeat: int = 3,
     for threads in sorted({1, cores}):
         unet = engine(threads)
         for batch in batches:
-            feeds = unet_feeds(engine_dir, size, batch)
+            feeds = unet_feeds(m, size, batch)
             rows.append({"threads": threads, "batch": batch, "calls_at_once": 1,
                          "seconds_per_image": per_image(lambda: unet.run(feeds), batch, repeat)})
     if cores > 1:
         unet = engine(1)
-        feeds = unet_feeds(engine_dir, size, 1)
+        feeds = unet_feeds(m, size, 1)
         with ThreadPoolExecutor(cores) as pool:
             def together() -> None:
                 list(pool.map(lambda _: unet.run(feeds), range(cores)))

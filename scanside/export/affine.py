@@ -35,17 +35,19 @@ def _run(module: torch.nn.Module, x: np.ndarray) -> list[np.ndarray]:
     return [o.float().numpy() for o in (out if isinstance(out, tuple) else (out,))]
 
 
-def _fit(module: torch.nn.Module, channels: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(weight (out, in), bias (out,)) from the module's outputs at the central pixel of a
-    zero input and of one-hot constant inputs."""
+def _fit(module: torch.nn.Module, channels: int,
+         size: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """(weight (out, in), bias (out,)) of the module's first output, from its central pixel on
+    a zero input and on one-hot constant inputs; and every output of the zero input."""
     zero = np.zeros((1, channels, size, size), np.float32)
-    base = _run(module, zero)[0][0, :, size // 2, size // 2]
+    at_zero = _run(module, zero)
+    base = at_zero[0][0, :, size // 2, size // 2]
     columns = []
     for c in range(channels):
         probe = zero.copy()
         probe[:, c] = 1.0
         columns.append(_run(module, probe)[0][0, :, size // 2, size // 2] - base)
-    return np.stack(columns, axis=1).astype(np.float32), base.astype(np.float32)
+    return np.stack(columns, axis=1).astype(np.float32), base.astype(np.float32), at_zero
 
 
 def _worst(outputs: list[np.ndarray], predicted: list[np.ndarray]) -> tuple[float, float]:
@@ -64,9 +66,9 @@ def measure(encoder: torch.nn.Module, decoder: torch.nn.Module, image_channels: 
     if vae_factor != 1:
         return None  # a down-sampling VAE mixes pixels by construction
     rng = np.random.default_rng(seed)
-    w_enc, b_enc = _fit(lambda x: encoder(x)[0], image_channels, size)
-    std = _run(encoder, np.zeros((1, image_channels, size, size), np.float32))[1][0, :, 0, 0]
-    w_dec, b_dec = _fit(decoder, latent_channels, size)
+    w_enc, b_enc, at_zero = _fit(encoder, image_channels, size)
+    std = at_zero[1][0, :, 0, 0]
+    w_dec, b_dec, _ = _fit(decoder, latent_channels, size)
     # Held out: noise and a ramp over 1.5x the [-1, 1] pixel range the pipeline feeds.
     ramp = np.linspace(-1.5, 1.5, size, dtype=np.float32)[None, None, :, None]
     images = np.concatenate([rng.uniform(-1.5, 1.5, (2, image_channels, size, size)),

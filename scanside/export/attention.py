@@ -103,8 +103,3 @@ def use_fused_attention(module: torch.nn.Module) -> int:
             count += 1
     return count
 
-
-def fused_nodes(graph: Any) -> int:
-    """MultiHeadAttention nodes in an onnx GraphProto."""
-    return sum(1 for n in graph.node if n.domain == DOMAIN and n.op_type == "MultiHeadAttention")
-

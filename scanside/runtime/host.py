@@ -18,7 +18,9 @@ INTERESTING_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx51
 def host_class(flags: "set[str] | list[str] | None" = None, machine: str = "") -> str:
     """The matrix unit int8 and fp32 kernels can reach: what separates two hosts' figures
     (a cloud VM's model name is often just "AMD EPYC")."""
-    flags = set(cpu_info()["flags"] if flags is None else flags)
+    if flags is None:
+        return cpu_info()["host_class"]
+    flags = set(flags)
     for flag, name in (("amx_int8", "x86-amx"), ("avx512_vnni", "x86-avx512-vnni"),
                        ("avx_vnni", "x86-avx-vnni"), ("avx512f", "x86-avx512"),
                        ("avx2", "x86-avx2"), ("i8mm", "arm64-i8mm"), ("asimddp", "arm64-dotprod")):
