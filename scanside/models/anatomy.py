@@ -15,6 +15,9 @@ three sources of slices in Hounsfield units (each a ``Scene``, scanned by ctsim'
   carry over to CT denoising; see ../shared/research/ldct-generalisation.md).
 - ``phantom``: ctsim's own phantoms with their lesions, so the lesion-weighted loss still has
   lesions to weigh.
+- ``chest``: XCIST's two voxelized XCAT adult chests (``data/xcist``, BSD-3-clause): lungs with
+  their vessels, ribs, spine, heart chambers and great vessels, at chest CT's pixel sizes,
+  with per-scene tissue values (contrast-enhanced blood in some) and texture.
 
 Each source takes a seed and returns a Scene; nothing is read from the network. Needs
 scikit-image, scipy and nibabel (``pip install 'scanside[train]'``) and, for heads,
@@ -44,6 +47,7 @@ class Source(str, enum.Enum):
     HEAD = "head"
     NATURAL = "natural"
     PHANTOM = "phantom"
+    CHEST = "chest"
 
 
 @dataclass(frozen=True)
@@ -161,7 +165,103 @@ def phantom_scene(seed: int) -> Scene:
     return Scene(phantom.hu, float(rng.uniform(0.5, 1.0)), Source.PHANTOM, phantom.lesions)
 
 
-MAKERS = {Source.HEAD: head_scene, Source.NATURAL: natural_scene, Source.PHANTOM: phantom_scene}
+# -- chest: XCIST's voxelized XCAT chests ---------------------------------------------------
+XCIST = Path(__file__).parent / "data" / "xcist"
+XCIST_PIXEL_MM = 0.25
+CHEST_PIXEL_MM = (0.6, 1.0)  # a 512 px chest CT covers 300-500 mm
+# HU range per XCIST material at a ~70 keV effective energy; each scene draws its own value.
+CHEST_HU = {
+    "ncat_water": (0, 15),  # the spinal canal's CSF
+    "ncat_muscle": (40, 60),
+    "ncat_lung": (-880, -780),
+    "ncat_dry_spine": (250, 600),  # vertebrae: cancellous bone inside a cortical shell
+    "ncat_dry_rib": (500, 1000),
+    "ncat_adipose": (-120, -80),
+    "ncat_blood": (35, 55),  # unenhanced; CHEST_CONTRAST of scenes get iodine
+    "ncat_heart": (35, 55),
+    "ncat_cartilage": (90, 200),
+}
+CHEST_CONTRAST = 0.4
+CHEST_ENHANCED_BLOOD = (150, 350)
+
+
+@lru_cache(maxsize=None)
+def xcist_chest(name: str) -> tuple[tuple[str, ...], np.ndarray]:
+    """(material names, (M, H, W) float32 maps) of one XCIST chest zip, each map placed in the
+    slab's common 0.25 mm grid as gecatsim's Phantom_Voxelized does: a map's centre lies at
+    ((size + 1) / 2 - offset) pixels from the isocentre, and its rows run against y (read the
+    other way, heart and blood, muscle and lung overlap; tests/models/test_anatomy.py)."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(XCIST / name) as archive:
+        [meta_name] = [n for n in archive.namelist() if n.endswith(".json")]
+        meta = json.loads(archive.read(meta_name))
+        folder = meta_name.rsplit("/", 1)[0]
+        maps, corners = [], []
+        for i, file in enumerate(meta["volumefractionmap_filename"]):
+            rows, cols = meta["rows"][i], meta["cols"][i]
+            raw = np.frombuffer(archive.read(f"{folder}/{file}"),
+                                dtype=meta["volumefractionmap_datatype"][i])
+            maps.append(raw.reshape(rows, cols)[::-1])
+            cy = (rows + 1) / 2 - meta["y_offset"][i]
+            cx = (cols + 1) / 2 - meta["x_offset"][i]
+            corners.append((round(cy - rows / 2), round(cx - cols / 2)))
+    top = min(c[0] for c in corners)
+    left = min(c[1] for c in corners)
+    height = max(c[0] + m.shape[0] for c, m in zip(corners, maps)) - top
+    width = max(c[1] + m.shape[1] for c, m in zip(corners, maps)) - left
+    out = np.zeros((len(maps), height, width), np.float32)
+    for k, ((y, x), m) in enumerate(zip(corners, maps)):
+        out[k, y - top : y - top + m.shape[0], x - left : x - left + m.shape[1]] = m
+    # Posterior is at the top of the slab as stored: turn it so anterior is up, as CT shows it.
+    return tuple(meta["mat_name"]), np.ascontiguousarray(out[:, ::-1, ::-1])
+
+
+def xcist_chests() -> tuple[str, ...]:
+    names = tuple(sorted(p.name for p in XCIST.glob("*.zip")))
+    if not names:
+        raise MissingData(f"{XCIST}: no XCIST chest phantoms; reinstall scanside")
+    return names
+
+
+def chest_hu(materials: tuple[str, ...], maps: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Material maps -> HU with this scene's tissue values, air where no map is. Placed right,
+    the maps partition the slab (no pixel holds two materials; tested)."""
+    enhanced = rng.random() < CHEST_CONTRAST
+    values = []
+    for name in materials:
+        lo, hi = CHEST_HU[name]
+        if enhanced and name == "ncat_blood":
+            lo, hi = CHEST_ENHANCED_BLOOD
+        values.append(rng.uniform(lo, hi))
+    hu = np.tensordot(np.asarray(values, np.float32), maps, axes=1)
+    return np.where(maps.any(axis=0), hu, -1000.0).astype(np.float32)
+
+
+def chest_scene(seed: int) -> Scene:
+    """One of XCIST's chests at a chest CT pixel size, with body size, rotation, tissue values
+    and texture drawn from ``seed``."""
+    from scipy import ndimage
+    from skimage.transform import rescale
+
+    rng = np.random.default_rng([seed, 4])
+    names = xcist_chests()
+    materials, maps = xcist_chest(names[int(rng.integers(len(names)))])
+    hu = chest_hu(materials, maps, rng)
+    lung = hu < -700
+    texture = ctsim.smooth_noise(rng, hu.shape, 6.0)  # 0.25 mm grid: texture of a few mm
+    hu += np.where(lung, 25.0, 4.0) * texture * (hu > -950)
+    pixel_mm = float(rng.uniform(*CHEST_PIXEL_MM))
+    size = rng.uniform(0.85, 1.15)  # body habitus
+    hu = rescale(hu, XCIST_PIXEL_MM * size / pixel_mm, order=1, anti_aliasing=True,
+                 mode="constant", cval=-1000.0, preserve_range=True)
+    hu = ndimage.rotate(hu, rng.uniform(-15, 15), order=1, cval=-1000.0, reshape=True)
+    return Scene(ctsim.square(hu.astype(np.float32), 16), pixel_mm, Source.CHEST)
+
+
+MAKERS = {Source.HEAD: head_scene, Source.NATURAL: natural_scene, Source.PHANTOM: phantom_scene,
+          Source.CHEST: chest_scene}
 
 
 def make_scene(source: "Source | str", seed: int) -> Scene:
