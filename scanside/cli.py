@@ -546,7 +546,8 @@ def cmd_models_evaluate(args: argparse.Namespace) -> int:
 
     result = evaluate(args.engine_dir, pairs=args.pairs, split=args.split, workers=args.workers,
                       steps=args.steps, strength=args.strength, guidance=args.guidance,
-                      seed=args.seed, ensemble=args.ensemble, skip=frozenset(args.skip or ()))
+                      seed=args.seed, ensemble=args.ensemble, consistency_px=args.consistency,
+                      skip=frozenset(args.skip or ()))
     print(table(result))
     if args.json:
         from scanside.bench.report import write_json
@@ -779,11 +780,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strength", type=strength_arg, default=None)
     p.add_argument("--guidance", type=float, default=None)
     add_ensemble(p)
+    p.add_argument("--consistency", type=float, default=None, metavar="PX",
+                   help="data consistency, as for enhance (default: the model's own)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=positive_int, default=2)
-    p.add_argument("--skip", action="append", choices=["bm3d", "doses", "real"],
+    p.add_argument("--skip", action="append", choices=["bm3d", "doses", "real", "anatomy"],
                    help="leave out a section: BM3D (slow), the dose sweep, the real-anatomy "
-                        "slices (repeatable)")
+                        "slices, the held-out synthetic anatomy (repeatable)")
     p.add_argument("--json", type=Path, help="write the figures as JSON")
     p.set_defaults(func=cmd_models_evaluate)
     return parser

@@ -343,14 +343,18 @@ def evaluate(engine_dir: Optional[Path] = None, *, pairs: int = ctsim.TEST_PAIRS
     compared = peers(methods)
     sweep = [] if "doses" in skip else dose_sweep(
         compared, ctsim.split_seeds(split, pairs)[:DOSE_PAIRS], test[:DOSE_PAIRS], workers, echo)
-    real = []
+    real, anatomy_val = [], []
     if "real" not in skip:
         echo("real anatomy: pydicom's CT slices through the scan chain at 20/40/80 HU ...")
         real = realct.score(compared, realct.real_pairs(repeats=REAL_DRAWS), psnr)
+    if "anatomy" not in skip:
+        echo("synthetic anatomy (validation): held-out head, chest and photograph scenes ...")
+        anatomy_val = realct.score(compared, realct.validation_pairs(), psnr)
     m = pipe.manifest
     return {
         "vae_round_trip_psnr_db": ceiling, "lesion_floor": lesion_floor(test),
-        "dose_sweep": sweep, "real_anatomy": real, "bm3d_factor": bm3d_factor,
+        "dose_sweep": sweep, "real_anatomy": real, "anatomy_validation": anatomy_val,
+        "bm3d_factor": bm3d_factor,
         "engine": str(pipe.engine_dir), "precision": m.precision.value,
         "model_hash": m.source_hash, "size": size, "split": split, "test_pairs": len(test),
         "sampling": {k: v for k, v in pipe.sampling_defaults(**sampling).items()},
@@ -359,7 +363,7 @@ def evaluate(engine_dir: Optional[Path] = None, *, pairs: int = ctsim.TEST_PAIRS
     }
 
 
-SECTIONS = ("bm3d", "doses", "real")  # what `evaluate --skip` may leave out
+SECTIONS = ("bm3d", "doses", "real", "anatomy")  # what `evaluate --skip` may leave out
 DOSES = (0.25, 0.5, 1.0, 2.0, 4.0)  # x the nominal low dose (ctsim.LOW_DOSE)
 DOSE_PAIRS = 30
 REAL_DRAWS = 3  # independent noise draws per real slice and noise level (see realct)
@@ -423,4 +427,7 @@ def table(result: dict[str, Any]) -> str:
             rows.append(f"  {r['dose']:>5g}x  " + "  ".join(f"{r['psnr_db'][n]:>7.2f}" for n in names))
     if result.get("real_anatomy"):
         rows.append(realct.table(result["real_anatomy"]))
+    if result.get("anatomy_validation"):
+        rows.append(realct.table(result["anatomy_validation"],
+                                 "synthetic anatomy, held-out scenes (validation)"))
     return "\n".join(rows)

@@ -38,3 +38,17 @@ def test_a_real_slice_at_the_asked_noise_levels():
     # The reference keeps the slice's anatomy: soft tissue, air and bone, in HU.
     full = pairs[0].full
     assert (full < -900).any() and (np.abs(full - 40) < 60).mean() > 0.2 and (full > 300).any()
+
+
+def test_validation_scenes_are_training_sources_at_seeds_training_never_draws():
+    from scanside.models.train import Settings
+
+    drawn = max(count for _, count in Settings().scenes)
+    assert realct.VALIDATION_SEED > 100 * drawn  # far above any count a run would use
+    pairs = realct.validation_pairs(scenes=(("natural", 1),), noise=(40.0,))
+    [pair] = pairs
+    assert pair.name == f"natural#{realct.VALIDATION_SEED}" and pair.noise_hu == 40.0
+    assert pair.measured_hu == pytest.approx(40.0, rel=0.1)
+    assert pair.low.shape == pair.full.shape and pair.low.shape[0] >= 256
+    again = realct.validation_pairs(scenes=(("natural", 1),), noise=(40.0,))[0]
+    assert np.array_equal(pair.low, again.low)  # deterministic: every run sees the same set
