@@ -531,11 +531,28 @@ def cmd_models_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def scene_counts(text: str) -> tuple[str, int]:
+    """``SOURCE=COUNT`` for train-default --scenes."""
+    from scanside.models.anatomy import Source
+
+    source, sep, count = text.partition("=")
+    sources = ", ".join(s.value for s in Source)
+    if not sep or source not in {s.value for s in Source} or not count.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected SOURCE=COUNT with SOURCE one of "
+                                         f"{sources}, e.g. chest=24 (0 leaves it out)")
+    return source, int(count)
+
+
 def cmd_models_train(args: argparse.Namespace) -> int:
     from scanside.models.train import Settings, train_default
 
+    scenes = dict(Settings.scenes)
+    scenes.update(args.scenes or ())
     settings = Settings(seed=args.seed, unet_steps=args.unet_steps,
-                        tune_steps=args.tune_steps, workers=args.workers)
+                        tune_steps=args.tune_steps, workers=args.workers,
+                        scenes=tuple((k, v) for k, v in scenes.items() if v > 0),
+                        noise_weight_power=args.tune_noise_power,
+                        lowfreq_weight=args.tune_lowfreq_weight)
     model_dir = train_default(args.out_dir, settings)
     print(f"trained model: {model_dir}; export it with `scanside export {model_dir} --out ENGINE`")
     return 0
@@ -754,7 +771,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unet-steps", type=positive_int, default=Settings.unet_steps,
                    help="phase 1: plain loss")
     p.add_argument("--tune-steps", type=int, default=Settings.tune_steps,
-                   help="phase 2: loss weighted by noise level, with a mean-shift penalty")
+                   help="phase 2: more steps from phase 1's weights, at a lower learning rate")
+    p.add_argument("--tune-noise-power", type=float, default=Settings.noise_weight_power,
+                   metavar="P", help="phase 2: each sample's loss / its noise std^P (0: phase "
+                                     "1's loss)")
+    p.add_argument("--tune-lowfreq-weight", type=float, default=Settings.lowfreq_weight,
+                   metavar="W", help="phase 2: penalty on the error's block means (0: none)")
+    p.add_argument("--scenes", type=scene_counts, action="append", metavar="SOURCE=COUNT",
+                   help="scenes of a training source (head, natural, phantom, chest; "
+                        "repeatable; 0 leaves one out)")
     p.add_argument("--workers", type=positive_int, default=Settings.workers,
                    help="processes simulating the scans")
     p.set_defaults(func=cmd_models_train)

@@ -167,6 +167,22 @@ def test_help_on_every_command(capsys):
         assert "usage: scanside" in capsys.readouterr().out
 
 
+def test_train_default_refuses_an_unknown_source_and_passes_scene_counts(tmp_path, capsys,
+                                                                        monkeypatch):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["models", "train-default", str(tmp_path), "--scenes", "liver=3"])
+    assert exit_info.value.code == 2
+    assert "'liver=3': expected SOURCE=COUNT with SOURCE one of" in capsys.readouterr().err
+    seen = {}
+    monkeypatch.setattr("scanside.models.train.train_default",
+                        lambda out, settings: seen.setdefault("settings", settings) and out)
+    main(["models", "train-default", str(tmp_path), "--scenes", "chest=5", "--scenes",
+          "natural=0", "--tune-noise-power", "0"])
+    counts = dict(seen["settings"].scenes)
+    assert counts["chest"] == 5 and "natural" not in counts and counts["head"] == 64
+    assert seen["settings"].noise_weight_power == 0.0
+
+
 HEAD_GAIN_DB = 5.0  # measured +6.58 dB (37.19 -> 43.77 dB) on the demo's noise draw
 
 
