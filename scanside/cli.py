@@ -68,6 +68,14 @@ def add_sampling(p: argparse.ArgumentParser, guidance: float, strength: bool) ->
                        help="dynamic engines: run images whole up to PX on each side, else in "
                             "PX tiles (the memory budget; default: the engine's largest size). "
                             "Static engines always tile at their own size")
+    add_vae_tile(p)
+
+
+def add_vae_tile(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--vae-tile", type=positive_int, default=None, metavar="PX",
+                   help="dynamic engines: the VAE encodes and decodes in PX tiles, one per call "
+                        "(bounds its full-resolution memory; outputs differ slightly, see the "
+                        "README); default: as the UNet")
 
 
 def add_backend(p: argparse.ArgumentParser) -> None:
@@ -99,7 +107,7 @@ def load_for_slices(args: argparse.Namespace):
     from scanside.runtime.parallel import default_workers, threads_per_worker
 
     workers = args.workers or default_workers()
-    pipe = Pipeline.load(args.engine, args.backend, max_tile=args.max_tile,
+    pipe = Pipeline.load(args.engine, args.backend, max_tile=args.max_tile, vae_tile=args.vae_tile,
                          gpu=gpu_options(args), threads=threads_per_worker(workers))
     return pipe, workers
 
@@ -201,7 +209,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.out.suffix.lower() not in (".png", ".npy", ".dcm"):
         raise InputError(f"--out: {args.out} must end in .png, .npy or .dcm")
     refuse_existing(args.out, args.overwrite)
-    pipe = Pipeline.load(args.engine, args.backend, gpu=gpu_options(args))
+    pipe = Pipeline.load(args.engine, args.backend, vae_tile=args.vae_tile, gpu=gpu_options(args))
     sampling = dict(prompt=args.prompt, steps=args.steps, guidance=args.guidance,
                     seed=args.seed, scheduler=args.scheduler)
     image = pipe.generate(negative_prompt=args.negative_prompt, progress=True, **sampling)
@@ -281,6 +289,9 @@ def enhance_on_ray(args: argparse.Namespace, dicoms: list[Path], images: list[Pa
     if images:
         raise InputError(f"--ray: {images[0]} is a PNG/NPY image; the cluster path takes DICOM "
                          "files and folders only")
+    if args.vae_tile:
+        raise InputError("--vae-tile: not on the cluster path yet (its workers load the engine "
+                         "with --max-tile only); leave it out with --ray")
     report = enhance_archive(dicoms, args.out, engine=args.engine,
                              address=None if args.ray == "local" else args.ray,
                              workers=args.workers or 2, cpus_per_worker=args.cpus_per_worker,
@@ -499,7 +510,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     settings = Settings(task=Task(args.task), size=args.size, steps=args.steps,
                         strength=args.strength, guidance=args.guidance, scheduler=args.scheduler,
                         backend=args.backend, repeat=args.repeat, warmup=args.warmup,
-                        dicom=args.dicom, threads=args.threads)
+                        dicom=args.dicom, threads=args.threads, vae_tile=args.vae_tile)
     if args.peers and args.model is None:
         raise InputError("--peers: give --model MODEL_DIR, the checkpoint the engine was "
                          "exported from, so the peers run the same weights")
@@ -731,6 +742,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=positive_int, default=3, help="timed runs (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
     p.add_argument("--threads", type=positive_int, help="ONNX Runtime intra-op threads")
+    add_vae_tile(p)
     p.add_argument("--dicom", type=Path, help="enhance this DICOM file, timing its read and write")
     p.add_argument("--series", type=positive_int, metavar="N",
                    help="instead: N slices of --size (default 512) CT through `scanside enhance` "

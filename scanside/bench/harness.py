@@ -44,6 +44,7 @@ class Settings:
     seed: int = 0
     dicom: Optional[Path] = None  # time DICOM read/write with this file as the input
     threads: Optional[int] = None
+    vae_tile: Optional[int] = None  # see Pipeline.vae_tile
 
     def check(self) -> None:
         if self.repeat < 1 or self.warmup < 0:
@@ -142,7 +143,8 @@ def run_bench(engine_dir: Path, settings: Settings, progress: bool = True) -> di
 
     settings.check()
     rss_before = machine.peak_rss_bytes()
-    pipe = Pipeline.load(engine_dir, settings.backend, threads=settings.threads)
+    pipe = Pipeline.load(engine_dir, settings.backend, threads=settings.threads,
+                         vae_tile=settings.vae_tile)
     on_gpu = pipe.backend.value != "cpu"
     device_before = machine.device_memory_in_use() if on_gpu else None
     size = settings.size or pipe.manifest.height

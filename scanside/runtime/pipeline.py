@@ -114,6 +114,11 @@ class Pipeline:
     # A dynamic engine runs an image whole while both sides are at most max_tile pixels, else
     # in max_tile tiles: the memory budget. None: the engine's largest size (its profile).
     max_tile: Optional[int] = None
+    # Dynamic engines: the VAE encodes and decodes images larger than vae_tile pixels in
+    # vae_tile tiles, one per call, whatever the UNet runs: its full-resolution activations
+    # (SD 1.5: 128 channels at 512 px, 134 MB each) set the pipeline's peak memory. None: the
+    # VAE runs on the UNet's grid.
+    vae_tile: Optional[int] = None
     timer: StageTimer = field(default_factory=NullTimer, repr=False)  # set by benchmarks
     # Held around every engine call on the GPU backends, whose engines keep one set of device
     # buffers: several slices' reading, scheduling and writing still overlap there (workers),
@@ -124,12 +129,13 @@ class Pipeline:
     @classmethod
     def load(cls, engine_dir: Union[str, Path, None] = None, backend: Union[str, Backend] = "cpu",
              *, threads: Optional[int] = None, verify: bool = False,
-             max_tile: Optional[int] = None, gpu: GpuOptions = GpuOptions()) -> "Pipeline":
+             max_tile: Optional[int] = None, vae_tile: Optional[int] = None,
+             gpu: GpuOptions = GpuOptions()) -> "Pipeline":
         """Open ENGINE_DIR (see ``scanside export``) on ``backend`` ("cpu", "cuda",
         "ort-tensorrt", "tensorrt" or "auto": the fastest present, logged with why the others
         were not); without one, the default low-dose CT model shipped inside the package.
-        ``max_tile``: see the attribute (dynamic engines only); ``gpu``: CUDA graphs and the
-        low-memory mode of the GPU backends."""
+        ``max_tile``, ``vae_tile``: see the attributes (dynamic engines only); ``gpu``: CUDA
+        graphs and the low-memory mode of the GPU backends."""
         from scanside.runtime.engines.devices import choose
 
         engine_dir = default_engine_dir() if engine_dir is None else Path(engine_dir)
@@ -157,6 +163,8 @@ class Pipeline:
                    engine_lock=None if backend is Backend.CPU else threading.Lock())
         pipe.check_max_tile(max_tile)
         pipe.max_tile = max_tile
+        pipe.check_vae_tile(vae_tile)
+        pipe.vae_tile = vae_tile
         if backend is Backend.CPU and manifest.tuned_on:
             from .host import host_class
 
@@ -187,6 +195,33 @@ class Pipeline:
             raise InputError(f"max_tile: {max_tile!r} is not a multiple of {d} within this "
                              f"engine's sizes {low}..{high}; e.g. {min(high, max(low, 512))}")
 
+    def check_vae_tile(self, vae_tile: Optional[int]) -> None:
+        if vae_tile is None:
+            return
+        m = self.manifest
+        if not m.dynamic:
+            raise InputError(f"vae_tile: {self.engine_dir} is a static {m.height}x{m.width} "
+                             "engine, whose VAE takes that size only; re-export it --dynamic")
+        low, high = self.size_range()
+        if (not isinstance(vae_tile, (int, np.integer)) or vae_tile % m.vae_factor
+                or not low <= vae_tile <= high):
+            raise InputError(f"vae_tile: {vae_tile!r} is not a multiple of {m.vae_factor} within "
+                             f"this engine's sizes {low}..{high}; e.g. {max(low, 256)}")
+
+    def vae_grid(self, height: int, width: int, grid: Optional[Grid]) -> tuple[Optional[Grid], int]:
+        """(tiles, tiles per call) for the VAE on prepared pixels of this size: ``grid`` (the
+        UNet's) unless vae_tile asks for smaller tiles, which go one per call."""
+        tile = self.vae_tile
+        if tile is None or (height <= tile and width <= tile) or (
+                grid is not None and max(grid.tile_h, grid.tile_w) <= tile):
+            return grid, 0
+        f = self.manifest.vae_factor
+        # An eighth of the tile overlaps each neighbour: the decoder's receptive field is a
+        # few latent pixels, and every extra overlap is extra work (a quarter costs 1.8x at
+        # 512 px in 288 px tiles; an eighth 1.3x).
+        overlap = max(f, tile // 8 // f * f)
+        return Grid.plan(height, width, tile, tile, overlap, f), 1
+
     def tile_size(self) -> tuple[int, int]:
         m = self.manifest
         if not m.dynamic:
@@ -214,9 +249,11 @@ class Pipeline:
             return engine.run(feeds)
 
     def run(self, name: str, feeds: dict[str, np.ndarray], grid: Optional[Grid],
-            tiled: str, in_scale: int, out_scale: int) -> dict[str, np.ndarray]:
+            tiled: str, in_scale: int, out_scale: int,
+            per_call: int = 0) -> dict[str, np.ndarray]:
         """One engine call, over ``grid``'s tiles when there is one: ``tiled`` names the
-        spatial input; other inputs with a batch axis follow each tile's sample."""
+        spatial input; other inputs with a batch axis follow each tile's sample. ``per_call``:
+        tiles per call, when not as many as the profile and CALL_PIXELS allow."""
         engine = self.engines[name]
         if grid is None:
             return self.call(engine, feeds)
@@ -225,7 +262,7 @@ class Pipeline:
         batch_axis = spec.inputs[0].shape[0]  # "B" or "UB"
         # Tiles share a call up to the profile's batch and CALL_PIXELS: memory grows with a
         # call's pixels (the built-in model held 9.8 GB for 8 tiles of 1024 px in one call).
-        per_call = max(1, CALL_PIXELS // (grid.tile_h * grid.tile_w))
+        per_call = per_call or max(1, CALL_PIXELS // (grid.tile_h * grid.tile_w))
         max_batch = min(int(spec.ranges[batch_axis][2]), per_call)
         # Inputs on the batch axis (a guided UNet's prompt halves) follow their tile's sample.
         batched = {t.name for t in spec.inputs if t.shape[0] == batch_axis}
@@ -274,8 +311,9 @@ class Pipeline:
                 std = np.broadcast_to(np.asarray(e["std"], np.float32)[None, :, None, None],
                                       mean.shape)
                 return mean, std
+            grid, per_call = self.vae_grid(*pixels.shape[-2:], grid)
             out = self.run("vae_encoder", {"image": pixels}, grid, "image", 1,
-                           self.manifest.vae_factor)
+                           self.manifest.vae_factor, per_call)
         return out["latent_mean"], out["latent_std"]  # (1, 4, h, w) each
 
     def decode(self, latents: np.ndarray, grid: Optional[Grid] = None) -> np.ndarray:
@@ -285,8 +323,10 @@ class Pipeline:
             if affine:
                 d = affine["decode"]
                 return images.per_pixel_affine(d["weight"], d["bias"], scaled)
-            return self.run("vae_decoder", {"latent": scaled}, grid, "latent",
-                            self.manifest.vae_factor, 1)["image"]  # (1, C, H, W)
+            f = self.manifest.vae_factor
+            grid, per_call = self.vae_grid(scaled.shape[-2] * f, scaled.shape[-1] * f, grid)
+            return self.run("vae_decoder", {"latent": scaled}, grid, "latent", f, 1,
+                            per_call)["image"]  # (1, C, H, W)
 
     def check_guidance(self, guidance: float) -> None:
         if not isinstance(guidance, (int, float)) or not np.isfinite(guidance) or guidance < 0:
@@ -488,6 +528,8 @@ class Pipeline:
                     "vae_affine": m.vae_affine,
                     "noise": (hashlib.sha256(np.ascontiguousarray(noise)).hexdigest()
                               if noise is not None else None)}
+        if self.vae_tile and not m.vae_affine:  # only when set: existing UIDs stay as they were
+            identity["vae_tile"] = self.vae_tile
         text = json.dumps(identity, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()
 

@@ -176,3 +176,59 @@ def test_a_tiled_call_holds_at_most_call_pixels(ct_tiny, monkeypatch):
     image = np.random.default_rng(4).random((384, 384)).astype(np.float32)  # 3 x 3 tiles or more
     pipe.enhance(image, strength=0.5, steps=2, seed=0)
     assert batches and max(size for _, size in batches) == 2
+
+
+
+@pytest.fixture(scope="module")
+def tiny_dynamic(tiny_model, tmp_path_factory):
+    """SD's block types with random weights (a VAE that is no per-pixel map), any size."""
+    from scanside.export import export_model
+
+    out = tmp_path_factory.mktemp("tiny-dynamic") / "engine"
+    export_model(tiny_model, out, height=64, width=64, dynamic=True)
+    return out
+
+
+def test_vae_tiles_go_one_per_call_and_stay_close_to_the_whole_image(tiny_dynamic, monkeypatch):
+    # vae_tile bounds the VAE's full-resolution activations (SD 1.5's peak memory at 512 px)
+    # while the UNet still runs the image whole.
+    from scanside import Pipeline
+
+    pipe = Pipeline.load(tiny_dynamic, vae_tile=128)
+    assert pipe.manifest.vae_affine is None  # a real VAE graph, not a per-pixel map
+    calls = []
+    for name in ("vae_encoder", "vae_decoder", "unet"):
+        engine = pipe.engines[name]
+
+        def spy(feeds, original=engine.run, name=name):
+            x = feeds.get("sample", feeds.get("image", feeds.get("latent")))
+            calls.append((name, x.shape))
+            return original(feeds)
+
+        monkeypatch.setattr(engine, "run", spy)
+    y, x = np.mgrid[0:256, 0:256] / 60.0
+    image = np.stack([0.5 + 0.3 * np.sin(3 * x) * np.cos(2 * y)] * 3, -1).astype(np.float32)
+    tiled = pipe.enhance(image, strength=0.5, steps=2, seed=0)
+    whole = Pipeline.load(tiny_dynamic).enhance(image, strength=0.5, steps=2, seed=0)
+    encoder = [shape for name, shape in calls if name == "vae_encoder"]
+    decoder = [shape for name, shape in calls if name == "vae_decoder"]
+    unet = [shape for name, shape in calls if name == "unet"]
+    f = pipe.manifest.vae_factor
+    # 256 px in 128 px tiles, an eighth overlapping: 3 x 3 tiles each way, one per call.
+    assert len(encoder) == len(decoder) == 9
+    assert all(s[0] == 1 and s[-2:] == (128, 128) for s in encoder)
+    assert all(s[0] == 1 and s[-2:] == (128 // f, 128 // f) for s in decoder)
+    assert unet and all(s[-2:] == (256 // f, 256 // f) for s in unet)  # the UNet: whole
+    # GroupNorm statistics per tile: not bit-exact (these random weights: 28.8 dB against the
+    # whole image), far nearer it than the input is.
+    assert psnr(tiled, whole) > psnr(image, whole) + 10 and np.abs(tiled - whole).max() > 0
+    assert pipe.fingerprint(strength=0.5) != Pipeline.load(tiny_dynamic).fingerprint(strength=0.5)
+
+
+def test_a_bad_vae_tile_is_refused(ct_tiny, tiny_dynamic):
+    from scanside import Pipeline
+
+    with pytest.raises(InputError, match="vae_tile: .* static 64x64 engine.*--dynamic"):
+        Pipeline.load(ct_tiny[0], vae_tile=64)
+    with pytest.raises(InputError, match=r"vae_tile: 100 is not a multiple of 8 within .*64\.\.1024"):
+        Pipeline.load(tiny_dynamic, vae_tile=100)
