@@ -155,10 +155,23 @@ def test_phase_two_runs_its_own_cosine_after_phase_one():
         cosine_lr(k, 500, settings.tune_lr) for k in range(500)]
 
 
+def test_the_shipped_phase_2_keeps_phase_1s_loss():
+    from scanside.models.train import tuned_loss
+
+    rng = np.random.default_rng(1)
+    pred, target = (torch.from_numpy(rng.standard_normal((3, 4, 16, 16)).astype(np.float32))
+                    for _ in range(2))
+    lesions = torch.from_numpy(rng.random((3, 1, 16, 16)) < 0.05).float()
+    w = 1 + Settings().lesion_weight * lesions
+    plain = ((pred - target).pow(2) * w).mean() / w.mean()  # phase 1's loss (train_unet)
+    tuned = tuned_loss(pred, target, w, np.array([0.01, 0.03, 0.09]), Settings())
+    assert float(tuned) == pytest.approx(float(plain), rel=1e-6)
+
+
 def test_tuned_loss_weighs_samples_by_their_noise_and_punishes_a_mean_shift():
     from scanside.models.train import noise_std, tuned_loss
 
-    settings = Settings()
+    settings = Settings(noise_weight_power=2.0, lowfreq_weight=16.0)  # runs 6 and 7's options
     rng = np.random.default_rng(0)
     full = np.zeros((2, 32, 32), np.float32)
     low = full + rng.standard_normal((2, 32, 32)).astype(np.float32) * np.array([1, 2],
@@ -182,7 +195,8 @@ def test_tuned_loss_weighs_samples_by_their_noise_and_punishes_a_mean_shift():
 def test_lesion_pixels_can_keep_their_weight_whatever_the_noise():
     from scanside.models.train import tuned_loss
 
-    settings = Settings(lesion_noise_weighted=False, lowfreq_weight=0.0, lowfreq_px=2)
+    settings = Settings(lesion_noise_weighted=False, noise_weight_power=2.0, lowfreq_weight=0.0,
+                        lowfreq_px=2)
     target = torch.zeros(2, 1, 4, 4)
     lesion = torch.zeros(2, 1, 4, 4)
     lesion[:, :, 0, 0] = 1
@@ -195,6 +209,7 @@ def test_lesion_pixels_can_keep_their_weight_whatever_the_noise():
     # Each lesion error costs the same on the quiet and the noisy sample (its weight is not
     # divided by the noise weight); with lesion_noise_weighted it would differ 4-fold.
     assert quiet_only == pytest.approx(both / 2, rel=0.02)
-    weighted = Settings(lesion_noise_weighted=True, lowfreq_weight=0.0, lowfreq_px=2)
+    weighted = Settings(lesion_noise_weighted=True, noise_weight_power=2.0, lowfreq_weight=0.0,
+                        lowfreq_px=2)
     quiet_w = float(tuned_loss(error * torch.tensor([1.0, 0.0]).view(2, 1, 1, 1), target, w, std, weighted))
     assert quiet_w > 0.75 * float(tuned_loss(error, target, w, std, weighted))
