@@ -210,3 +210,14 @@ def test_reused_buffers_hold_the_largest_call_of_every_tensor():
     assert decoder["image"] == (high["B"][2], 1, high["H"][2], high["W"][2])  # no input has H
     unet = {n: s for n, s, _ in largest_shapes(manifest.components["unet"].spec)}
     assert unet["out_sample"][0] == unet["sample"][0] == high["UB"][2]
+
+
+def test_cpu_sessions_share_one_arena_and_plan_no_memory_pattern(tiny_engine):
+    # The memory pattern allocated a second block for SD 1.5's VAE decoder activations on its
+    # second call (+0.88 GiB at 512 px) while the arena kept the first run's buffers.
+    from scanside import Pipeline
+
+    for name, engine in Pipeline.load(tiny_engine).engines.items():
+        options = engine.session.get_session_options()
+        assert options.enable_mem_pattern is False, name
+        assert options.get_session_config_entry("session.use_env_allocators") == "1", name

@@ -111,6 +111,12 @@ class OrtEngine:
         if backend is Backend.CPU:
             register_shared_arena()
             options.add_session_config_entry("session.use_env_allocators", "1")
+            # ORT's memory pattern plans one block for all of a graph's activations from its
+            # first run and allocates it on the second, while the first run's buffers stay in
+            # the arena: SD 1.5's VAE decoder at 512 px held 0.88 GiB more from its second call
+            # on (peak RSS 1.61x the weights -> 1.39x without the pattern), and two enhance
+            # runs took 28.2 / 28.8 s with it, 28.3 / 26.6 s without (bench/README.md).
+            options.enable_mem_pattern = False
         elif backend is Backend.CUDA:
             providers = [(provider, cuda_options(self.cuda_graph))]
         else:  # TensorRT provider, with CUDA for any node TensorRT does not take
