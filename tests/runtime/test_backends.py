@@ -212,12 +212,19 @@ def test_reused_buffers_hold_the_largest_call_of_every_tensor():
     assert unet["out_sample"][0] == unet["sample"][0] == high["UB"][2]
 
 
-def test_cpu_sessions_share_one_arena_and_plan_no_memory_pattern(tiny_engine):
+def test_cpu_sessions_share_one_arena_and_large_ones_plan_no_memory_pattern(tiny_engine,
+                                                                           monkeypatch):
     # The memory pattern allocated a second block for SD 1.5's VAE decoder activations on its
-    # second call (+0.88 GiB at 512 px) while the arena kept the first run's buffers.
+    # second call (+0.88 GiB at 512 px) while the arena kept the first run's buffers; small
+    # models keep it (their many short calls gain from it).
     from scanside import Pipeline
+    from scanside.runtime.engines import onnxruntime as module
 
+    assert module.memory_pattern(8 << 20) and not module.memory_pattern(131 << 20)
     for name, engine in Pipeline.load(tiny_engine).engines.items():
         options = engine.session.get_session_options()
-        assert options.enable_mem_pattern is False, name
+        assert options.enable_mem_pattern is True, name  # a few MB: small
         assert options.get_session_config_entry("session.use_env_allocators") == "1", name
+    monkeypatch.setattr(module, "MEMORY_PATTERN_MAX_BYTES", 0)  # every component is large
+    for name, engine in Pipeline.load(tiny_engine).engines.items():
+        assert engine.session.get_session_options().enable_mem_pattern is False, name
