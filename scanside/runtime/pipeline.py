@@ -27,7 +27,7 @@ from .artifacts import COMPONENTS, TOKENIZER, Attention, Conditioning, Manifest,
 from .default import default_engine_dir
 from .engines import Backend, Engine, GpuOptions, open_engine
 from .schedulers import Plan, SchedulerName
-from .tiles import Grid, run_tiled
+from .tiles import Grid, fitted_tile, run_tiled
 from .timing import NullTimer, StageTimer
 from .tokenizer import ClipTokenizer
 
@@ -115,9 +115,9 @@ class Pipeline:
     # in max_tile tiles: the memory budget. None: the engine's largest size (its profile).
     max_tile: Optional[int] = None
     # Dynamic engines: the VAE encodes and decodes images larger than vae_tile pixels in
-    # vae_tile tiles, one per call, whatever the UNet runs: its full-resolution activations
-    # (SD 1.5: 128 channels at 512 px, 134 MB each) set the pipeline's peak memory. None: the
-    # VAE runs on the UNet's grid.
+    # tiles of at most vae_tile, one per call, whatever the UNet runs: its full-resolution
+    # activations (SD 1.5: 128 channels at 512 px, 134 MB each) set the pipeline's peak
+    # memory. None: the VAE runs on the UNet's grid.
     vae_tile: Optional[int] = None
     timer: StageTimer = field(default_factory=NullTimer, repr=False)  # set by benchmarks
     # Held around every engine call on the GPU backends, whose engines keep one set of device
@@ -208,24 +208,22 @@ class Pipeline:
             raise InputError(f"vae_tile: {vae_tile!r} is not a multiple of {m.vae_factor} within "
                              f"this engine's sizes {low}..{high}; e.g. {max(low, 256)}")
 
-    def vae_grid(self, height: int, width: int, grid: Optional[Grid]) -> tuple[Optional[Grid], int]:
+    def vae_grid(self, height: int, width: int,
+                 grid: Optional[Grid]) -> tuple[Optional[Grid], Optional[int]]:
         """(tiles, tiles per call) for the VAE on prepared pixels of this size: ``grid`` (the
-        UNet's) unless vae_tile asks for smaller tiles, which go one per call."""
+        UNet's, as many per call as ``run`` allows) unless vae_tile asks for smaller tiles,
+        which go one per call."""
         tile = self.vae_tile
         if tile is None or (height <= tile and width <= tile) or (
                 grid is not None and max(grid.tile_h, grid.tile_w) <= tile):
-            return grid, 0
+            return grid, None
         f = self.manifest.vae_factor
         # An eighth of vae_tile overlaps each neighbour: the decoder's receptive field is a
         # few latent pixels, and every extra overlap is extra work. The tiles then shrink to
         # the fewest that cover the image at that overlap (512 px with vae_tile 256: 3 x 3
         # tiles of 192 px, 1.27x the pixels, not 3 x 3 of 256 px, 2.25x).
         overlap = max(f, tile // 8 // f * f)
-        side = 0
-        for size in (height, width):
-            count = max(1, -(-(size - overlap) // (tile - overlap)))
-            need = -(-(size + (count - 1) * overlap) // count)  # ceil
-            side = max(side, min(tile, -(-need // f) * f))
+        side = max(fitted_tile(size, tile, overlap, f) for size in (height, width))
         return Grid.plan(height, width, side, side, overlap, f), 1
 
     def tile_size(self) -> tuple[int, int]:
@@ -256,7 +254,7 @@ class Pipeline:
 
     def run(self, name: str, feeds: dict[str, np.ndarray], grid: Optional[Grid],
             tiled: str, in_scale: int, out_scale: int,
-            per_call: int = 0) -> dict[str, np.ndarray]:
+            per_call: Optional[int] = None) -> dict[str, np.ndarray]:
         """One engine call, over ``grid``'s tiles when there is one: ``tiled`` names the
         spatial input; other inputs with a batch axis follow each tile's sample. ``per_call``:
         tiles per call, when not as many as the profile and CALL_PIXELS allow."""
@@ -268,7 +266,8 @@ class Pipeline:
         batch_axis = spec.inputs[0].shape[0]  # "B" or "UB"
         # Tiles share a call up to the profile's batch and CALL_PIXELS: memory grows with a
         # call's pixels (the built-in model held 9.8 GB for 8 tiles of 1024 px in one call).
-        per_call = per_call or max(1, CALL_PIXELS // (grid.tile_h * grid.tile_w))
+        if per_call is None:
+            per_call = max(1, CALL_PIXELS // (grid.tile_h * grid.tile_w))
         max_batch = min(int(spec.ranges[batch_axis][2]), per_call)
         # Inputs on the batch axis (a guided UNet's prompt halves) follow their tile's sample.
         batched = {t.name for t in spec.inputs if t.shape[0] == batch_axis}

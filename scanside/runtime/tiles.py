@@ -38,6 +38,14 @@ def axis_starts(size: int, tile: int, overlap: int, divisor: int) -> tuple[int, 
     return tuple(sorted(set(starts)))
 
 
+def fitted_tile(size: int, tile: int, overlap: int, divisor: int) -> int:
+    """The smallest tile, a multiple of ``divisor`` and at most ``tile``, that covers ``size``
+    in as few tiles as ``tile`` itself would, each overlapping the next by ``overlap``."""
+    count = max(1, -(-(size - overlap) // (tile - overlap)))
+    need = -(-(size + (count - 1) * overlap) // count)
+    return min(tile, -(-need // divisor) * divisor)
+
+
 def ramp(tile: int, before: int, after: int) -> np.ndarray:
     """1-D weights of a tile of ``tile`` samples: a raised cosine rising over the ``before``
     samples it shares with the previous tile and falling over the ``after`` it shares with the

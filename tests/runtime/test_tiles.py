@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from scanside.errors import InputError
-from scanside.runtime.tiles import Grid, axis_starts, run_tiled
+from scanside.runtime.tiles import Grid, axis_starts, fitted_tile, run_tiled
 
 
 @pytest.mark.parametrize("size,tile,overlap,divisor", [(512, 128, 32, 8), (488, 256, 64, 8),
@@ -16,6 +16,18 @@ def test_tiles_cover_the_axis_on_divisor_multiples_and_overlap(size, tile, overl
     assert starts[0] == 0 and starts[-1] + tile == size
     assert all(s % divisor == 0 for s in starts)
     assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
+
+
+@pytest.mark.parametrize("size,tile,overlap,divisor,fitted", [(512, 256, 32, 8, 192),
+                                                               (768, 256, 32, 8, 216),
+                                                               (256, 160, 16, 8, 136),
+                                                               (200, 256, 32, 8, 200)])
+def test_a_fitted_tile_covers_the_axis_in_as_few_tiles_as_the_largest(size, tile, overlap,
+                                                                       divisor, fitted):
+    assert fitted_tile(size, tile, overlap, divisor) == fitted
+    assert fitted % divisor == 0 and fitted <= tile
+    assert len(axis_starts(size, fitted, overlap, divisor)) == len(
+        axis_starts(size, tile, overlap, divisor))
 
 
 def test_weights_sum_to_one_and_vanish_towards_shared_edges():

@@ -23,6 +23,7 @@ import numpy as np
 import onnxruntime as ort
 
 from scanside.errors import BackendUnavailable
+from scanside.runtime.artifacts import onnx_files
 from scanside.runtime.iospec import DTYPES, IOSpec
 from scanside.runtime.parallel import physical_cores
 
@@ -97,12 +98,6 @@ def memory_pattern(weights: int) -> bool:
     return weights <= MEMORY_PATTERN_MAX_BYTES
 
 
-def weight_bytes(path: Path) -> int:
-    """An ONNX file's size with its external data (NAME.onnx.data) if any."""
-    data = path.with_name(path.name + ".data")
-    return path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
-
-
 def session_options(threads: int | None) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -132,7 +127,8 @@ class OrtEngine:
         if backend is Backend.CPU:
             register_shared_arena()
             options.add_session_config_entry("session.use_env_allocators", "1")
-            options.enable_mem_pattern = memory_pattern(weight_bytes(path))
+            weights = sum(f.stat().st_size for f in onnx_files(path))
+            options.enable_mem_pattern = memory_pattern(weights)
         elif backend is Backend.CUDA:
             providers = [(provider, cuda_options(self.cuda_graph))]
         else:  # TensorRT provider, with CUDA for any node TensorRT does not take
