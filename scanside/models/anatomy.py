@@ -260,6 +260,51 @@ def chest_scene(seed: int) -> Scene:
     return Scene(ctsim.square(hu.astype(np.float32), 16), pixel_mm, Source.CHEST)
 
 
+# -- lesions in anatomy -------------------------------------------------------------------
+LESION_MM = (2.0, 4.0)  # radius: ctsim's 2.5-5 px lesions at its 0.8 mm pixels
+FLAT_HU = 10.0  # std, HU, of the tissue around a lesion: texture passes, organ edges do not
+LESION_AREA = 128 * 128  # lesions are drawn per this many pixels of flat soft tissue
+
+
+def add_lesions(scene: Scene, rng: np.random.Generator, per_area: float) -> Scene:
+    """``scene`` with small low-contrast disks (ctsim's contrasts, 2-4 mm radius) in its flat
+    soft tissue, about ``per_area`` per LESION_AREA pixels of it, and their Lesion records.
+
+    The phantoms' lesions are the only ones the lesion-weighted loss otherwise sees, always on
+    ctsim's flat ellipses; in anatomy the model meets a faint disk on real tissue texture. A
+    lesion goes where the mean HU over it and its measurement ring is soft tissue (-200..200)
+    and the HU there vary by less than FLAT_HU (not across an organ edge), clear of others."""
+    from scipy import ndimage
+
+    hu = scene.hu.astype(np.float64)
+    r_max = LESION_MM[1] / scene.pixel_mm
+    window = int(2 * (r_max + ctsim.LESION_MARGIN)) + 1
+    mean = ndimage.uniform_filter(hu, window)
+    std = np.sqrt(np.maximum(ndimage.uniform_filter(hu * hu, window) - mean * mean, 0.0))
+    flat = (mean > -200) & (mean < 200) & (std < FLAT_HU)
+    edge = int(np.ceil(r_max + ctsim.LESION_MARGIN))
+    flat[:edge], flat[-edge:], flat[:, :edge], flat[:, -edge:] = False, False, False, False
+    count = int(rng.poisson(per_area * flat.sum() / LESION_AREA))
+    lesions, out, taken = list(scene.lesions), scene.hu.copy(), np.zeros(hu.shape, bool)
+    candidates = np.flatnonzero(flat)
+    for _ in range(count):
+        for _attempt in range(50):
+            if not len(candidates):
+                break
+            y, x = np.unravel_index(candidates[rng.integers(len(candidates))], hu.shape)
+            radius = float(rng.uniform(*LESION_MM)) / scene.pixel_mm
+            around = ctsim.ellipse(hu.shape, y, x, radius + ctsim.LESION_MARGIN,
+                                   radius + ctsim.LESION_MARGIN)
+            if taken[around].any():
+                continue
+            contrast = float(rng.choice([-1, 1]) * rng.uniform(*ctsim.LESION_CONTRAST))
+            out[ctsim.ellipse(hu.shape, y, x, radius, radius)] += contrast
+            taken |= around
+            lesions.append(ctsim.Lesion(float(y), float(x), radius, contrast))
+            break
+    return Scene(out, scene.pixel_mm, scene.source, tuple(lesions))
+
+
 MAKERS = {Source.HEAD: head_scene, Source.NATURAL: natural_scene, Source.PHANTOM: phantom_scene,
           Source.CHEST: chest_scene}
 

@@ -49,3 +49,51 @@ def test_contrast_enhanced_blood_in_some_chests_only():
     enhanced = sum(v > 100 for v in values)
     assert 2 <= enhanced <= 16  # CHEST_CONTRAST = 0.4 of 20 draws
     assert all(35 <= v <= 55 or 150 <= v <= 350 for v in values)
+
+
+def flat_soft_scene(size: int = 256, pixel_mm: float = 0.8) -> anatomy.Scene:
+    """Air, a soft-tissue square (40 HU) with an edge to fat (-100 HU) through its middle."""
+    hu = np.full((size, size), -1000.0, np.float32)
+    hu[32:-32, 32:-32] = 40.0
+    hu[32:-32, size // 2 :] = -100.0
+    return anatomy.Scene(hu, pixel_mm, anatomy.Source.NATURAL)
+
+
+def test_lesions_go_into_flat_soft_tissue_clear_of_edges_and_of_each_other():
+    scene = flat_soft_scene()
+    out = anatomy.add_lesions(scene, np.random.default_rng(0), per_area=20.0)
+    assert out.source is scene.source and out.pixel_mm == scene.pixel_mm
+    assert len(out.lesions) >= 5
+    y, x = np.mgrid[:256, :256]
+    disks = np.zeros(scene.hu.shape, bool)
+    margin = anatomy.ctsim.LESION_MARGIN
+    for les in out.lesions:
+        assert 20 <= abs(les.contrast_hu) <= 50
+        assert 2.0 <= les.radius * scene.pixel_mm <= 4.0  # radius 2-4 mm whatever the pixel
+        inside = np.hypot(y - les.y, x - les.x) <= les.radius
+        around = np.hypot(y - les.y, x - les.x) <= les.radius + margin
+        # Every lesion and its measurement ring lies in one tissue: not across the fat edge.
+        assert len(np.unique(scene.hu[around])) == 1 and scene.hu[int(les.y), int(les.x)] > -200
+        assert np.allclose(out.hu[inside], scene.hu[inside] + les.contrast_hu)
+        assert not disks[inside].any()  # no two lesions overlap
+        disks |= inside
+    assert np.array_equal(out.hu[~disks], scene.hu[~disks])  # nothing else changes
+    assert scene.hu.max() == 40.0  # the input scene is not modified
+
+
+def test_no_lesions_where_there_is_no_flat_soft_tissue():
+    air = anatomy.Scene(np.full((128, 128), -1000.0, np.float32), 0.8, anatomy.Source.NATURAL)
+    assert anatomy.add_lesions(air, np.random.default_rng(0), per_area=10.0).lesions == ()
+    # Texture far above FLAT_HU (a random field of 200 HU std) is not flat either.
+    rough = np.random.default_rng(1).normal(0, 200, (128, 128)).astype(np.float32)
+    rough_scene = anatomy.Scene(rough, 0.8, anatomy.Source.NATURAL)
+    assert anatomy.add_lesions(rough_scene, np.random.default_rng(0), per_area=10.0).lesions == ()
+
+
+def test_lesion_count_follows_the_flat_area_and_the_seed():
+    scene = flat_soft_scene(512)
+    counts = [len(anatomy.add_lesions(scene, np.random.default_rng(s), per_area).lesions)
+              for per_area in (0.5, 4.0) for s in range(3)]
+    assert np.mean(counts[3:]) > 3 * np.mean(counts[:3])
+    again = anatomy.add_lesions(scene, np.random.default_rng(0), 0.5)
+    assert again.lesions == anatomy.add_lesions(scene, np.random.default_rng(0), 0.5).lesions

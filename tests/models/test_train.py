@@ -213,3 +213,18 @@ def test_lesion_pixels_can_keep_their_weight_whatever_the_noise():
                         lowfreq_px=2)
     quiet_w = float(tuned_loss(error * torch.tensor([1.0, 0.0]).view(2, 1, 1, 1), target, w, std, weighted))
     assert quiet_w > 0.75 * float(tuned_loss(error, target, w, std, weighted))
+
+
+def test_anatomy_lesions_reach_the_loss_masks_and_leave_the_doses_alone():
+    from scipy import ndimage
+
+    from scanside.models.train import scene_patches
+
+    plain = scene_patches(("natural", 1, Settings(patch=64)))
+    with_lesions = scene_patches(("natural", 1, Settings(patch=64, anatomy_lesions=8.0)))
+    assert not plain["lesions"].any() and with_lesions["lesions"].any()
+    # The lesions draw from their own generator: the same patches at the same dose.
+    far = ~ndimage.binary_dilation(with_lesions["lesions"], iterations=4, axes=(1, 2))
+    assert np.abs(plain["full"] - with_lesions["full"])[far].max() < 0.005  # 5 HU
+    noise = lambda out: (out["low"] - out["full"]).std()  # noqa: E731
+    assert abs(noise(with_lesions) / noise(plain) - 1) < 0.05
