@@ -155,7 +155,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                             calibration=args.calibration,
                             synthetic_calibration=args.synthetic_calibration,
                             int8_activations=args.int8_activations,
-                            trt_compat=args.trt_compat, attention=args.attention)
+                            trt_compat=args.trt_compat, attention=args.attention,
+                            tiny_vae=args.tiny_vae, tiny_vae_parts=args.tiny_vae_parts)
     print(f"exported {args.model_dir} -> {args.out} ({manifest.height}x{manifest.width})")
     print_accuracy(manifest)
     if args.trtexec_script:
@@ -464,6 +465,12 @@ def cmd_info(args: argparse.Namespace) -> int:
         parity = m.vae_affine["parity"]
         print(f"VAE         a per-pixel affine map, run in numpy instead of its graphs (max|diff| "
               f"{parity['max_abs_diff']:.3g} vs torch, tolerance {parity['tolerance']:.3g})")
+    if m.tiny_vae:
+        q = m.tiny_vae["quality"]
+        print(f"tiny VAE    {m.tiny_vae['source']} for {' and '.join(m.tiny_vae['components'])}: "
+              f"round trip {q['tiny_round_trip_psnr_db']} dB (checkpoint's VAE "
+              f"{q['full_round_trip_psnr_db']} dB), decode vs the checkpoint's "
+              f"{q['tiny_decode_vs_full_psnr_db']} dB")
     if m.tuned_on:
         print(f"tuned on    {m.tuned_on.get('host_class')} ({m.tuned_on.get('cpu')}): int8 "
               "choices timed there")
@@ -539,6 +546,14 @@ def cmd_models_build(args: argparse.Namespace) -> int:
 
     build(args.recipe, args.out_dir, seed=args.seed)
     print(f"built {args.recipe} model in {args.out_dir}")
+    return 0
+
+
+def cmd_models_build_tiny_vae(args: argparse.Namespace) -> int:
+    from scanside.models.recipes import build_tiny_vae
+
+    build_tiny_vae(args.shape, args.out_dir, seed=args.seed)
+    print(f"built a {args.shape}-shaped tiny VAE (random weights) in {args.out_dir}")
     return 0
 
 
@@ -646,6 +661,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fused: the UNet's and VAE's attention as ONNX Runtime's MultiHeadAttention "
                         "(SD 1.5 at 512 px: far less memory, faster UNet steps; ONNX Runtime "
                         "only). plain (default): every backend, TensorRT included")
+    p.add_argument("--tiny-vae", type=Path, metavar="DIR",
+                   help="a TAESD folder (diffusers AutoencoderTiny, e.g. madebyollin/taesd saved "
+                        "locally) run in place of the checkpoint's VAE: far faster, some quality "
+                        "lost (measured, in the manifest)")
+    p.add_argument("--tiny-vae-parts", choices=["both", "decoder"], default="both",
+                   help="with --tiny-vae: replace encoder and decoder (default) or the decoder only")
     p.add_argument("--trt-compat", choices=["8.5"],
                    help="graphs TensorRT 8.5's parser takes (JetPack 5.1): LayerNormalization "
                         "decomposed")
@@ -773,6 +794,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", type=Path)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_models_build)
+
+    from scanside.models.recipes import TINY_VAE_SHAPES
+
+    p = msub.add_parser("build-tiny-vae", help="write a TAESD-shaped AutoencoderTiny with random "
+                                               "weights, to benchmark export --tiny-vae")
+    p.add_argument("shape", choices=sorted(TINY_VAE_SHAPES))
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_models_build_tiny_vae)
 
     from scanside.models.train import Settings
 

@@ -160,7 +160,8 @@ def test_export_refuses_a_non_model_folder(tmp_path, capsys):
 
 def test_help_on_every_command(capsys):
     for command in (["export"], ["generate"], ["enhance"], ["info"], ["demo"], ["models", "build"],
-                    ["models", "train-default"], ["models", "evaluate"]):
+                    ["models", "train-default"], ["models", "evaluate"],
+                    ["models", "build-tiny-vae"]):
         with pytest.raises(SystemExit) as exit_info:
             main([*command, "--help"])
         assert exit_info.value.code == 0
@@ -227,3 +228,14 @@ def test_enhance_ensemble_reaches_the_dicom_provenance(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run(capsys, "enhance", source, "--out", tmp_path / "x", "--ensemble", "3")
     assert exit_info.value.code == 2 and "--ensemble" in capsys.readouterr().err
+
+
+def test_export_with_a_tiny_vae_and_info_shows_its_cost(tiny_model, tmp_path, capsys):
+    taesd, engine = tmp_path / "taesd", tmp_path / "engine"
+    assert main(["models", "build-tiny-vae", "tiny", str(taesd), "--seed", "1"]) == 0
+    assert main(["export", str(tiny_model), "--out", str(engine), "--tiny-vae", str(taesd),
+                 "--tiny-vae-parts", "decoder"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(engine)]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("tiny VAE"))
+    assert "taesd for vae_decoder: round trip" in line and "dB" in line

@@ -23,6 +23,7 @@ from scanside.runtime.artifacts import (
 
 from . import affine
 from . import checkpoint as ckpt
+from . import tiny_vae as tiny
 from .attention import use_fused_attention
 from .calibration import gather
 from .onnx import OPSET, ParityError, parity, to_onnx, wrap
@@ -95,7 +96,9 @@ def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional
                  synthetic_calibration: bool = False,
                  int8_activations: "Int8Activations | str" = Int8Activations.U8,
                  trt_compat: Optional[str] = None,
-                 attention: "Attention | str" = Attention.PLAIN) -> Manifest:
+                 attention: "Attention | str" = Attention.PLAIN,
+                 tiny_vae: Optional[Path] = None,
+                 tiny_vae_parts: "tiny.TinyVaeParts | str" = tiny.TinyVaeParts.BOTH) -> Manifest:
     """Export every component of ``model_dir`` to ONNX in ``out``; returns the manifest.
 
     ``trt_compat="8.5"`` rewrites the graphs for TensorRT 8.5's parser (JetPack 5.1; see
@@ -106,6 +109,9 @@ def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional
 
     ``precision`` applies to every component unless ``component_precision`` names another
     (e.g. {"unet": "int8", "vae_decoder": "fp16"}); int8 needs ``calibration`` images.
+
+    ``tiny_vae``: a TAESD folder whose decoder (and encoder, ``tiny_vae_parts="both"``) replace
+    the checkpoint's VAE (tiny_vae.py); what it costs in quality goes to the manifest.
     """
     model_dir, out = Path(model_dir), Path(out)
     check_compat(trt_compat)
@@ -118,8 +124,13 @@ def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional
     ckpt.check_folder(model_dir)
     if opset < 17:
         raise InputError(f"--opset: {opset} is below 17, the first with LayerNormalization; use 17+")
+    parts = parse_tiny_vae_parts(tiny_vae_parts)
     checkpoint = ckpt.load(model_dir)
     shape = ModelShape.from_configs(checkpoint.configs)
+    small = None
+    if tiny_vae is not None:  # before any work: a wrong folder fails in seconds
+        small = tiny.load(tiny_vae)
+        tiny.check_fits(small, checkpoint.vae, Path(tiny_vae))
     default = int(checkpoint.vae.config.sample_size)
     height, width = height or default, width or default
     check_size(height, width, shape)
@@ -136,7 +147,10 @@ def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional
     components = {}
     for name in tqdm(COMPONENTS, desc="export", disable=not progress):
         spec = specs[name]
-        module = wrap(name, checkpoint)
+        if small is not None and name in parts.components:
+            module = tiny.wrap(name, small, checkpoint.vae.config.scaling_factor)
+        else:
+            module = wrap(name, checkpoint)
         if attention is Attention.FUSED:
             log.info("%s: %d attention layer(s) fused", name, use_fused_attention(module))
         bindings = {**size_bindings(height, width, shape.vae_factor),
@@ -158,8 +172,15 @@ def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional
         components[name] = Component(name, path.name, sha256_file(path),
                                      sum(f.stat().st_size for f in onnx_files(path)), spec, diff,
                                      tolerance)
-    vae_affine = affine.measure(wrap("vae_encoder", checkpoint), wrap("vae_decoder", checkpoint),
-                                shape.image_channels, shape.latent_channels, shape.vae_factor)
+    vae_affine, tiny_record = None, None
+    if small is not None:
+        measured = tiny.quality(small, checkpoint.vae, checkpoint.vae.config.scaling_factor,
+                                shape.image_channels, height, width)
+        log.info("tiny VAE (%s): %s", ", ".join(parts.components), measured)
+        tiny_record = tiny.record(Path(tiny_vae), parts, folder_hash(Path(tiny_vae)), measured)
+    else:  # an affine map is the checkpoint's VAE's: not measured when a tiny one replaces it
+        vae_affine = affine.measure(wrap("vae_encoder", checkpoint), wrap("vae_decoder", checkpoint),
+                                    shape.image_channels, shape.latent_channels, shape.vae_factor)
     if vae_affine:
         log.info("VAE: a per-pixel affine map (max abs diff %.3g vs torch); the runtime applies "
                  "it instead of the VAE graphs", vae_affine["parity"]["max_abs_diff"])
@@ -178,7 +199,7 @@ def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional
         conditioning=conditioning, concat_scale=concat_scale,
         scheduler_config=checkpoint.scheduler_config, components=components,
         versions=library_versions(), enhance_defaults=ckpt.read_enhance_defaults(model_dir),
-        attention=attention, vae_affine=vae_affine,
+        attention=attention, vae_affine=vae_affine, tiny_vae=tiny_record,
     )
     (staging / TOKENIZER).write_text(json.dumps(checkpoint.tokenizer.to_json(), ensure_ascii=False),
                                      encoding="utf-8")
@@ -192,6 +213,14 @@ def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional
             raise
     publish(staging, out)
     return manifest
+
+
+def parse_tiny_vae_parts(value: "tiny.TinyVaeParts | str") -> "tiny.TinyVaeParts":
+    try:
+        return tiny.TinyVaeParts(value)
+    except ValueError:
+        raise InputError(f"--tiny-vae-parts: {value!r}; choose both (encoder and decoder) or "
+                         "decoder") from None
 
 
 def parse_attention(value: "Attention | str") -> Attention:

@@ -211,3 +211,33 @@ def build(name: "str | RecipeName", out_dir: Path, seed: int = 0) -> Path:
     staging.rename(out_dir)  # a crash never leaves a half-written model behind the real name
     log.info("built %s model (seed %d) in %s", RecipeName(name).value, seed, out_dir)
     return out_dir
+
+
+# Tiny distilled VAEs (diffusers' AutoencoderTiny) for ``export --tiny-vae``: TAESD's own shape
+# (its defaults: 64 channels, 1.2 M parameters per half) to benchmark, and a small one for tests.
+TINY_VAE_SHAPES: dict[str, dict[str, Any]] = {
+    "taesd": {},
+    "tiny": dict(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+                 num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1)),
+}
+
+
+def build_tiny_vae(shape: str, out_dir: Path, seed: int = 0) -> Path:
+    """An AutoencoderTiny of ``shape`` with weights drawn from ``seed``, in diffusers' folder
+    format. Random weights: for timing and for tests, not for pictures."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    if shape not in TINY_VAE_SHAPES:
+        raise InputError(f"tiny VAE shape {shape!r}: choose from {sorted(TINY_VAE_SHAPES)}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise InputError(f"{out_dir}: folder exists and is not empty; choose a new OUT_DIR")
+    torch.manual_seed(seed)
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    AutoencoderTiny(**TINY_VAE_SHAPES[shape]).save_pretrained(staging, safe_serialization=True)
+    if out_dir.exists():
+        out_dir.rmdir()
+    staging.rename(out_dir)
+    return out_dir

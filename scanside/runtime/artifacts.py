@@ -107,6 +107,9 @@ class Manifest:
     # int8 engines: the host whose kernels the quantisation choices were timed on
     # ({"host_class": "x86-avx512-vnni", "cpu": ...}).
     tuned_on: Optional[Mapping[str, str]] = None
+    # A TAESD-format VAE exported in place of the checkpoint's (export/tiny_vae.py): which
+    # components, its folder's hash, and its measured quality against the checkpoint's VAE.
+    tiny_vae: Optional[Mapping[str, Any]] = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -127,6 +130,7 @@ class Manifest:
             "attention": self.attention.value,
             "vae_affine": self.vae_affine,
             "tuned_on": self.tuned_on,
+            "tiny_vae": self.tiny_vae,
         }
 
     @classmethod
@@ -148,6 +152,7 @@ class Manifest:
             attention=Attention(data.get("attention", Attention.PLAIN.value)),
             vae_affine=data.get("vae_affine"),
             tuned_on=data.get("tuned_on"),
+            tiny_vae=data.get("tiny_vae"),
         )
 
 

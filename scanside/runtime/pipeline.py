@@ -505,6 +505,9 @@ class Pipeline:
         views = f"; ensemble of {s['ensemble']} views" if s["ensemble"] != 1 else ""
         if s["consistency_px"]:
             views += f"; input kept above {s['consistency_px']:g} px (data consistency)"
+        if m.tiny_vae:  # a reader of the DICOM should know the pixels went through TAESD
+            views += (f"; tiny VAE sha256 {m.tiny_vae['source_hash'][:16]} for "
+                      f"{'+'.join(m.tiny_vae['components'])}")
         return (f"scanside {__version__} diffusion enhancement; model sha256 {m.source_hash[:16]}; "
                 f"{m.precision.value}; backend {self.backend.value}; scheduler {plan.algorithm}; "
                 f"steps {steps}; strength {strength:g}; guidance {guidance:g}; seed {seed}{views}; "
