@@ -102,8 +102,12 @@ def gather(path: Optional[Path], synthetic_ok: bool, height: int, width: int, ch
 
 def unet_feeds(latents: Sequence[np.ndarray], embeddings: Sequence[np.ndarray],
                scheduler_config: Mapping, condition: Optional[Sequence[np.ndarray]],
-               per_image: int = 4, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    """Noisy latents at timesteps spread over the whole range, with each prompt embedding."""
+               per_image: int = 4, seed: int = 0,
+               guidance_dim: int = 0) -> list[dict[str, np.ndarray]]:
+    """Noisy latents at timesteps spread over the whole range, with each prompt embedding
+    (and, for an LCM-distilled UNet, guidance embeddings over the usual 1-9 range)."""
+    from scanside.runtime.schedulers.lcm import guidance_embedding
+
     ac = make_plan("ddim", scheduler_config, 20).tables["ac"]
     rng = np.random.default_rng(seed)
     feeds = []
@@ -113,6 +117,9 @@ def unet_feeds(latents: Sequence[np.ndarray], embeddings: Sequence[np.ndarray],
             noisy = (ac[t] ** 0.5 * x0 + (1 - ac[t]) ** 0.5 * eps).astype(np.float32)
             sample = noisy if condition is None else np.concatenate([noisy, condition[k]], axis=1)
             text = embeddings[(k + t) % len(embeddings)]
-            feeds.append({"sample": sample, "timestep": np.array([t], np.float32),
-                          "encoder_hidden_states": text})
+            feed = {"sample": sample, "timestep": np.array([t], np.float32),
+                    "encoder_hidden_states": text}
+            if guidance_dim:
+                feed["timestep_cond"] = guidance_embedding(1.0 + 8.0 * rng.random(), guidance_dim)
+            feeds.append(feed)
     return feeds

@@ -44,8 +44,10 @@ class UNet(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, sample, timestep, encoder_hidden_states):
-        return self.model(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+    def forward(self, sample, timestep, encoder_hidden_states, timestep_cond=None):
+        # timestep_cond: an LCM-distilled UNet's guidance-scale embedding (specs.py)
+        return self.model(sample, timestep, encoder_hidden_states, timestep_cond=timestep_cond,
+                          return_dict=False)[0]
 
 
 class VaeEncoder(torch.nn.Module):

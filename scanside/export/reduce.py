@@ -80,7 +80,8 @@ def feeds_for(name: str, pipe, pixels: list[np.ndarray], prompts, scheduler_conf
     if pipe.manifest.conditioning is Conditioning.CONCAT:
         condition = [m * np.float32(pipe.manifest.concat_scale) for m in means]
     embeddings = [pipe.embed(p) for p in prompts]
-    return unet_feeds([m * sf for m in means], embeddings, scheduler_config, condition, seed=seed)
+    return unet_feeds([m * sf for m in means], embeddings, scheduler_config, condition, seed=seed,
+                      guidance_dim=pipe.guidance_embedding_dim)
 
 
 def static_report(report: "convert.Int8Report", activations: convert.Int8Activations) -> dict:

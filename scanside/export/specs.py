@@ -28,6 +28,9 @@ class ModelShape:
     unet_in_channels: int
     vae_factor: int
     divisor: int  # image sizes are multiples of it: vae_factor x 2 ** UNet downsamplings
+    # LCM-distilled UNets (time_cond_proj_dim): the width of their guidance-scale embedding,
+    # an extra UNet input; 0 for every other UNet.
+    guidance_embedding_dim: int = 0
 
     @classmethod
     def from_configs(cls, configs: Mapping[str, Mapping[str, Any]]) -> "ModelShape":
@@ -39,6 +42,7 @@ class ModelShape:
             vae_factor=2 ** (len(vae["block_out_channels"]) - 1),
             divisor=2 ** (len(vae["block_out_channels"]) - 1)
             * 2 ** (len(unet["block_out_channels"]) - 1),
+            guidance_embedding_dim=int(unet.get("time_cond_proj_dim") or 0),
         )
 
 
@@ -56,6 +60,8 @@ def build_specs(shape: ModelShape, height: int, width: int, dynamic: bool) -> di
             ranges[small] = (low // f, opt // f, max(1024, opt) // f)
     r = ranges
     c, lc = shape.image_channels, shape.latent_channels
+    guidance = ((TensorSpec("timestep_cond", "float32", ("UB", shape.guidance_embedding_dim)),)
+                if shape.guidance_embedding_dim else ())
     return {
         "text_encoder": IOSpec(
             "text_encoder",
@@ -69,6 +75,7 @@ def build_specs(shape: ModelShape, height: int, width: int, dynamic: bool) -> di
                 TensorSpec("sample", "float32", ("UB", shape.unet_in_channels, "h", "w")),
                 TensorSpec("timestep", "float32", (1,)),
                 TensorSpec("encoder_hidden_states", "float32", ("UB", shape.max_length, shape.text_dim)),
+                *guidance,
             ),
             outputs=(TensorSpec("out_sample", "float32", ("UB", lc, "h", "w")),),
             static=static, ranges=r,

@@ -27,6 +27,7 @@ from .artifacts import COMPONENTS, TOKENIZER, Attention, Conditioning, Manifest,
 from .default import default_engine_dir
 from .engines import Backend, Engine, GpuOptions, open_engine
 from .schedulers import Plan, SchedulerName
+from .schedulers.lcm import guidance_embedding
 from .tiles import Grid, fitted_tile, run_tiled
 from .timing import NullTimer, StageTimer
 from .tokenizer import ClipTokenizer
@@ -301,7 +302,8 @@ class Pipeline:
         if scheduler is None:
             own = self.manifest.scheduler_config.get("_class_name", "DDIMScheduler")
             scheduler = DIFFUSERS_NAMES.get(own, SchedulerName.DDIM)
-        return schedulers.make_plan(scheduler, self.manifest.scheduler_config, steps, strength)
+        return schedulers.make_plan(scheduler, self.manifest.scheduler_config, steps, strength,
+                                    lcm_distilled=self.guidance_embedding_dim > 0)
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int, int]:
         f = self.manifest.vae_factor
@@ -333,6 +335,14 @@ class Pipeline:
             return self.run("vae_decoder", {"latent": scaled}, grid, "latent", f, 1,
                             per_call)["image"]  # (1, C, H, W)
 
+    @property
+    def guidance_embedding_dim(self) -> int:
+        """An LCM-distilled UNet's guidance-embedding width (its timestep_cond input), else 0."""
+        for t in self.manifest.components["unet"].spec.inputs:
+            if t.name == "timestep_cond":
+                return int(t.shape[1])
+        return 0
+
     def check_guidance(self, guidance: float) -> None:
         if not isinstance(guidance, (int, float)) or not np.isfinite(guidance) or guidance < 0:
             raise InputError(f"guidance: {guidance!r} is not a number >= 0; use 1 for none, "
@@ -344,7 +354,10 @@ class Pipeline:
         """The loop: UNet (both guidance halves in one call), guidance, scheduler step. With
         a grid, every tile's prediction is fused into one before each step (see tiles)."""
         module = schedulers.module_for(plan.algorithm)
-        guided = guidance > 1.0
+        extra = {}
+        if self.guidance_embedding_dim:  # LCM-distilled: guidance is an input, not a 2nd half
+            extra["timestep_cond"] = guidance_embedding(guidance, self.guidance_embedding_dim)
+        guided = guidance > 1.0 and not extra
         text = self.embed(prompt)
         if guided:
             text = np.concatenate([self.embed(negative_prompt), text])  # (2, 77, D)
@@ -358,7 +371,7 @@ class Pipeline:
             timestep = plan.timesteps[i : i + 1]  # (1,) float32
             with self.timer.stage("unet"):
                 out = self.run("unet", {"sample": x, "timestep": timestep,
-                                        "encoder_hidden_states": text},
+                                        "encoder_hidden_states": text, **extra},
                                grid, "sample", self.manifest.vae_factor,
                                self.manifest.vae_factor)["out_sample"]
             if guided:

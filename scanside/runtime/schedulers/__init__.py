@@ -52,9 +52,11 @@ def module_for(name: "str | SchedulerName") -> ModuleType:
 
 
 def make_plan(
-    name: "str | SchedulerName", raw_config: Mapping[str, Any], steps: int, strength: float = 1.0
+    name: "str | SchedulerName", raw_config: Mapping[str, Any], steps: int, strength: float = 1.0,
+    lcm_distilled: bool = False,
 ) -> Plan:
-    """Plan ``steps`` steps of scheduler ``name`` from diffusers' scheduler_config.json data."""
+    """Plan ``steps`` steps of scheduler ``name`` from diffusers' scheduler_config.json data.
+    ``lcm_distilled``: an LCM-distilled UNet's img2img, all steps within strength (lcm.plan)."""
     scheduler = SchedulerName.parse(name)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise InputError(f"steps: {steps!r} is not a positive integer; use e.g. steps=20")
@@ -68,6 +70,8 @@ def make_plan(
             f"steps: {steps} is more than the model's {raw.get('num_train_timesteps', 1000)} "
             "training timesteps; use fewer steps"
         )
+    if scheduler is SchedulerName.LCM and lcm_distilled:  # its own strength arithmetic
+        return lcm.plan(raw, steps, strength, steps_within_strength=True)
     plan = MODULES[scheduler].plan(raw, steps, strength)
     if plan.start >= len(plan.timesteps) or int(steps * strength) < 1:
         raise InputError(

@@ -43,33 +43,59 @@ class Config:  # defaults are diffusers' LCMScheduler defaults
     rescale_betas_zero_snr: bool = False
 
 
-def lcm_timesteps(config: Config, steps: int) -> np.ndarray:
-    """Evenly skip through the ``original_inference_steps`` grid LCM was distilled on."""
+def lcm_timesteps(config: Config, steps: int, strength: float = 1.0) -> np.ndarray:
+    """Evenly skip through the ``original_inference_steps`` grid LCM was distilled on, or
+    through its first ``strength`` share (LCMScheduler.set_timesteps(strength=...))."""
     k = config.num_train_timesteps // config.original_inference_steps
-    origin = np.asarray(list(range(1, config.original_inference_steps + 1))) * k - 1
+    origin = np.asarray(list(range(1, int(config.original_inference_steps * strength) + 1))) * k - 1
     if steps > config.original_inference_steps or len(origin) // steps < 1:
         raise SchedulerConfigError(
             f"steps={steps}: LCM can take at most original_inference_steps="
-            f"{config.original_inference_steps} steps; use fewer steps"
+            f"{config.original_inference_steps} x strength {strength:g} = {len(origin)} steps; "
+            "use fewer steps or a higher strength"
         )
     origin = origin[::-1].copy()
     idx = np.floor(np.linspace(0, len(origin), num=steps, endpoint=False)).astype(np.int64)
     return origin[idx]
 
 
-def plan(raw: Mapping[str, Any], steps: int, strength: float = 1.0) -> Plan:
+def plan(raw: Mapping[str, Any], steps: int, strength: float = 1.0,
+         steps_within_strength: bool = False) -> Plan:
+    """``steps_within_strength``: img2img as diffusers' LatentConsistencyModelImg2ImgPipeline
+    runs it (what LCM-distilled models are used with): all ``steps`` steps on the first
+    ``strength`` share of the grid. Otherwise as StableDiffusionImg2ImgPipeline with an
+    LCMScheduler (LCM-LoRA on an SD model): the full schedule, its first steps skipped."""
     config = parse_config(Config, raw, NAME)
     check_prediction(config, NAME, ("epsilon", "sample", "v_prediction"))
-    ts = lcm_timesteps(config, steps)
+    within = steps_within_strength and strength < 1.0
+    ts = lcm_timesteps(config, steps, strength if within else 1.0)
     ac = alphas_cumprod(config)
     draws = np.ones(steps, dtype=bool)
     draws[-1] = False
     return Plan(
         algorithm=NAME, config=config, steps=steps, timesteps=ts.astype(np.float32),
-        start=start_index(steps, strength), init_noise_sigma=1.0, input_divisors=ones(steps),
+        start=0 if within else start_index(steps, strength), init_noise_sigma=1.0,
+        input_divisors=ones(steps),
         draws_noise=draws,
         tables={"ac": ac, "final_ac": np.float32(1.0) if config.set_alpha_to_one else ac[0]},
     )
+
+
+def guidance_embedding(guidance: float, dim: int) -> np.ndarray:
+    """(1, dim) float32: the guidance-scale embedding an LCM-distilled UNet takes as its
+    ``timestep_cond`` (its config's time_cond_proj_dim), w = guidance - 1, as diffusers'
+    LatentConsistencyModelPipeline.get_guidance_scale_embedding computes it. Such a UNet was
+    distilled with guidance folded in: one UNet call per step, no unconditional half."""
+    half = dim // 2
+    # float32 throughout, in torch's order: the angles reach 8,500 rad at guidance 9.5, where
+    # one float32 ulp is 5e-4, so any other rounding moves the sines by that much.
+    step = np.float32(np.log(np.float32(10000.0))) / np.float32(half - 1)
+    freqs = np.exp(np.arange(half, dtype=np.float32) * -step)
+    angles = np.float32((np.float32(guidance) - np.float32(1.0)) * np.float32(1000.0)) * freqs
+    emb = np.concatenate([np.sin(angles), np.cos(angles)])
+    if dim % 2:
+        emb = np.concatenate([emb, np.zeros(1, np.float32)])
+    return emb.astype(np.float32)[None]
 
 
 def boundary_scalings(t: int, timestep_scaling: float) -> tuple[np.float32, np.float32]:
