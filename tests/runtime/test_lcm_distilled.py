@@ -113,3 +113,14 @@ def test_too_many_steps_for_the_strength_is_refused_with_the_limit(lcm_engine):
     # four do (an SD model would run int(4 x 0.1) = 0 steps of its full schedule: refused)
     out = Pipeline.load(lcm_engine).enhance(image, prompt=PROMPT, strength=0.1, steps=4)
     assert out.shape == image.shape
+
+
+def test_tensorrt_profiles_cover_the_embedding_input(lcm_engine):
+    """GPU-free: the TensorRT optimisation profile (and trtexec's shapes) name timestep_cond
+    with the UNet batch range, so a plan built for this engine takes the embedding."""
+    from scanside.runtime.engines.tensorrt import profile_shapes, shapes_option
+
+    spec = Pipeline.load(lcm_engine).manifest.components["unet"].spec
+    low, opt, high = profile_shapes(spec)["timestep_cond"]
+    assert low == (1, EMBEDDING) and high[1] == EMBEDDING and high[0] >= 2
+    assert f"timestep_cond:1x{EMBEDDING}" in shapes_option(spec, 0)
