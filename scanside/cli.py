@@ -578,7 +578,8 @@ def cmd_models_train(args: argparse.Namespace) -> int:
                         tune_steps=args.tune_steps, workers=args.workers,
                         scenes=tuple((k, v) for k, v in scenes.items() if v > 0),
                         noise_weight_power=args.tune_noise_power,
-                        lowfreq_weight=args.tune_lowfreq_weight)
+                        lowfreq_weight=args.tune_lowfreq_weight,
+                        anatomy_lesions=args.anatomy_lesions)
     model_dir = train_default(args.out_dir, settings)
     print(f"trained model: {model_dir}; export it with `scanside export {model_dir} --out ENGINE`")
     return 0
@@ -819,6 +820,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "1's loss)")
     p.add_argument("--tune-lowfreq-weight", type=float, default=Settings.lowfreq_weight,
                    metavar="W", help="phase 2: penalty on the error's block means (0: none)")
+    p.add_argument("--anatomy-lesions", type=float, default=Settings.anatomy_lesions, metavar="N",
+                   help="also draw faint lesions into the anatomy scenes, N per 128x128 px of "
+                        "their flat soft tissue (0: only the phantoms have lesions)")
     p.add_argument("--scenes", type=scene_counts, action="append", metavar="SOURCE=COUNT",
                    help="scenes of a training source (head, natural, phantom, chest; "
                         "repeatable; 0 leaves one out)")

@@ -178,10 +178,11 @@ def test_train_default_refuses_an_unknown_source_and_passes_scene_counts(tmp_pat
     monkeypatch.setattr("scanside.models.train.train_default",
                         lambda out, settings: seen.setdefault("settings", settings) and out)
     main(["models", "train-default", str(tmp_path), "--scenes", "chest=5", "--scenes",
-          "natural=0", "--tune-noise-power", "0"])
+          "natural=0", "--tune-noise-power", "0", "--anatomy-lesions", "2"])
     counts = dict(seen["settings"].scenes)
     assert counts["chest"] == 5 and "natural" not in counts and counts["head"] == 64
     assert seen["settings"].noise_weight_power == 0.0
+    assert seen["settings"].anatomy_lesions == 2.0
 
 
 HEAD_GAIN_DB = 5.0  # measured +6.56 dB (37.19 -> 43.75 dB) on the demo's noise draw
