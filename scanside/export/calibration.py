@@ -18,6 +18,7 @@ import numpy as np
 from scanside.errors import InputError
 from scanside.runtime import images
 from scanside.runtime.schedulers import make_plan
+from scanside.runtime.schedulers.lcm import guidance_embedding
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png",)
@@ -106,8 +107,6 @@ def unet_feeds(latents: Sequence[np.ndarray], embeddings: Sequence[np.ndarray],
                guidance_dim: int = 0) -> list[dict[str, np.ndarray]]:
     """Noisy latents at timesteps spread over the whole range, with each prompt embedding
     (and, for an LCM-distilled UNet, guidance embeddings over the usual 1-9 range)."""
-    from scanside.runtime.schedulers.lcm import guidance_embedding
-
     ac = make_plan("ddim", scheduler_config, 20).tables["ac"]
     rng = np.random.default_rng(seed)
     feeds = []

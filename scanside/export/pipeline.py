@@ -129,8 +129,9 @@ def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional
     shape = ModelShape.from_configs(checkpoint.configs)
     small = None
     if tiny_vae is not None:  # before any work: a wrong folder fails in seconds
+        tiny_vae = Path(tiny_vae)
         small = tiny.load(tiny_vae)
-        tiny.check_fits(small, checkpoint.vae, Path(tiny_vae))
+        tiny.check_fits(small, shape, tiny_vae)
     default = int(checkpoint.vae.config.sample_size)
     height, width = height or default, width or default
     check_size(height, width, shape)
@@ -177,7 +178,7 @@ def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional
         measured = tiny.quality(small, checkpoint.vae, checkpoint.vae.config.scaling_factor,
                                 shape.image_channels, height, width)
         log.info("tiny VAE (%s): %s", ", ".join(parts.components), measured)
-        tiny_record = tiny.record(Path(tiny_vae), parts, folder_hash(Path(tiny_vae)), measured)
+        tiny_record = tiny.record(tiny_vae, parts, folder_hash(tiny_vae), measured)
     else:  # an affine map is the checkpoint's VAE's: not measured when a tiny one replaces it
         vae_affine = affine.measure(wrap("vae_encoder", checkpoint), wrap("vae_decoder", checkpoint),
                                     shape.image_channels, shape.latent_channels, shape.vae_factor)

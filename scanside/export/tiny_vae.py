@@ -28,6 +28,9 @@ import torch
 
 from scanside.errors import InputError
 
+from .reduce import psnr
+from .specs import ModelShape
+
 
 class TinyVaeParts(str, enum.Enum):
     BOTH = "both"  # encoder and decoder: TAESD as distilled, as a pair
@@ -58,17 +61,17 @@ def load(path: Path) -> Any:
                          "TAESD folder in diffusers' format") from None
 
 
-def check_fits(tiny: Any, vae: Any, path: Path) -> None:
+def check_fits(tiny: Any, shape: "ModelShape", path: Path) -> None:
     """The tiny VAE must read and write the checkpoint's latents: same image and latent
     channels, same spatial factor (measured on a probe, not read from the config)."""
     cfg = tiny.config
-    want = (int(vae.config.in_channels), int(vae.config.latent_channels))
+    want = (shape.image_channels, shape.latent_channels)
     have = (int(cfg.in_channels), int(cfg.latent_channels))
     if have != want:
         raise InputError(f"--tiny-vae {path}: {have[0]} image and {have[1]} latent channels, the "
                          f"checkpoint's VAE has {want[0]} and {want[1]}; use the TAESD made for "
                          "this model family (taesd: SD 1.x/2.x, taesdxl: SDXL)")
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    factor = shape.vae_factor
     with torch.inference_mode():
         latent = tiny.encoder(torch.zeros(1, have[0], 8 * factor, 8 * factor))
     if tuple(latent.shape[-2:]) != (8, 8):
@@ -115,9 +118,9 @@ def held_out_images(channels: int, height: int, width: int, count: int = 2) -> n
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    # [-1, 1] images, scored in [0, 1] as the manifest's other PSNRs are.
-    mse = float(((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2).pow(2).mean())
-    return float("inf") if mse == 0 else round(10 * np.log10(1.0 / mse), 2)
+    """[-1, 1] images, scored in [0, 1] as the manifest's other PSNRs are."""
+    unit = lambda x: ((x.clamp(-1, 1) + 1) / 2).numpy()  # noqa: E731
+    return round(psnr(unit(a), unit(b)), 2)
 
 
 def quality(tiny: Any, vae: Any, scaling_factor: float, channels: int, height: int,

@@ -187,6 +187,23 @@ def build_components(spec: Recipe, vocab_size: int, seed: int) -> dict[str, Any]
     }
 
 
+def staging_for(out_dir: Path) -> Path:
+    """A clean ``OUT_DIR.partial`` to write into; ``out_dir`` must be new or empty."""
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise InputError(f"{out_dir}: folder exists and is not empty; choose a new OUT_DIR")
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    return staging
+
+
+def publish(staging: Path, out_dir: Path) -> None:
+    """Rename the finished folder into place: a crash never leaves a half-written model
+    behind the real name."""
+    if out_dir.exists():
+        out_dir.rmdir()
+    staging.rename(out_dir)
+
+
 def build(name: "str | RecipeName", out_dir: Path, seed: int = 0) -> Path:
     """Write recipe ``name`` to ``out_dir`` in diffusers' folder format; returns ``out_dir``."""
     from diffusers import StableDiffusionPipeline
@@ -194,10 +211,7 @@ def build(name: "str | RecipeName", out_dir: Path, seed: int = 0) -> Path:
 
     spec = recipe(name)
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise InputError(f"{out_dir}: folder exists and is not empty; choose a new OUT_DIR")
-    staging = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = staging_for(out_dir)
     vocab_size = write_tokenizer(staging / "tokenizer", spec.real_vocab)
     parts = build_components(spec, vocab_size, seed)
     tokenizer = CLIPTokenizer.from_pretrained(staging / "tokenizer")
@@ -206,9 +220,7 @@ def build(name: "str | RecipeName", out_dir: Path, seed: int = 0) -> Path:
     pipe.save_pretrained(staging)
     if spec.real_vocab:  # the CLIP vocabulary travels with its licence notice
         shutil.copyfile(CLIP_VOCAB / "README.md", staging / "tokenizer" / "README.md")
-    if out_dir.exists():
-        out_dir.rmdir()
-    staging.rename(out_dir)  # a crash never leaves a half-written model behind the real name
+    publish(staging, out_dir)
     log.info("built %s model (seed %d) in %s", RecipeName(name).value, seed, out_dir)
     return out_dir
 
@@ -231,13 +243,8 @@ def build_tiny_vae(shape: str, out_dir: Path, seed: int = 0) -> Path:
     if shape not in TINY_VAE_SHAPES:
         raise InputError(f"tiny VAE shape {shape!r}: choose from {sorted(TINY_VAE_SHAPES)}")
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise InputError(f"{out_dir}: folder exists and is not empty; choose a new OUT_DIR")
+    staging = staging_for(out_dir)
     torch.manual_seed(seed)
-    staging = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
     AutoencoderTiny(**TINY_VAE_SHAPES[shape]).save_pretrained(staging, safe_serialization=True)
-    if out_dir.exists():
-        out_dir.rmdir()
-    staging.rename(out_dir)
+    publish(staging, out_dir)
     return out_dir

@@ -354,9 +354,9 @@ class Pipeline:
         """The loop: UNet (both guidance halves in one call), guidance, scheduler step. With
         a grid, every tile's prediction is fused into one before each step (see tiles)."""
         module = schedulers.module_for(plan.algorithm)
-        extra = {}
-        if self.guidance_embedding_dim:  # LCM-distilled: guidance is an input, not a 2nd half
-            extra["timestep_cond"] = guidance_embedding(guidance, self.guidance_embedding_dim)
+        extra, dim = {}, self.guidance_embedding_dim
+        if dim:  # LCM-distilled: guidance is an input, not a second half
+            extra["timestep_cond"] = guidance_embedding(guidance, dim)
         guided = guidance > 1.0 and not extra
         text = self.embed(prompt)
         if guided:

@@ -67,14 +67,13 @@ def plan(raw: Mapping[str, Any], steps: int, strength: float = 1.0,
     LCMScheduler (LCM-LoRA on an SD model): the full schedule, its first steps skipped."""
     config = parse_config(Config, raw, NAME)
     check_prediction(config, NAME, ("epsilon", "sample", "v_prediction"))
-    within = steps_within_strength and strength < 1.0
-    ts = lcm_timesteps(config, steps, strength if within else 1.0)
+    ts = lcm_timesteps(config, steps, strength if steps_within_strength else 1.0)
     ac = alphas_cumprod(config)
     draws = np.ones(steps, dtype=bool)
     draws[-1] = False
     return Plan(
         algorithm=NAME, config=config, steps=steps, timesteps=ts.astype(np.float32),
-        start=0 if within else start_index(steps, strength), init_noise_sigma=1.0,
+        start=0 if steps_within_strength else start_index(steps, strength), init_noise_sigma=1.0,
         input_divisors=ones(steps),
         draws_noise=draws,
         tables={"ac": ac, "final_ac": np.float32(1.0) if config.set_alpha_to_one else ac[0]},
