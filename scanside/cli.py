@@ -579,7 +579,8 @@ def cmd_models_train(args: argparse.Namespace) -> int:
                         scenes=tuple((k, v) for k, v in scenes.items() if v > 0),
                         noise_weight_power=args.tune_noise_power,
                         lowfreq_weight=args.tune_lowfreq_weight,
-                        anatomy_lesions=args.anatomy_lesions)
+                        anatomy_lesions=args.anatomy_lesions,
+                        tune_scenes=tuple(args.tune_scenes or ()))
     model_dir = train_default(args.out_dir, settings)
     print(f"trained model: {model_dir}; export it with `scanside export {model_dir} --out ENGINE`")
     return 0
@@ -824,8 +825,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also draw faint lesions into the anatomy scenes, N per 128x128 px of "
                         "their flat soft tissue (0: only the phantoms have lesions)")
     p.add_argument("--scenes", type=scene_counts, action="append", metavar="SOURCE=COUNT",
-                   help="scenes of a training source (head, natural, phantom, chest; "
+                   help="scenes of a training source (head, natural, phantom, chest, leaves; "
                         "repeatable; 0 leaves one out)")
+    p.add_argument("--tune-scenes", type=scene_counts, action="append", metavar="SOURCE=COUNT",
+                   help="scenes only phase 2 trains on, after phase 1's (repeatable)")
     p.add_argument("--workers", type=positive_int, default=Settings.workers,
                    help="processes simulating the scans")
     p.set_defaults(func=cmd_models_train)

@@ -178,8 +178,10 @@ def test_train_default_refuses_an_unknown_source_and_passes_scene_counts(tmp_pat
     monkeypatch.setattr("scanside.models.train.train_default",
                         lambda out, settings: seen.setdefault("settings", settings) and out)
     main(["models", "train-default", str(tmp_path), "--scenes", "chest=5", "--scenes",
-          "natural=0", "--tune-noise-power", "0", "--anatomy-lesions", "2"])
+          "natural=0", "--tune-noise-power", "0", "--anatomy-lesions", "2",
+          "--tune-scenes", "leaves=100"])
     counts = dict(seen["settings"].scenes)
+    assert seen["settings"].tune_scenes == (("leaves", 100),)
     assert counts["chest"] == 5 and "natural" not in counts and counts["head"] == 64
     assert seen["settings"].noise_weight_power == 0.0
     assert seen["settings"].anatomy_lesions == 2.0

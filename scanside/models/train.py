@@ -65,7 +65,7 @@ class Settings:
     # (--scenes chest=24) added +0.1-0.4 dB on held-out chests but lost 1.5-3 points more of
     # the phantoms' lesions (run 9 in the model card).
     patches: tuple[tuple[str, int], ...] = (("head", 10), ("natural", 5), ("phantom", 3),
-                                            ("chest", 10))
+                                            ("chest", 10), ("leaves", 5))
     patch: int = 128
     doses: int = 2
     # Soft-tissue noise of the simulated low doses, HU, log-uniform: about 1/4x to 4x the dose
@@ -123,6 +123,10 @@ class Settings:
     lowfreq_weight: float = 0.0
     lowfreq_px: int = 8
     lesion_noise_weighted: bool = True
+    # Scenes only phase 2 samples from (after phase 1's, same form as ``scenes``): a source
+    # added this way continues phase 1's weights exactly as a run without it would, so its
+    # effect is measured against the same phase 1 (run 12 in the model card).
+    tune_scenes: tuple[tuple[str, int], ...] = ()
 
 
 def batch_start(rng: np.random.Generator, x0, x0_low, settings: Settings):
@@ -305,11 +309,17 @@ def save_scene(folder: Path, job: tuple[str, int, Settings], part: dict[str, np.
     os.replace(tmp, path)
 
 
+def scene_jobs(scenes: tuple[tuple[str, int], ...], settings: Settings) -> list[tuple]:
+    return [(source, seed, settings) for source, count in scenes for seed in range(count)]
+
+
 def load_data(out: Path, settings: Settings, echo: Callable[[str], None]) -> dict:
     """Training patches of every scene, each scene simulated once and kept in
-    OUT_DIR/train/scenes/ (a run folder holds one set of settings: train_default checks)."""
+    OUT_DIR/train/scenes/ (a run folder holds one set of settings: train_default checks).
+    Phase 1's scenes come first; ``data["phase1"]`` is how many patches they gave, the pool
+    phase 1 samples from (Settings.tune_scenes)."""
     started = time.perf_counter()
-    jobs = [(source, seed, settings) for source, count in settings.scenes for seed in range(count)]
+    jobs = scene_jobs(settings.scenes, settings) + scene_jobs(settings.tune_scenes, settings)
     folder = out / "train" / "scenes"  # one file per scene: an interrupted stage resumes
     folder.mkdir(parents=True, exist_ok=True)
     todo = [job for job in jobs if not scene_file(folder, job).is_file()]
@@ -330,14 +340,20 @@ def load_data(out: Path, settings: Settings, echo: Callable[[str], None]) -> dic
         with np.load(scene_file(folder, job), allow_pickle=False) as part:
             parts.append({name: part[name] for name in ("low", "full", "lesions")})
     data = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
-    echo(f"data: {len(data['full'])} patch pairs in {time.perf_counter() - started:.0f} s")
+    phase1 = len(scene_jobs(settings.scenes, settings))
+    data["phase1"] = sum(len(part["full"]) for part in parts[:phase1])
+    echo(f"data: {len(data['full'])} patch pairs in {time.perf_counter() - started:.0f} s"
+         + (f" ({len(data['full']) - data['phase1']} for phase 2 only)"
+            if settings.tune_scenes else ""))
     return data
 
 
-def sample(data: dict, rng: np.random.Generator, batch: int, settings: Settings):
-    """A training batch: (low, full, lesions), (B, P, P) each, every patch turned by a random
-    rotation/flip and its noise scaled by a random factor (Settings.noise_scale)."""
-    pick = rng.choice(len(data["full"]), batch, replace=False)
+def sample(data: dict, rng: np.random.Generator, batch: int, settings: Settings,
+           pool: "int | None" = None):
+    """A training batch: (low, full, lesions), (B, P, P) each, from the first ``pool`` patches
+    (all by default), every patch turned by a random rotation/flip and its noise scaled by a
+    random factor (Settings.noise_scale)."""
+    pick = rng.choice(len(data["full"]) if pool is None else pool, batch, replace=False)
     views = rng.integers(0, 8, batch)
     scale = np.exp(rng.uniform(*np.log(settings.noise_scale), batch)).astype(np.float32)
     turn = lambda name: np.stack([dihedral(data[name][i], int(k))  # noqa: E731
@@ -364,9 +380,10 @@ def encode(vae, images: np.ndarray):
 
 
 def latent_scale(vae, data: dict, count: int = 256) -> float:
-    """1 / std of reference latents: SD's scaling factor, from a fixed sample of patches."""
-    pick = np.random.default_rng(0).choice(len(data["full"]), min(count, len(data["full"])),
-                                           replace=False)
+    """1 / std of reference latents: SD's scaling factor, from a fixed sample of phase 1's
+    patches (so phase-2-only scenes leave phase 1 as it was)."""
+    pool = data.get("phase1", len(data["full"]))
+    pick = np.random.default_rng(0).choice(pool, min(count, pool), replace=False)
     return float(1.0 / encode(vae, data["full"][np.sort(pick)]).std())
 
 
@@ -399,7 +416,8 @@ def train_unet(unet, vae, scheduler, data: dict, embeddings, scaling: float, set
     b = settings.unet_batch
     for step in range(start, total):
         rng = np.random.default_rng([settings.seed, STAGE_SEED["unet"], step])
-        low, full, lesions = sample(data, rng, b, settings)
+        pool = data.get("phase1") if step < settings.unet_steps else None
+        low, full, lesions = sample(data, rng, b, settings, pool)
         cond = encode(vae, low)
         x0 = encode(vae, full) * scaling
         t, x_start = batch_start(rng, x0, cond * scaling, settings)
@@ -479,6 +497,14 @@ def write_model(parts: dict, tokenizer_dir: Path, out: Path, settings: Settings,
     return model_dir
 
 
+def same_run(stored: dict, wanted: dict) -> bool:
+    """Whether a run folder's settings.json is ``wanted``: a field added to Settings since the
+    folder was made counts as equal when it is at its default (old runs still resume)."""
+    defaults = json.loads(json.dumps(asdict(Settings())))
+    return all(stored.get(k, defaults.get(k)) == v for k, v in wanted.items()) \
+        and set(stored) <= set(wanted)
+
+
 def train_default(out: "str | Path", settings: Settings = Settings(),
                   echo: Callable[[str], None] = print) -> Path:
     """Train (or resume) the default model in ``out``; returns the diffusers model folder."""
@@ -491,7 +517,7 @@ def train_default(out: "str | Path", settings: Settings = Settings(),
     ckpt = Checkpoints(out / "train")
     settings_file = out / "train" / "settings.json"
     as_json = json.loads(json.dumps(asdict(settings)))  # tuples read back as lists
-    if settings_file.is_file() and json.loads(settings_file.read_text()) != as_json:
+    if settings_file.is_file() and not same_run(json.loads(settings_file.read_text()), as_json):
         from scanside.errors import InputError
 
         raise InputError(f"{out}: holds a run with other settings ({settings_file}); resume it "

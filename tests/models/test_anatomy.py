@@ -97,3 +97,38 @@ def test_lesion_count_follows_the_flat_area_and_the_seed():
     assert np.mean(counts[3:]) > 3 * np.mean(counts[:3])
     again = anatomy.add_lesions(scene, np.random.default_rng(0), 0.5)
     assert again.lesions == anatomy.add_lesions(scene, np.random.default_rng(0), 0.5).lesions
+
+
+def test_leaf_radii_follow_the_scale_invariant_law():
+    low, high = 1.0, 80.0
+    radii = anatomy.leaf_radii(np.random.default_rng(0), 200_000, low, high)
+    assert radii.min() >= low and radii.max() <= high
+    # Density r^-3: P(r <= x) = (1/low^2 - 1/x^2) / (1/low^2 - 1/high^2).
+    for x in (1.5, 3.0, 10.0):
+        expected = (1 / low**2 - 1 / x**2) / (1 / low**2 - 1 / high**2)
+        assert abs((radii <= x).mean() - expected) < 0.005
+
+
+def test_leaves_scene_is_a_covered_body_of_many_leaves_in_hu():
+    from scipy import ndimage
+
+    scene = anatomy.leaves_scene(3)
+    hu = scene.hu
+    assert scene.source is anatomy.Source.LEAVES and hu.dtype == np.float32
+    assert anatomy.PIXEL_MM[0] <= scene.pixel_mm <= anatomy.PIXEL_MM[1]
+    assert hu[0, 0] == -1000.0 and hu.min() >= -1000.0 and hu.max() <= 1600.0
+    body = hu > -990
+    assert 0.3 < body.mean() < 0.8
+    # Edges at many scales: blobs of near-constant HU from a few pixels to tens of pixels.
+    inner = ndimage.binary_erosion(body, iterations=12)
+    levels = np.round(hu[inner] / 5)
+    assert len(np.unique(levels)) > 20
+    again = anatomy.leaves_scene(3)
+    assert np.array_equal(hu, again.hu) and not np.array_equal(hu, anatomy.leaves_scene(4).hu)
+
+
+def test_leaves_scenes_cover_soft_tissue_only_and_the_whole_range():
+    ranges = [np.percentile(anatomy.leaves_scene(s).hu[anatomy.leaves_scene(s).hu > -990], [2, 98])
+              for s in range(8)]
+    spans = [hi - lo for lo, hi in ranges]
+    assert min(spans) < 250 and max(spans) > 800  # soft-tissue-only scenes and full-range ones

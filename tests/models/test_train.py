@@ -228,3 +228,30 @@ def test_anatomy_lesions_reach_the_loss_masks_and_leave_the_doses_alone():
     assert np.abs(plain["full"] - with_lesions["full"])[far].max() < 0.005  # 5 HU
     noise = lambda out: (out["low"] - out["full"]).std()  # noqa: E731
     assert abs(noise(with_lesions) / noise(plain) - 1) < 0.05
+
+
+def test_phase_two_only_scenes_stay_out_of_phase_one(tmp_path):
+    from scanside.models.train import load_data, sample
+
+    settings = Settings(scenes=(("phantom", 1),), tune_scenes=(("leaves", 1),),
+                        patches=(("phantom", 1), ("leaves", 2)), patch=32, workers=1)
+    data = load_data(tmp_path, settings, echo=lambda _: None)
+    assert data["phase1"] == 2 and len(data["full"]) == 2 + 4  # 2 doses x patches
+    phase1 = {data["full"][i].tobytes() for i in range(2)}
+    seen = set()
+    for step in range(20):
+        _, full, _ = sample(data, np.random.default_rng(step), 2, settings, data["phase1"])
+        seen |= {v.tobytes() for f in full for v in (dihedral(f, k) for k in range(8))}
+    assert phase1 & seen and not any(data["full"][i].tobytes() in seen for i in range(2, 6))
+
+
+def test_a_run_folder_from_before_a_new_setting_still_resumes():
+    from dataclasses import asdict
+
+    from scanside.models.train import same_run
+
+    wanted = json.loads(json.dumps(asdict(Settings())))
+    old = {k: v for k, v in wanted.items() if k != "tune_scenes"}  # written before it existed
+    assert same_run(old, wanted) and same_run(wanted, wanted)
+    assert not same_run(old, {**wanted, "tune_scenes": [["leaves", 100]]})
+    assert not same_run({**old, "seed": 1}, wanted)
