@@ -574,7 +574,7 @@ def cmd_models_train(args: argparse.Namespace) -> int:
 
     scenes = dict(Settings.scenes)
     scenes.update(args.scenes or ())
-    settings = Settings(seed=args.seed, unet_steps=args.unet_steps,
+    settings = Settings(seed=args.seed, recipe=args.recipe, unet_steps=args.unet_steps,
                         tune_steps=args.tune_steps, workers=args.workers,
                         scenes=tuple((k, v) for k, v in scenes.items() if v > 0),
                         noise_weight_power=args.tune_noise_power,
@@ -787,7 +787,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the model, engine and images go (default ./scanside-demo)")
     p.set_defaults(func=cmd_demo)
 
-    from scanside.models.recipes import RecipeName
+    from scanside.models.recipes import RecipeName, recipe
 
     models = sub.add_parser("models", help="build, train and evaluate models offline")
     msub = models.add_subparsers(dest="models_command", required=True)
@@ -812,6 +812,9 @@ def build_parser() -> argparse.ArgumentParser:
                                               "needs the export and train extras)")
     p.add_argument("out_dir", type=Path, help="run folder: data, checkpoints, and model/ at the end")
     p.add_argument("--seed", type=int, default=Settings.seed, help="everything random follows it")
+    p.add_argument("--recipe", default=Settings.recipe,
+                   choices=[r.value for r in RecipeName if recipe(r).identity_vae],
+                   help="the model's shape (ct-deep: more capacity, 1.6x the UNet time)")
     p.add_argument("--unet-steps", type=positive_int, default=Settings.unet_steps,
                    help="phase 1: plain loss")
     p.add_argument("--tune-steps", type=int, default=Settings.tune_steps,

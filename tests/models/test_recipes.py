@@ -42,6 +42,18 @@ def test_sd15_shaped_has_sd15_parameter_counts():
     assert round(count["text_encoder"] / 1e6) == 123
 
 
+def test_ct_deep_adds_blocks_below_full_resolution_only():
+    with torch.device("meta"):
+        deep = build_components(recipe("ct-deep"), vocab_size=700, seed=0)["unet"]
+        default = build_components(recipe("ct-default"), vocab_size=700, seed=0)["unet"]
+    resnets = lambda unet: [len(b.resnets) for b in unet.down_blocks]  # noqa: E731
+    assert resnets(default) == [1, 1, 1, 1] and resnets(deep) == [1, 2, 2, 2]
+    assert [len(b.resnets) for b in deep.up_blocks] == [3, 3, 3, 2]  # full resolution: 1 + 1
+    assert deep.config.in_channels == default.config.in_channels == 8
+    count = lambda unet: sum(p.numel() for p in unet.parameters()) / 1e6  # noqa: E731
+    assert round(count(default), 2) == 2.02 and round(count(deep), 2) == 3.11
+
+
 def test_unknown_recipe_and_used_folder(tmp_path):
     with pytest.raises(InputError, match="recipe 'huge' is unknown"):
         recipe("huge")
