@@ -346,7 +346,7 @@ def evaluate(engine_dir: Optional[Path] = None, *, pairs: int = ctsim.TEST_PAIRS
     real, anatomy_val = [], []
     if "real" not in skip:
         echo("real anatomy: pydicom's CT slices through the scan chain at 20/40/80 HU ...")
-        real = realct.score(compared, realct.real_pairs(repeats=REAL_DRAWS), psnr)
+        real = realct.score(compared, realct.real_pairs(repeats=realct.REAL_DRAWS), psnr)
     if "anatomy" not in skip:
         echo("synthetic anatomy (validation): held-out head, chest and photograph scenes ...")
         anatomy_val = realct.score(compared, realct.validation_pairs(), psnr)
@@ -366,7 +366,6 @@ def evaluate(engine_dir: Optional[Path] = None, *, pairs: int = ctsim.TEST_PAIRS
 SECTIONS = ("bm3d", "doses", "real", "anatomy")  # what `evaluate --skip` may leave out
 DOSES = (0.25, 0.5, 1.0, 2.0, 4.0)  # x the nominal low dose (ctsim.LOW_DOSE)
 DOSE_PAIRS = 30
-REAL_DRAWS = 3  # independent noise draws per real slice and noise level (see realct)
 
 
 def peers(methods: dict[str, Method]) -> dict[str, Method]:

@@ -52,3 +52,23 @@ def test_validation_scenes_are_training_sources_at_seeds_training_never_draws():
     assert pair.low.shape == pair.full.shape and pair.low.shape[0] >= 256
     again = realct.validation_pairs(scenes=(("natural", 1),), noise=(40.0,))[0]
     assert np.array_equal(pair.low, again.low)  # deterministic: every run sees the same set
+
+
+def test_draws_per_slice_and_the_bias_standard_error_over_them():
+    pairs = realct.real_pairs(names=("CT_small.dcm",), noise=(40.0,), repeats={"CT_small.dcm": 3})
+    assert [p.repeat for p in pairs] == [0, 1, 2]
+    assert not np.array_equal(pairs[0].low, pairs[1].low)  # independent draws
+    # Scored with a method that shifts each draw by a known amount: mean and its SE.
+    ref = np.full((96, 96), -1000.0, np.float32)
+    ref[16:80, 16:80] = 40.0
+    shifts = [1.0, 2.0, 6.0]
+    draws = [realct.RealPair("square", 40.0, 40.0, i, ref + s, ref, 0.5)
+             for i, s in enumerate(shifts)]
+    [row] = realct.score({"input": lambda low, full: low}, draws, lambda a, b: 0.0)
+    got = row["methods"]["input"]
+    assert got["hu_bias"] == pytest.approx(3.0)
+    assert got["hu_bias_se"] == pytest.approx(np.std(shifts, ddof=1) / np.sqrt(3))
+    assert "(+3.0±1.5)" in realct.table([row])
+    [single] = realct.score({"input": lambda low, full: low}, draws[:1], lambda a, b: 0.0)
+    assert np.isnan(single["methods"]["input"]["hu_bias_se"])
+    assert "(+1.0)" in realct.table([single])  # no spread from one draw
