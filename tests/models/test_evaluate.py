@@ -125,7 +125,7 @@ def test_evaluate_end_to_end_on_a_tiny_trained_model(tmp_path, capsys):
 
     settings = Settings(recipe="ct-tiny", scenes=(("natural", 1), ("phantom", 1)),
                         patches=(("natural", 1), ("phantom", 1)), patch=32, unet_steps=1,
-                        unet_batch=2, workers=1)
+                        tune_steps=0, unet_batch=2, workers=1)  # not phase 2's 2,000 steps
     model = train_default(tmp_path / "run", settings, echo=lambda _: None)
     export_model(model, tmp_path / "engine")
     # BM3D (1 s a slice, tuned over a grid), the 512 px real slice and the held-out anatomy
