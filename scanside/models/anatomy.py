@@ -133,6 +133,20 @@ def natural_image(name: str) -> np.ndarray:
     return (image - image.min()) / max(float(np.ptp(image)), 1e-6)
 
 
+def in_body(hu: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A square HU image cut to an elliptical body of random size, with a 2-10 px layer of
+    subcutaneous fat, in air: how the procedural sources (natural, leaves) become a slice."""
+    size = hu.shape[0]
+    shape, c = hu.shape, size / 2
+    ry, rx = size * rng.uniform(0.36, 0.48), size * rng.uniform(0.36, 0.48)
+    body = ctsim.ellipse(shape, c, c, ry, rx)
+    inner = ctsim.ellipse(shape, c, c, ry - rng.uniform(2, 10), rx - rng.uniform(2, 10))
+    out = np.full(shape, -1000.0, np.float32)
+    out[body] = rng.uniform(-120, -80)  # subcutaneous fat
+    out[inner] = hu[inner]
+    return out
+
+
 def natural_scene(seed: int, size: int = 256) -> Scene:
     """A random crop of a photograph inside an elliptical body with a fat layer: either soft
     tissue (a 60-400 HU span around 0-60 HU, as in an abdomen or brain) or the whole CT range
@@ -151,14 +165,7 @@ def natural_scene(seed: int, size: int = 256) -> Scene:
         hu = rng.uniform(0, 60) + span * (patch - 0.5)
     else:
         hu = np.interp(patch, [0, 0.3, 0.7, 1], [-950, -100, 100, rng.uniform(400, 1500)])
-    shape, c = (size, size), size / 2
-    ry, rx = size * rng.uniform(0.36, 0.48), size * rng.uniform(0.36, 0.48)
-    body = ctsim.ellipse(shape, c, c, ry, rx)
-    inner = ctsim.ellipse(shape, c, c, ry - rng.uniform(2, 10), rx - rng.uniform(2, 10))
-    out = np.full(shape, -1000.0, np.float32)
-    out[body] = rng.uniform(-120, -80)  # subcutaneous fat
-    out[inner] = hu[inner]
-    return Scene(out, float(rng.uniform(*PIXEL_MM)), Source.NATURAL)
+    return Scene(in_body(hu, rng), float(rng.uniform(*PIXEL_MM)), Source.NATURAL)
 
 
 # -- ctsim phantoms -----------------------------------------------------------------------
@@ -321,14 +328,7 @@ def leaves_scene(seed: int, size: int = 256) -> Scene:
     amplitude = rng.uniform(0, 15, count) * (rng.random(count) < 0.7)
     hu = values[label] + amplitude[label] * np.take_along_axis(grains, grain[label][None], 0)[0]
     hu = ndimage.gaussian_filter(hu, rng.uniform(0.4, 1.2))
-    shape, c = (size, size), size / 2
-    ry, rx = size * rng.uniform(0.36, 0.48), size * rng.uniform(0.36, 0.48)
-    body = ctsim.ellipse(shape, c, c, ry, rx)
-    inner = ctsim.ellipse(shape, c, c, ry - rng.uniform(2, 10), rx - rng.uniform(2, 10))
-    out = np.full(shape, -1000.0, np.float32)
-    out[body] = rng.uniform(-120, -80)  # subcutaneous fat
-    out[inner] = hu[inner]
-    return Scene(out, float(rng.uniform(*PIXEL_MM)), Source.LEAVES)
+    return Scene(in_body(hu, rng), float(rng.uniform(*PIXEL_MM)), Source.LEAVES)
 
 
 # -- lesions in anatomy -------------------------------------------------------------------
