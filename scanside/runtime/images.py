@@ -55,8 +55,8 @@ def padded_size(height: int, width: int, min_hw: tuple[int, int], divisor: int):
 
 def prepare(image: np.ndarray, channels: int, min_hw: tuple[int, int], divisor: int,
             argument: str = "image") -> Prepared:
-    """Validate ``image`` and lay it out as the VAE encoder's input: padded by reflection to
-    ``padded_size`` (an image larger than the engine is then run in tiles)."""
+    """Validate ``image`` and lay it out as the VAE encoder's input: mirrored (edge row
+    repeated) out to ``padded_size`` (an image larger than the engine is then run in tiles)."""
     if not isinstance(image, np.ndarray) or image.ndim not in (2, 3):
         shape = getattr(image, "shape", None)
         raise InputError(f"{argument}: shape {shape} is not (H, W) or (H, W, C); "
@@ -71,10 +71,12 @@ def prepare(image: np.ndarray, channels: int, min_hw: tuple[int, int], divisor: 
     gray = pixels.ndim == 2 or pixels.shape[2] == 1
     pixels = pixels.reshape(h, w, -1)  # (H, W, C')
     pad = ((0, target_h - h), (0, target_w - w), (0, 0))
-    # Reflection keeps the border's statistics (no black frame for the model to "enhance");
-    # symmetric padding takes over where the pad is wider than the image.
-    mode = "reflect" if target_h - h < h and target_w - w < w else "symmetric"
-    pixels = np.pad(pixels, pad, mode=mode)
+    # A mirror keeps the border's statistics (no black frame for the model to "enhance").
+    # Symmetric (edge row repeated), not reflect (edge row as the mirror's axis): reflection
+    # turns an edge row that differs from its neighbour into an unpaired ridge, and on
+    # CT_small (whose last row is darker) 3 px of it cost the built-in model 1.5 dB over the
+    # whole slice at 40 HU; on crops of the validation anatomy symmetric is 0.06-0.16 dB ahead.
+    pixels = np.pad(pixels, pad, mode="symmetric")
     if gray:
         pixels = np.repeat(pixels, channels, axis=2)
     chw = pixels.transpose(2, 0, 1)[None]  # (1, C, H', W')

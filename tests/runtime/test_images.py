@@ -13,8 +13,9 @@ def test_gray_round_trip_pads_and_crops():
     image = np.linspace(0, 1, 50 * 60, dtype=np.float32).reshape(50, 60)
     prepared = images.prepare(image, channels=3, min_hw=(64, 64), divisor=8)
     assert prepared.pixels.shape == (1, 3, 64, 64)
-    # the reflected border mirrors the image, it is not a black frame
-    np.testing.assert_allclose(prepared.pixels[0, 0, 50, :60], image[48] * 2 - 1, atol=1e-6)
+    # the border mirrors the image, edge row included (symmetric), it is not a black frame
+    np.testing.assert_allclose(prepared.pixels[0, 0, 50, :60], image[49] * 2 - 1, atol=1e-6)
+    np.testing.assert_allclose(prepared.pixels[0, 0, 51, :60], image[48] * 2 - 1, atol=1e-6)
     back = images.finish(prepared.pixels, prepared.height, prepared.width, prepared.gray)
     assert back.shape == (50, 60)
     np.testing.assert_allclose(back, image, atol=1e-6)
