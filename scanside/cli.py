@@ -569,6 +569,16 @@ def scene_counts(text: str) -> tuple[str, int]:
     return source, int(count)
 
 
+def tune_noise_scale(values: "list[float] | None") -> "tuple[float, float] | None":
+    if values is None:
+        return None
+    lo, hi = values
+    if not 0 < lo <= hi:
+        raise InputError(f"--tune-noise-scale {lo:g} {hi:g}: give two factors 0 < LO <= HI, "
+                         "e.g. --tune-noise-scale 0.35 1.4")
+    return (lo, hi)
+
+
 def cmd_models_train(args: argparse.Namespace) -> int:
     from scanside.models.train import Settings, train_default
 
@@ -580,7 +590,8 @@ def cmd_models_train(args: argparse.Namespace) -> int:
                         noise_weight_power=args.tune_noise_power,
                         lowfreq_weight=args.tune_lowfreq_weight,
                         anatomy_lesions=args.anatomy_lesions,
-                        tune_scenes=tuple(args.tune_scenes or ()))
+                        tune_scenes=tuple(args.tune_scenes or ()),
+                        tune_noise_scale=tune_noise_scale(args.tune_noise_scale))
     model_dir = train_default(args.out_dir, settings)
     print(f"trained model: {model_dir}; export it with `scanside export {model_dir} --out ENGINE`")
     return 0
@@ -824,6 +835,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "1's loss)")
     p.add_argument("--tune-lowfreq-weight", type=float, default=Settings.lowfreq_weight,
                    metavar="W", help="phase 2: penalty on the error's block means (0: none)")
+    p.add_argument("--tune-noise-scale", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="phase 2: the factor range each patch's noise is scaled by (default "
+                        f"phase 1's {Settings.noise_scale[0]:g} {Settings.noise_scale[1]:g})")
     p.add_argument("--anatomy-lesions", type=float, default=Settings.anatomy_lesions, metavar="N",
                    help="also draw faint lesions into the anatomy scenes, N per 128x128 px of "
                         "their flat soft tissue (0: only the phantoms have lesions)")

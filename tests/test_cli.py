@@ -179,12 +179,16 @@ def test_train_default_refuses_an_unknown_source_and_passes_scene_counts(tmp_pat
                         lambda out, settings: seen.setdefault("settings", settings) and out)
     main(["models", "train-default", str(tmp_path), "--scenes", "chest=5", "--scenes",
           "natural=0", "--tune-noise-power", "0", "--anatomy-lesions", "2",
-          "--tune-scenes", "leaves=100"])
+          "--tune-scenes", "leaves=100", "--tune-noise-scale", "0.35", "1.4"])
     counts = dict(seen["settings"].scenes)
     assert seen["settings"].tune_scenes == (("leaves", 100),)
+    assert seen["settings"].tune_noise_scale == (0.35, 1.4)
     assert counts["chest"] == 5 and "natural" not in counts and counts["head"] == 64
     assert seen["settings"].noise_weight_power == 0.0
     assert seen["settings"].anatomy_lesions == 2.0
+    assert main(["models", "train-default", str(tmp_path), "--tune-noise-scale", "1.4",
+                 "0.35"]) != 0
+    assert "--tune-noise-scale 1.4 0.35: give two factors 0 < LO <= HI" in capsys.readouterr().err
 
 
 HEAD_GAIN_DB = 5.0  # measured +6.56 dB (37.19 -> 43.75 dB) on the demo's noise draw

@@ -127,6 +127,10 @@ class Settings:
     # added this way continues phase 1's weights exactly as a run without it would, so its
     # effect is measured against the same phase 1 (run 12 in the model card).
     tune_scenes: tuple[tuple[str, int], ...] = ()
+    # Phase 2's noise factor range, when not noise_scale's: (0.35, 1.4) shows the model inputs
+    # down to ~5 HU of noise. The shipped model never saw under ~10 HU and erases real texture
+    # a noiseless slice keeps (model card); None: phase 1's range.
+    tune_noise_scale: "tuple[float, float] | None" = None
 
 
 def batch_start(rng: np.random.Generator, x0, x0_low, settings: Settings):
@@ -349,13 +353,14 @@ def load_data(out: Path, settings: Settings, echo: Callable[[str], None]) -> dic
 
 
 def sample(data: dict, rng: np.random.Generator, batch: int, settings: Settings,
-           pool: "int | None" = None):
+           pool: "int | None" = None, noise_scale: "tuple[float, float] | None" = None):
     """A training batch: (low, full, lesions), (B, P, P) each, from the first ``pool`` patches
     (all by default), every patch turned by a random rotation/flip and its noise scaled by a
-    random factor (Settings.noise_scale)."""
+    random factor, log-uniform in ``noise_scale`` (default Settings.noise_scale)."""
     pick = rng.choice(len(data["full"]) if pool is None else pool, batch, replace=False)
     views = rng.integers(0, 8, batch)
-    scale = np.exp(rng.uniform(*np.log(settings.noise_scale), batch)).astype(np.float32)
+    low_high = np.log(noise_scale or settings.noise_scale)
+    scale = np.exp(rng.uniform(*low_high, batch)).astype(np.float32)
     turn = lambda name: np.stack([dihedral(data[name][i], int(k))  # noqa: E731
                                   for i, k in zip(pick, views)])
     full, low, lesions = turn("full"), turn("low"), turn("lesions")
@@ -416,8 +421,9 @@ def train_unet(unet, vae, scheduler, data: dict, embeddings, scaling: float, set
     b = settings.unet_batch
     for step in range(start, total):
         rng = np.random.default_rng([settings.seed, STAGE_SEED["unet"], step])
-        pool = data.get("phase1") if step < settings.unet_steps else None
-        low, full, lesions = sample(data, rng, b, settings, pool)
+        phase1 = step < settings.unet_steps
+        low, full, lesions = sample(data, rng, b, settings, data.get("phase1") if phase1 else None,
+                                    None if phase1 else settings.tune_noise_scale)
         cond = encode(vae, low)
         x0 = encode(vae, full) * scaling
         t, x_start = batch_start(rng, x0, cond * scaling, settings)

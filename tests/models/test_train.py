@@ -136,6 +136,23 @@ def test_a_batch_scales_each_samples_noise_and_turns_both_images_alike():
         assert np.array_equal(les, dihedral(full[i] > 1, k))
 
 
+def test_phase_two_can_scale_the_noise_over_its_own_range():
+    from scanside.models.train import sample
+
+    rng = np.random.default_rng(0)
+    full = rng.standard_normal((6, 16, 16)).astype(np.float32)
+    noise = rng.standard_normal((6, 16, 16)).astype(np.float32)
+    data = {"full": full, "low": full + noise, "lesions": full > 1}
+    settings = Settings(tune_noise_scale=(0.2, 0.3))
+    low, ref, _ = sample(data, np.random.default_rng(1), 6, settings, None,
+                         settings.tune_noise_scale)
+    scales = (low - ref).reshape(6, -1).std(axis=1) / noise.reshape(6, -1).std(axis=1).mean()
+    assert np.all(scales < 0.4)  # phase 1's range would give 0.7-1.4
+    # the same draws of patches and views as without the override: phase 1 is unchanged
+    _, ref1, _ = sample(data, np.random.default_rng(1), 6, settings)
+    np.testing.assert_array_equal(ref, ref1)
+
+
 def test_learning_rate_is_one_cosine_cycle():
     from scanside.models.train import cosine_lr, unet_lr
 
@@ -254,4 +271,7 @@ def test_a_run_folder_from_before_a_new_setting_still_resumes():
     old = {k: v for k, v in wanted.items() if k != "tune_scenes"}  # written before it existed
     assert same_run(old, wanted) and same_run(wanted, wanted)
     assert not same_run(old, {**wanted, "tune_scenes": [["leaves", 100]]})
+    older = {k: v for k, v in old.items() if k != "tune_noise_scale"}
+    assert same_run(older, wanted)
+    assert not same_run(older, {**wanted, "tune_noise_scale": [0.35, 1.4]})
     assert not same_run({**old, "seed": 1}, wanted)
