@@ -421,9 +421,10 @@ def train_unet(unet, vae, scheduler, data: dict, embeddings, scaling: float, set
     b = settings.unet_batch
     for step in range(start, total):
         rng = np.random.default_rng([settings.seed, STAGE_SEED["unet"], step])
-        phase1 = step < settings.unet_steps
-        low, full, lesions = sample(data, rng, b, settings, data.get("phase1") if phase1 else None,
-                                    None if phase1 else settings.tune_noise_scale)
+        in_phase1 = step < settings.unet_steps  # data["phase1"]: how many patches phase 1 has
+        low, full, lesions = sample(data, rng, b, settings,
+                                    data.get("phase1") if in_phase1 else None,
+                                    None if in_phase1 else settings.tune_noise_scale)
         cond = encode(vae, low)
         x0 = encode(vae, full) * scaling
         t, x_start = batch_start(rng, x0, cond * scaling, settings)
