@@ -155,6 +155,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                             calibration=args.calibration,
                             synthetic_calibration=args.synthetic_calibration,
                             int8_activations=args.int8_activations,
+                            int8_weights=args.int8_weights,
                             trt_compat=args.trt_compat, attention=args.attention,
                             tiny_vae=args.tiny_vae, tiny_vae_parts=args.tiny_vae_parts)
     print(f"exported {args.model_dir} -> {args.out} ({manifest.height}x{manifest.width})")
@@ -472,8 +473,10 @@ def cmd_info(args: argparse.Namespace) -> int:
               f"{q['full_round_trip_psnr_db']} dB), decode vs the checkpoint's "
               f"{q['tiny_decode_vs_full_psnr_db']} dB")
     if m.tuned_on:
+        ranges = sorted({(c.quantization or {}).get("weight_range", "s8")
+                         for c in m.components.values() if c.precision.value == "int8"})
         print(f"tuned on    {m.tuned_on.get('host_class')} ({m.tuned_on.get('cpu')}): int8 "
-              "choices timed there")
+              f"choices timed there; weights {'/'.join(ranges)} (s7: 7 bits, for x86 without VNNI)")
     print_accuracy(m)
     print("built with  " + ", ".join(f"{k} {v}" for k, v in m.versions.items()))
     if args.verify:
@@ -670,6 +673,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8-activations", choices=["u8", "s8"], default="u8",
                    help="u8: asymmetric, ONNX Runtime's fast x86 path (default); s8: symmetric, "
                         "as TensorRT's explicit int8 requires")
+    p.add_argument("--int8-weights", choices=["auto", "s8", "s7"], default="auto",
+                   help="s8: full-range int8 weights (VNNI, AMX, ARM, TensorRT); s7: [-64, 64], "
+                        "for x86 CPUs without VNNI, whose int8 kernels saturate on full-range "
+                        "weights; auto (default): s7 if this CPU is one, else s8")
     p.add_argument("--attention", choices=["plain", "fused"], default="plain",
                    help="fused: the UNet's and VAE's attention as ONNX Runtime's MultiHeadAttention "
                         "(SD 1.5 at 512 px: far less memory, faster UNet steps; ONNX Runtime "

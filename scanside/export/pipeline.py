@@ -27,7 +27,7 @@ from . import tiny_vae as tiny
 from .attention import use_fused_attention
 from .calibration import gather
 from .onnx import OPSET, ParityError, parity, to_onnx, wrap
-from .precision import Int8Activations
+from .precision import Int8Activations, Int8Layout, Int8Weights
 from .reduce import needs_calibration, reduce
 from .specs import ModelShape, build_specs
 from .trt_compat import check_compat, decompose_layernorm
@@ -95,6 +95,7 @@ def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional
                  calibration: Optional[Path] = None,
                  synthetic_calibration: bool = False,
                  int8_activations: "Int8Activations | str" = Int8Activations.U8,
+                 int8_weights: "Int8Weights | str" = Int8Weights.AUTO,
                  trt_compat: Optional[str] = None,
                  attention: "Attention | str" = Attention.PLAIN,
                  tiny_vae: Optional[Path] = None,
@@ -109,6 +110,8 @@ def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional
 
     ``precision`` applies to every component unless ``component_precision`` names another
     (e.g. {"unet": "int8", "vae_decoder": "fp16"}); int8 needs ``calibration`` images.
+    ``int8_weights``: "s8" (full range), "s7" ([-64, 64], for x86 hosts without VNNI, whose
+    integer kernels saturate on full-range weights) or "auto" (s7 if this host is one).
 
     ``tiny_vae``: a TAESD folder whose decoder (and encoder, ``tiny_vae_parts="both"``) replace
     the checkpoint's VAE (tiny_vae.py); what it costs in quality goes to the manifest.
@@ -116,6 +119,7 @@ def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional
     model_dir, out = Path(model_dir), Path(out)
     check_compat(trt_compat)
     attention = parse_attention(attention)
+    layout = parse_int8_layout(int8_activations, int8_weights)
     if attention is Attention.FUSED and trt_compat:
         raise InputError("--attention fused with --trt-compat: the fused node is ONNX Runtime's "
                          "own, which TensorRT cannot parse; export TensorRT engines with "
@@ -208,7 +212,7 @@ def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional
     if any(p is not Precision.FP32 for p in precisions.values()):
         try:
             manifest = reduce(staging, dataclasses.replace(manifest, precision=Precision(precision)),
-                              precisions, calibration_set, progress, Int8Activations(int8_activations))
+                              precisions, calibration_set, progress, layout)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -222,6 +226,21 @@ def parse_tiny_vae_parts(value: "tiny.TinyVaeParts | str") -> "tiny.TinyVaeParts
     except ValueError:
         raise InputError(f"--tiny-vae-parts: {value!r}; choose both (encoder and decoder) or "
                          "decoder") from None
+
+
+def parse_int8_layout(activations: "Int8Activations | str",
+                      weights: "Int8Weights | str") -> Int8Layout:
+    """The int8 layout asked for, "auto" weights resolved for this host."""
+    from scanside.runtime.host import host_class
+
+    for flag, value, enum_type in (("--int8-activations", activations, Int8Activations),
+                                   ("--int8-weights", weights, Int8Weights)):
+        try:
+            enum_type(value)
+        except ValueError:
+            raise InputError(f"{flag}: {value!r}; choose one of "
+                             f"{', '.join(e.value for e in enum_type)}") from None
+    return Int8Layout.for_host(activations, weights, host_class())
 
 
 def parse_attention(value: "Attention | str") -> Attention:

@@ -84,9 +84,14 @@ def feeds_for(name: str, pipe, pixels: list[np.ndarray], prompts, scheduler_conf
                       guidance_dim=pipe.guidance_embedding_dim)
 
 
-def static_report(report: "convert.Int8Report", activations: convert.Int8Activations) -> dict:
-    return {"method": "static QDQ, MinMax calibration", "activations": activations.value,
-            "weights": "int8 symmetric per channel",
+WEIGHT_RANGES = {convert.Int8Weights.S8: "int8 symmetric per channel",
+                 convert.Int8Weights.S7: "int8 symmetric per channel in [-64, 64] (7 bits: u8 x s8 "
+                                         "kernels without VNNI saturate on full-range weights)"}
+
+
+def static_report(report: "convert.Int8Report", layout: convert.Int8Layout) -> dict:
+    return {"method": "static QDQ, MinMax calibration", "activations": layout.activations.value,
+            "weights": WEIGHT_RANGES[layout.weights], "weight_range": layout.weights.value,
             "quantised_nodes": report.quantised_nodes,
             "median_input_sqnr_db": round(report.median_sqnr_db, 1),
             "kept_in_float": report.attention_in_float + len(report.sensitive_in_float),
@@ -99,21 +104,22 @@ def static_report(report: "convert.Int8Report", activations: convert.Int8Activat
 
 
 def convert_component(name: str, p: Precision, src: Path, dst: Path, feeds,
-                      activations: convert.Int8Activations, method: str = "static") -> Optional[dict]:
+                      layout: convert.Int8Layout, method: str = "static") -> Optional[dict]:
     """Write ``dst``; for int8, return what the manifest should say about how."""
     external = sum(f.stat().st_size for f in onnx_files(src)) > EXTERNAL_DATA_BYTES
     if p is Precision.FP16:
         convert.to_fp16(src, dst, EXTERNAL_DATA_BYTES)
         return None
     if method == "dynamic":
-        convert.to_int8_dynamic(src, dst, external)
-        return {"method": "dynamic (weights int8 per channel, activations quantised per call)"}
-    return static_report(convert.to_int8_static(src, dst, feeds, activations, external=external),
-                         activations)
+        convert.to_int8_dynamic(src, dst, external, layout.weights)
+        return {"method": "dynamic (weights int8 per channel, activations quantised per call)",
+                "weights": WEIGHT_RANGES[layout.weights], "weight_range": layout.weights.value}
+    return static_report(convert.to_int8_static(src, dst, feeds, layout, external=external),
+                         layout)
 
 
 def best_int8(name: str, src: Path, dst: Path, feeds, check, fp32_dir: Path,
-              activations: convert.Int8Activations) -> tuple[dict, float, float]:
+              layout: convert.Int8Layout) -> tuple[dict, float, float]:
     """Text encoder and VAE: static and dynamic int8 both built and measured; the more
     accurate of those faster than fp32 is kept (the fastest if none is). The UNet is static
     only: it is where the time goes, and static QDQ is the form TensorRT consumes."""
@@ -122,7 +128,7 @@ def best_int8(name: str, src: Path, dst: Path, feeds, check, fp32_dir: Path,
     results = []
     for method in methods:
         candidate = dst if len(methods) == 1 else dst.with_name(f"{dst.stem}.{method}.onnx")
-        how = convert_component(name, Precision.INT8, src, candidate, feeds, activations, method)
+        how = convert_component(name, Precision.INT8, src, candidate, feeds, layout, method)
         diff, scale, slowdown = held_out_diff(name, fp32_dir, candidate, check)
         results.append((diff, method, candidate, how, scale, slowdown))
     faster = [r for r in results if r[5] < 1.0]
@@ -197,7 +203,7 @@ def final_psnr(fp32_dir: Path, staging: Path, image: np.ndarray) -> float:
 
 def reduce(staging: Path, manifest: Manifest, precisions: Mapping[str, Precision],
            calibration: Optional[Calibration], progress: bool,
-           activations: convert.Int8Activations = convert.Int8Activations.U8) -> Manifest:
+           layout: convert.Int8Layout = convert.Int8Layout()) -> Manifest:
     from scanside import Pipeline
 
     fp32_dir = stash_fp32(staging)
@@ -223,9 +229,9 @@ def reduce(staging: Path, manifest: Manifest, precisions: Mapping[str, Precision
             continue
         if p is Precision.INT8:
             how, diff, scale = best_int8(name, src, dst, calibration_feeds.get(name),
-                                         check_feeds[name], fp32_dir, activations)
+                                         check_feeds[name], fp32_dir, layout)
         else:
-            how = convert_component(name, p, src, dst, None, activations)
+            how = convert_component(name, p, src, dst, None, layout)
             diff, scale, _ = held_out_diff(name, fp32_dir, dst, check_feeds[name])
         tolerance = TOLERANCE[p] * scale
         log.info("%s %s: max abs diff vs fp32 %.3g (tolerance %.3g)", name, p.value, diff, tolerance)

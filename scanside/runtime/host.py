@@ -29,6 +29,18 @@ def host_class(flags: "set[str] | list[str] | None" = None, machine: str = "") -
     return machine or platform.machine()
 
 
+# Host classes whose u8 x s8 int8 products go through (v)pmaddubsw, which adds two products
+# into a saturating 16-bit lane (2 x 255 x 127 overflows it): x86 without VNNI. Plain "x86_64"
+# is a CPU with neither AVX2 nor VNNI (SSE4.1). See scanside/export/precision.py.
+SATURATING_HOSTS = frozenset({"x86-avx2", "x86-avx512", "x86_64", "AMD64"})
+
+
+def saturates(host: "str | None" = None) -> bool:
+    """Whether ONNX Runtime's u8 x s8 int8 kernels can overflow on ``host`` (a host class;
+    default: this CPU's)."""
+    return (host_class() if host is None else host) in SATURATING_HOSTS
+
+
 def cpu_info() -> dict[str, Any]:
     model, flags = platform.processor() or platform.machine(), set()
     ident: dict[str, str] = {}

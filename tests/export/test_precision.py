@@ -107,6 +107,7 @@ def test_int8_text_encoder_alone_needs_no_calibration(tiny_model, tmp_path):
     ({"precision": "int4"}, "--precision: 'int4' is not a precision"),
     ({"component_precision": {"vae": "fp16"}}, r"unknown component\(s\) \['vae'\]"),
     ({"precision": "int8", "calibration": "/no/such/folder"}, "does not exist"),
+    ({"precision": "int8", "int8_weights": "s6"}, "--int8-weights: 's6'; choose one of auto, s8, s7"),
 ])
 def test_bad_precision_arguments(tiny_model, tmp_path, kwargs, fragment):
     from pathlib import Path
@@ -157,6 +158,46 @@ def test_int8_symmetric_activations_for_tensorrt(tiny_model, calibration_folder,
                    if i.name.endswith("_zero_point")]
     eight_bit = [z for z in zero_points if z.dtype.itemsize == 1]  # (int32 ones are biases')
     assert eight_bit and all(z.dtype == np.int8 and not z.any() for z in eight_bit)
+
+
+def unet_weights(engine) -> list[np.ndarray]:
+    """The int8 weight tensors of an engine's UNet (zero points and int32 biases left out)."""
+    unet = onnx.load(str(engine / "unet.onnx"))
+    return [a for a in (onnx.numpy_helper.to_array(i) for i in unet.graph.initializer)
+            if a.dtype == np.int8 and a.size > 1]
+
+
+@pytest.mark.parametrize("weights,limit", [("s7", 64), ("s8", 127)])
+def test_int8_weight_range_is_recorded_and_kept(tiny_model, calibration_folder, tmp_path,
+                                                weights, limit, monkeypatch, caplog):
+    """7-bit weights for x86 CPUs without VNNI, whose u8 x s8 kernels saturate on 8-bit ones
+    (tests/runtime/test_int8_kernels.py): every weight within the range the manifest names,
+    and 8-bit ones run on ONNX Runtime's exact kernels on such a CPU."""
+    from scanside.runtime import host
+
+    out = tmp_path / weights
+    manifest = export_model(tiny_model, out, component_precision={"unet": "int8"},
+                            calibration=calibration_folder, int8_weights=weights)
+    assert manifest.components["unet"].quantization["weight_range"] == weights
+    peak = max(int(np.abs(w.astype(np.int16)).max()) for w in unet_weights(out))
+    assert peak == limit  # per-channel symmetric: each channel's largest weight maps to the edge
+    monkeypatch.setattr(host, "host_class", lambda flags=None, machine="": "x86-avx2")
+    with caplog.at_level("WARNING"):
+        Pipeline.load(out)
+    assert ("exact, slower kernels" in caplog.text) == (weights == "s8")
+
+
+def test_auto_int8_weights_follow_the_export_host():
+    from scanside.export.precision import Int8Layout
+
+    def weights(host, activations="u8"):
+        return Int8Layout.for_host(activations, "auto", host).weights.value
+
+    assert [weights(h) for h in ("x86-avx2", "x86-avx512", "x86_64")] == ["s7"] * 3
+    assert [weights(h) for h in ("x86-avx512-vnni", "x86-avx-vnni", "x86-amx",
+                                 "arm64-dotprod")] == ["s8"] * 4
+    assert weights("x86-avx2", "s8") == "s8"  # TensorRT's layout: no x86 integer kernel runs it
+    assert Int8Layout.for_host("u8", "s8", "x86-avx2").weights.value == "s8"  # asked for
 
 
 def test_int8_choices_are_measured_and_recorded(int8_engine):

@@ -34,7 +34,7 @@ def open_engine(engine_dir: Path, component: Any, source_hash: str, backend: Bac
                            component.sha256, spec, precision)
         return TrtEngine(plan, spec, cuda_graph=gpu.cuda_graph,
                          scratch=scratch if gpu.low_memory else None)
-    from .onnxruntime import OrtEngine
+    from .onnxruntime import OrtEngine, exact_int8
 
     cache = None
     if backend is Backend.ORT_TENSORRT:
@@ -42,7 +42,8 @@ def open_engine(engine_dir: Path, component: Any, source_hash: str, backend: Bac
 
         cache = cache_root(engine_dir, source_hash) / "ort-ep"
     return OrtEngine(path, spec, backend, threads, precision=precision, cache_dir=cache,
-                     cuda_graph=gpu.cuda_graph)
+                     cuda_graph=gpu.cuda_graph,
+                     exact_int8=backend is Backend.CPU and exact_int8(component))
 
 
 __all__ = ["Backend", "Engine", "GpuOptions", "open_engine"]
