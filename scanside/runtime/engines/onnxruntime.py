@@ -150,8 +150,8 @@ class OrtEngine:
             if exact_int8:  # see exact_int8()
                 options.add_session_config_entry("session.x64quantprecision", "1")
                 log.warning("%s: int8 with full-range weights on a CPU without VNNI, run on "
-                            "ONNX Runtime's exact, slower kernels; re-export it here (its "
-                            "weights then take 7 bits) for the fast ones", path)
+                            "ONNX Runtime's exact, slower kernels; for the fast ones, export it on "
+                            "this CPU with --int8-weights auto (7-bit weights)", path)
         elif backend is Backend.CUDA:
             providers = [(provider, cuda_options(self.cuda_graph))]
         else:  # TensorRT provider, with CUDA for any node TensorRT does not take
