@@ -473,8 +473,7 @@ def cmd_info(args: argparse.Namespace) -> int:
               f"{q['full_round_trip_psnr_db']} dB), decode vs the checkpoint's "
               f"{q['tiny_decode_vs_full_psnr_db']} dB")
     if m.tuned_on:
-        ranges = sorted({(c.quantization or {}).get("weight_range", "s8")
-                         for c in m.components.values() if c.precision.value == "int8"})
+        ranges = sorted({c.weight_range for c in m.components.values() if c.weight_range})
         print(f"tuned on    {m.tuned_on.get('host_class')} ({m.tuned_on.get('cpu')}): int8 "
               f"choices timed there; weights {'/'.join(ranges)} (s7: 7 bits, for x86 without VNNI)")
     print_accuracy(m)

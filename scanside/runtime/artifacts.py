@@ -49,6 +49,14 @@ class Component:
     parity_reference: str = "torch"  # fp32 graphs vs torch; reduced precision vs the fp32 graph
     quantization: Optional[Mapping[str, Any]] = None  # int8: method, activations, kept in float
 
+    @property
+    def weight_range(self) -> Optional[str]:
+        """An int8 component's weight range: "s7" ([-64, 64]) or "s8" (full range; also every
+        engine exported before the range was recorded). None for float components."""
+        if self.precision is not Precision.INT8:
+            return None
+        return (self.quantization or {}).get("weight_range", "s8")
+
     def to_json(self) -> dict[str, Any]:
         return {"file": self.file, "sha256": self.sha256, "bytes": self.bytes,
                 "precision": self.precision.value, "iospec": self.spec.to_json(),

@@ -4,17 +4,16 @@ every host CI meets, the first test checks the table against what ONNX Runtime r
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from scanside.runtime.artifacts import Precision
+from scanside.runtime.artifacts import Component, Precision
 from scanside.runtime.engines.onnxruntime import exact_int8
 from scanside.runtime.host import host_class, saturates
+from scanside.runtime.iospec import IOSpec
 
 K, N, M = 64, 16, 8  # K even: (v)pmaddubsw adds products in pairs
 
@@ -74,5 +73,6 @@ def test_the_exact_path_is_exact_with_full_range_weights():
     (Precision.FP32, None, "x86-avx2", False),
 ])
 def test_which_sessions_take_the_exact_path(precision, quantization, host, expected):
-    component = SimpleNamespace(precision=precision, quantization=quantization)
+    component = Component("unet", "unet.onnx", "", 0, IOSpec("unet", (), ()), 0.0, 1.0, precision,
+                          quantization=quantization)
     assert exact_int8(component, host) is expected
