@@ -233,14 +233,15 @@ def parse_int8_layout(activations: "Int8Activations | str",
     """The int8 layout asked for, "auto" weights resolved for this host."""
     from scanside.runtime.host import host_class
 
+    parsed = []
     for flag, value, enum_type in (("--int8-activations", activations, Int8Activations),
                                    ("--int8-weights", weights, Int8Weights)):
         try:
-            enum_type(value)
+            parsed.append(enum_type(value))
         except ValueError:
             raise InputError(f"{flag}: {value!r}; choose one of "
                              f"{', '.join(e.value for e in enum_type)}") from None
-    return Int8Layout.for_host(activations, weights, host_class())
+    return Int8Layout.for_host(*parsed, host_class())
 
 
 def parse_attention(value: "Attention | str") -> Attention:
