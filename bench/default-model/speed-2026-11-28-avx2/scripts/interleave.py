@@ -1,26 +1,19 @@
 """The built-in model's UNet at 512 px, engines interleaved in one process: fp32, int8 with
 full-range weights (fast u8 x s8 kernels, saturating here), the same with ONNX Runtime's exact
 path (session.x64quantprecision), int8 with 7-bit weights. Median and min of N rounds."""
-import sys, time, json, numpy as np, onnxruntime as ort
+import sys, json, numpy as np
 from pathlib import Path
+from ortrun import session, interleaved
 fp32, s8, s7 = map(Path, sys.argv[1:4]); rounds = int(sys.argv[4]) if len(sys.argv) > 4 else 8
 rng = np.random.default_rng(0)
-def sess(path, extra=None):
-    o = ort.SessionOptions(); o.intra_op_num_threads = 2; o.log_severity_level = 3
-    for k, v in (extra or {}).items(): o.add_session_config_entry(k, v)
-    return ort.InferenceSession(str(path / "unet.onnx"), o, providers=["CPUExecutionProvider"])
-runs = {"fp32": sess(fp32), "int8 s8 (fast kernels)": sess(s8),
-        "int8 s8 + x64quantprecision": sess(s8, {"session.x64quantprecision": "1"}),
-        "int8 s7 (fast kernels)": sess(s7)}
+runs = {"fp32": session(fp32), "int8 s8 (fast kernels)": session(s8),
+        "int8 s8 + x64quantprecision": session(s8, {"session.x64quantprecision": "1"}),
+        "int8 s7 (fast kernels)": session(s7)}
 feed = {"sample": rng.standard_normal((1, 8, 512, 512)).astype(np.float32) * 0.5,
         "timestep": np.array([1], np.int64), "encoder_hidden_states": rng.standard_normal((1, 77, 64)).astype(np.float32)}
 i = runs["fp32"].get_inputs()
 feed["timestep"] = feed["timestep"].astype(np.float32 if "float" in i[1].type else np.int64)
-times = {k: [] for k in runs}
-for s in runs.values(): s.run(None, feed)
-for _ in range(rounds):
-    for k, s in runs.items():
-        a = time.perf_counter(); s.run(None, feed); times[k].append(time.perf_counter() - a)
+times = interleaved(runs, feed, rounds)
 base = np.median(times["fp32"])
 out = {}
 for k, t in times.items():

@@ -1,16 +1,13 @@
 """SD 1.5-shaped UNet (fused attention) at one size: fp32, int8 with 8-bit weights on the fast
 (saturating on non-VNNI x86) and exact kernels, int8 with 7-bit weights; interleaved timing and
 SQNR of each output against fp32 on one feed."""
-import sys, time, json, numpy as np, onnxruntime as ort
+import sys, json, numpy as np
 from pathlib import Path
+from ortrun import session, interleaved
 fp32, s8, s7 = map(Path, sys.argv[1:4]); size = int(sys.argv[4]); rounds = int(sys.argv[5]); out = sys.argv[6]
-def sess(path, extra=None):
-    o = ort.SessionOptions(); o.intra_op_num_threads = 2; o.log_severity_level = 3
-    for k, v in (extra or {}).items(): o.add_session_config_entry(k, v)
-    return ort.InferenceSession(str(path / "unet.onnx"), o, providers=["CPUExecutionProvider"])
-runs = {"fp32": sess(fp32), "int8 8-bit weights, fast kernels": sess(s8),
-        "int8 8-bit weights, exact kernels": sess(s8, {"session.x64quantprecision": "1"}),
-        "int8 7-bit weights, fast kernels": sess(s7)}
+runs = {"fp32": session(fp32), "int8 8-bit weights, fast kernels": session(s8),
+        "int8 8-bit weights, exact kernels": session(s8, {"session.x64quantprecision": "1"}),
+        "int8 7-bit weights, fast kernels": session(s7)}
 rng = np.random.default_rng(0)
 ins = {i.name: i for i in runs["fp32"].get_inputs()}
 lat = size // 8
@@ -18,10 +15,7 @@ feed = {"sample": rng.standard_normal((1, 4, lat, lat)).astype(np.float32),
         "timestep": np.array([300], np.float32 if "float" in ins["timestep"].type else np.int64),
         "encoder_hidden_states": (rng.standard_normal((1, 77, 768)) * 0.5).astype(np.float32)}
 res = {k: s.run(None, feed)[0] for k, s in runs.items()}
-times = {k: [] for k in runs}
-for _ in range(rounds):
-    for k, s in runs.items():
-        a = time.perf_counter(); s.run(None, feed); times[k].append(time.perf_counter() - a)
+times = interleaved(runs, feed, rounds)
 ref = res["fp32"]; base = np.median(times["fp32"])
 def sqnr(y): return float(20 * np.log10(np.linalg.norm(ref) / np.linalg.norm(y - ref)))
 table = {}
