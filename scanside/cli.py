@@ -586,14 +586,16 @@ def cmd_models_train(args: argparse.Namespace) -> int:
 
     scenes = dict(Settings.scenes)
     scenes.update(args.scenes or ())
-    settings = Settings(seed=args.seed, recipe=args.recipe, unet_steps=args.unet_steps,
+    settings = Settings(seed=args.seed, recipe=args.recipe,
+                        unet_steps=0 if args.init else args.unet_steps,
                         tune_steps=args.tune_steps, workers=args.workers,
                         scenes=tuple((k, v) for k, v in scenes.items() if v > 0),
                         noise_weight_power=args.tune_noise_power,
                         lowfreq_weight=args.tune_lowfreq_weight,
                         anatomy_lesions=args.anatomy_lesions,
                         tune_scenes=tuple(args.tune_scenes or ()),
-                        tune_noise_scale=tune_noise_scale(args.tune_noise_scale))
+                        tune_noise_scale=tune_noise_scale(args.tune_noise_scale),
+                        init=None if args.init is None else str(args.init.resolve()))
     model_dir = train_default(args.out_dir, settings)
     print(f"trained model: {model_dir}; export it with `scanside export {model_dir} --out ENGINE`")
     return 0
@@ -852,6 +854,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "repeatable; 0 leaves one out)")
     p.add_argument("--tune-scenes", type=scene_counts, action="append", metavar="SOURCE=COUNT",
                    help="scenes only phase 2 trains on, after phase 1's (repeatable)")
+    p.add_argument("--init", type=Path, metavar="MODEL_DIR",
+                   help="start from a trained model (e.g. scanside/default_model/checkpoint) "
+                        "instead of phase 1: --tune-steps of phase 2 on this run's data")
     p.add_argument("--workers", type=positive_int, default=Settings.workers,
                    help="processes simulating the scans")
     p.set_defaults(func=cmd_models_train)

@@ -131,6 +131,11 @@ class Settings:
     # down to ~5 HU of noise. The shipped model never saw under ~10 HU and erases real texture
     # a noiseless slice keeps (model card); None: phase 1's range.
     tune_noise_scale: "tuple[float, float] | None" = None
+    # A trained model folder (diffusers layout, e.g. scanside/default_model/checkpoint) to start
+    # from instead of phase 1: its UNet, frozen text encoder and latent scale are loaded and the
+    # run is tune_steps of phase 2 with a fresh optimizer (the EMA starts at its weights).
+    # Phase 1's own state is not kept with a shipped model; this tries data on it directly.
+    init: "str | None" = None
 
 
 def batch_start(rng: np.random.Generator, x0, x0_low, settings: Settings):
@@ -504,6 +509,27 @@ def write_model(parts: dict, tokenizer_dir: Path, out: Path, settings: Settings,
     return model_dir
 
 
+def load_init(parts: dict, folder: Path) -> float:
+    """The UNet and text encoder weights of the model in ``folder`` into ``parts`` (float32);
+    returns its VAE's latent scale."""
+    from safetensors.torch import load_file
+
+    from scanside.errors import InputError
+
+    for name in ("unet", "text_encoder"):
+        files = sorted((folder / name).glob("*.safetensors"))
+        if not files:
+            raise InputError(f"{folder / name}: no safetensors weights; --init takes a trained "
+                             "model folder such as scanside/default_model/checkpoint")
+        state = {k: v for f in files for k, v in load_file(str(f)).items()}
+        try:
+            parts[name].load_state_dict({k: v.float() for k, v in state.items()})
+        except RuntimeError as exc:
+            raise InputError(f"{folder / name}: weights do not fit this run's recipe; pass the "
+                             f"--recipe that model was trained with ({exc})") from exc
+    return float(json.loads((folder / "vae" / "config.json").read_text())["scaling_factor"])
+
+
 def same_run(stored: dict, wanted: dict) -> bool:
     """Whether a run folder's settings.json is ``wanted``: a field added to Settings since the
     folder was made counts as equal when it is at its default (old runs still resume)."""
@@ -537,7 +563,12 @@ def train_default(out: "str | Path", settings: Settings = Settings(),
     parts["text_encoder"].eval().requires_grad_(False)
     vae, unet = parts["vae"], parts["unet"]
     vae.requires_grad_(False).eval()  # the identity, set not learned (identity_vae.py)
-    scaling = latent_scale(vae, data)
+    if settings.init:
+        if settings.unet_steps:
+            raise ValueError("train_default: a run from --init has no phase 1 (unet_steps 0)")
+        scaling = load_init(parts, Path(settings.init))
+    else:
+        scaling = latent_scale(vae, data)
     vae.register_to_config(scaling_factor=scaling)
     embeddings = prompt_embeddings(parts["text_encoder"], tokenizer_dir)
     parts["unet"] = train_unet(unet, vae, parts["scheduler"], data, embeddings, scaling,

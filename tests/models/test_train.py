@@ -86,6 +86,26 @@ def test_other_settings_in_the_same_folder_are_refused(trained):
         train_default(model_dir.parent, other, echo=lambda _: None)
 
 
+def test_a_run_from_a_trained_model_skips_phase_one_and_starts_at_its_weights(trained, tmp_path):
+    from safetensors.torch import load_file
+
+    model_dir, _ = trained
+    lines: list[str] = []
+    settings = Settings(**{**TINY.__dict__, "unet_steps": 0, "tune_steps": 1,
+                           "init": str(model_dir)})
+    tuned = train_default(tmp_path / "tuned", settings, echo=lines.append)
+    assert any("steps 0..1" in line for line in lines)
+    before, after = load_file(str(model_dir / UNET)), load_file(str(tuned / UNET))
+    # One warm-up step at 1/100 of the learning rate: the weights move, but barely.
+    moved = max(float((after[k].float() - before[k].float()).abs().max()) for k in before)
+    assert 0 < moved < 1e-3
+    scale = lambda d: json.loads((d / "vae" / "config.json").read_text())["scaling_factor"]  # noqa: E731
+    assert scale(tuned) == scale(model_dir)  # the model's latent scale, not this data's
+    with pytest.raises(InputError, match="no safetensors weights"):
+        train_default(tmp_path / "bad", Settings(**{**settings.__dict__, "init": str(tmp_path)}),
+                      echo=lambda _: None)
+
+
 def test_dihedral_gives_eight_distinct_invertible_views():
     image = np.arange(16.0).reshape(4, 4)
     views = [dihedral(image, k) for k in range(8)]
