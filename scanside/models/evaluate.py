@@ -300,10 +300,11 @@ def tune_bm3d(levels: Sequence[Sequence[Any]], grid: Sequence[float] = BM3D_GRID
     set per noise level or dose; any pairs with ``low`` and ``full`` in HU)."""
     factors = []
     for pairs in levels:
-        scores = [np.mean([psnr(p.full, bm3d_filter(p.low, c, oracle_noise(p.low, p.full)))
-                           for p in pairs]) for c in grid]
+        noises = [oracle_noise(p.low, p.full) for p in pairs]  # once per pair, not per factor
+        scores = [np.mean([psnr(p.full, bm3d_filter(p.low, c, n)) for p, n in zip(pairs, noises)])
+                  for c in grid]
         best = int(np.argmax(scores))
-        noise = float(np.mean([oracle_noise(p.low, p.full) for p in pairs]))
+        noise = float(np.mean(noises))
         if best == len(grid) - 1:  # the optimum may lie beyond the grid: say so, never hide it
             echo(f"BM3D: best factor at {noise:.0f} HU is the grid's largest ({grid[-1]:g})")
         factors.append((round(noise, 1), float(grid[best])))
