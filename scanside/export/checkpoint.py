@@ -84,15 +84,29 @@ ENHANCE_KEYS = {"prompt": str, "negative_prompt": str, "strength": float, "steps
                 "guidance": float, "scheduler": str, "ensemble": int}
 
 
+def read_settings(path: Path, section: str) -> Any:
+    """One section of MODEL_DIR/scanside.json (the model's own settings), None without it."""
+    file = path / SETTINGS_FILE
+    if not file.is_file():
+        return None
+    try:
+        return json.loads(file.read_text(encoding="utf-8")).get(section)
+    except (ValueError, AttributeError) as exc:
+        raise InputError(f"{file}: not a JSON object ({exc}); fix or remove it") from None
+
+
+def read_noise_level(path: Path) -> "dict[str, Any] | None":
+    """A noise-conditioned model's noise-level channel (runtime/noise_level.py), if any."""
+    from scanside.runtime import noise_level
+
+    given = read_settings(path, "noise_level")
+    return None if given is None else noise_level.check_spec(given, str(path / SETTINGS_FILE))
+
+
 def read_enhance_defaults(path: Path) -> dict[str, Any]:
     """The model's recommended enhancement settings from MODEL_DIR/scanside.json, if any."""
     file = path / SETTINGS_FILE
-    if not file.is_file():
-        return {}
-    try:
-        given = json.loads(file.read_text(encoding="utf-8")).get("enhance", {})
-    except (ValueError, AttributeError) as exc:
-        raise InputError(f"{file}: not a JSON object ({exc}); fix or remove it") from None
+    given = read_settings(path, "enhance") or {}
     unknown = set(given) - set(ENHANCE_KEYS)
     if unknown:
         raise InputError(f"{file}: unknown enhance settings {sorted(unknown)}; allowed: "

@@ -47,15 +47,20 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def conditioning_of(shape: ModelShape, model_dir: Path) -> Conditioning:
-    if shape.unet_in_channels == shape.latent_channels:
+def conditioning_of(shape: ModelShape, model_dir: Path, noise_level: Optional[dict]) -> Conditioning:
+    """How the UNet's input channels are laid out; a noise-conditioned UNet (scanside.json's
+    noise_level) takes one channel more than an image-conditioned one."""
+    extra = 1 if noise_level else 0
+    if shape.unet_in_channels == shape.latent_channels and not extra:
         return Conditioning.TEXT
-    if shape.unet_in_channels == 2 * shape.latent_channels:
+    if shape.unet_in_channels == 2 * shape.latent_channels + extra:
         return Conditioning.CONCAT
     raise InputError(
         f"{model_dir / 'unet' / 'config.json'}: in_channels={shape.unet_in_channels}; scanside "
-        f"runs UNets with {shape.latent_channels} (text/img2img) or "
-        f"{2 * shape.latent_channels} (image-conditioned) input channels"
+        f"runs UNets with {shape.latent_channels} (text/img2img), "
+        f"{2 * shape.latent_channels} (image-conditioned) or {2 * shape.latent_channels + 1} "
+        f"(image- and noise-conditioned, with a noise_level entry in {ckpt.SETTINGS_FILE}) "
+        "input channels"
     )
 
 
@@ -139,7 +144,8 @@ def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional
     default = int(checkpoint.vae.config.sample_size)
     height, width = height or default, width or default
     check_size(height, width, shape)
-    conditioning = conditioning_of(shape, model_dir)
+    noise_level = ckpt.read_noise_level(model_dir)
+    conditioning = conditioning_of(shape, model_dir, noise_level)
     if dynamic and any(p is not Precision.FP32 for p in precisions.values()):
         raise InputError("--precision with --dynamic: reduced precision is calibrated and checked "
                          "at one static size; export with --height/--width instead")
@@ -201,7 +207,7 @@ def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional
         height=height, width=width, dynamic=dynamic, image_channels=shape.image_channels,
         vae_factor=shape.vae_factor, divisor=shape.divisor,
         vae_scaling_factor=float(checkpoint.vae.config.scaling_factor),
-        conditioning=conditioning, concat_scale=concat_scale,
+        conditioning=conditioning, concat_scale=concat_scale, noise_level=noise_level,
         scheduler_config=checkpoint.scheduler_config, components=components,
         versions=library_versions(), enhance_defaults=ckpt.read_enhance_defaults(model_dir),
         attention=attention, vae_affine=vae_affine, tiny_vae=tiny_record,

@@ -78,7 +78,7 @@ def feeds_for(name: str, pipe, pixels: list[np.ndarray], prompts, scheduler_conf
     sf = np.float32(pipe.manifest.vae_scaling_factor)
     condition = None
     if pipe.manifest.conditioning is Conditioning.CONCAT:
-        condition = [m * np.float32(pipe.manifest.concat_scale) for m in means]
+        condition = [pipe.unet_condition(p, m) for p, m in zip(pixels, means)]
     embeddings = [pipe.embed(p) for p in prompts]
     return unet_feeds([m * sf for m in means], embeddings, scheduler_config, condition, seed=seed,
                       guidance_dim=pipe.guidance_embedding_dim)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from scanside.errors import InputError
+from scanside.runtime import noise_level
 
 from . import identity_vae
 
@@ -49,7 +50,9 @@ class RecipeName(str, enum.Enum):
     SD15_SHAPED = "sd15-shaped"
     CT_DEFAULT = "ct-default"  # the shape of scanside's default low-dose CT model
     CT_TINY = "ct-tiny"  # the same block types, small enough to train in seconds in tests
+    CT_TINY_NOISE = "ct-tiny-noise"  # ct-tiny with ct-noise's noise-level channel
     CT_DEEP = "ct-deep"  # ct-default with two ResNet blocks below full resolution (run 13)
+    CT_NOISE = "ct-noise"  # ct-default conditioned on the input's estimated noise level
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,9 @@ class Recipe:
     sample_size: int  # default image size in pixels
     scheduler: dict[str, Any] = field(default_factory=lambda: dict(SD15_SCHEDULER))
     identity_vae: bool = False  # the VAE's weights are set to the identity (identity_vae.py)
+    # A noise-conditioned UNet's noise-level channel (runtime/noise_level.py): the estimator
+    # and the factor its estimate is multiplied by; written to the model's scanside.json.
+    noise_level: "dict[str, Any] | None" = None
 
 
 def tiny_unet(in_channels: int) -> dict[str, Any]:
@@ -85,8 +91,10 @@ TINY_TEXT = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4,
 
 
 def ct_unet(channels: tuple[int, ...], cross_attention_dim: int, groups: int,
-            latent_size: int, layers_per_block: "int | tuple[int, ...]" = 1) -> dict[str, Any]:
-    """Grayscale image-conditioned UNet: noisy latent + low-dose latent in (4 + 4 channels),
+            latent_size: int, layers_per_block: "int | tuple[int, ...]" = 1,
+            noise_channel: bool = False) -> dict[str, Any]:
+    """Grayscale image-conditioned UNet: noisy latent + low-dose latent in (4 + 4 channels,
+    and the noise-level channel when ``noise_channel``),
     plain ResNet levels at high resolution, cross-attention to the prompt at the lowest.
     Cross-attention only, and a mid block without attention (diffusers' cross-attention mid
     block always adds self-attention): a 512 px slice's lowest level has 4096
@@ -96,7 +104,7 @@ def ct_unet(channels: tuple[int, ...], cross_attention_dim: int, groups: int,
     statistics are taken per call: see runtime/tiles.py)."""
     levels = len(channels)
     return dict(
-        sample_size=latent_size, in_channels=8, out_channels=4,
+        sample_size=latent_size, in_channels=8 + noise_channel, out_channels=4,
         layers_per_block=layers_per_block, block_out_channels=channels,
         down_block_types=("DownBlock2D",) * (levels - 1) + ("CrossAttnDownBlock2D",),
         up_block_types=("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (levels - 1),
@@ -141,6 +149,18 @@ RECIPES = {
         ct_unet((16, 32, 64, 96), 64, 8, 128, layers_per_block=(1, 2, 2, 2)),
         identity_vae.config(128), CT_TEXT, real_vocab=False, sample_size=128,
         scheduler=dict(CT_SCHEDULER), identity_vae=True),
+    # ct-default plus a ninth input channel carrying the low-dose image's estimated noise
+    # (runtime/noise_level.py; FFDNet's noise map), scaled so 40 HU of CT noise is about 1.
+    # A model of ct-default's shape starts it exactly (train-default --init pads the new
+    # channel's input weights with zeros).
+    RecipeName.CT_NOISE: Recipe(
+        ct_unet((16, 32, 64, 96), 64, 8, 128, noise_channel=True), identity_vae.config(128),
+        CT_TEXT, real_vocab=False, sample_size=128, scheduler=dict(CT_SCHEDULER),
+        identity_vae=True, noise_level={"estimator": noise_level.ESTIMATOR, "scale": 64.0}),
+    RecipeName.CT_TINY_NOISE: Recipe(
+        ct_unet((16, 32), 32, 8, 32, noise_channel=True), identity_vae.config(32), TINY_TEXT,
+        real_vocab=False, sample_size=32, scheduler=dict(CT_SCHEDULER), identity_vae=True,
+        noise_level={"estimator": noise_level.ESTIMATOR, "scale": 64.0}),
     RecipeName.CT_TINY: Recipe(
         ct_unet((16, 32), 32, 8, 32), identity_vae.config(32), TINY_TEXT, real_vocab=False,
         sample_size=32, scheduler=dict(CT_SCHEDULER), identity_vae=True),

@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from scanside.runtime import noise_level
 from scanside.runtime.images import dihedral  # the scan geometry is rotation-invariant
 
 from . import anatomy, ctsim
@@ -420,6 +421,7 @@ def train_unet(unet, vae, scheduler, data: dict, embeddings, scaling: float, set
          f"steps {start}..{total} (lesion pixels x{settings.lesion_weight:g}; phase 2 from "
          f"step {settings.unet_steps})")
     alphas = torch.from_numpy(np.asarray(scheduler.alphas_cumprod, dtype=np.float32))
+    spec = recipe(settings.recipe)
     empty, task = embeddings
     unet.train()
     progress = Progress("unet", total, start, 20, echo)
@@ -448,7 +450,11 @@ def train_unet(unet, vae, scheduler, data: dict, embeddings, scaling: float, set
         text = torch.where(no_prompt.view(-1, 1, 1), empty, task)
         for group in opt.param_groups:
             group["lr"] = unet_lr(step, settings)
-        pred = unet(torch.cat([xt, cond], dim=1), t, text).sample
+        inputs = [xt, cond]
+        if spec.noise_level:  # the low-dose image's estimated noise, as the runtime feeds it
+            level = noise_level.estimate(low) * spec.noise_level["scale"]
+            inputs.append(torch.from_numpy(level).view(-1, 1, 1, 1).expand(-1, 1, *xt.shape[-2:]))
+        pred = unet(torch.cat(inputs, dim=1), t, text).sample
         # Normalised by the weights' mean, so the step size matches the plain loss (the latent
         # factor is 1, so a pixel mask is a latent mask).
         w = 1 + settings.lesion_weight * torch.from_numpy(lesions[:, None]).float()
@@ -500,7 +506,10 @@ def write_model(parts: dict, tokenizer_dir: Path, out: Path, settings: Settings,
                                    safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.to(torch.float16).save_pretrained(staging, safe_serialization=True)
-    (staging / SETTINGS_FILE).write_text(json.dumps({"enhance": ENHANCE}, indent=2) + "\n")
+    model_settings: dict[str, Any] = {"enhance": ENHANCE}
+    if recipe(settings.recipe).noise_level:
+        model_settings["noise_level"] = recipe(settings.recipe).noise_level
+    (staging / SETTINGS_FILE).write_text(json.dumps(model_settings, indent=2) + "\n")
     (staging / "training.json").write_text(json.dumps(
         {"task": "low-dose CT denoising (synthetic: scanside.models.anatomy, ctsim)", "prompt": PROMPT,
          "settings": asdict(settings), **info}, indent=2) + "\n")
@@ -522,12 +531,31 @@ def load_init(parts: dict, folder: Path) -> float:
             raise InputError(f"{folder / name}: no safetensors weights; --init takes a trained "
                              "model folder such as scanside/default_model/checkpoint")
         state = {k: v for f in files for k, v in load_file(str(f)).items()}
+        if name == "unet":
+            state = widen_conv_in(state, parts["unet"])
         try:
             parts[name].load_state_dict({k: v.float() for k, v in state.items()})
         except RuntimeError as exc:
             raise InputError(f"{folder / name}: weights do not fit this run's recipe; pass the "
                              f"--recipe that model was trained with ({exc})") from exc
     return float(json.loads((folder / "vae" / "config.json").read_text())["scaling_factor"])
+
+
+def widen_conv_in(state: dict, unet) -> dict:
+    """A UNet state dict whose first convolution takes fewer input channels than ``unet``'s
+    (ct-default's 8 into ct-noise's 9) with the missing channels' weights set to zero: the
+    wider model then computes exactly what the narrower one did, and training starts there."""
+    import torch
+
+    key = "conv_in.weight"
+    have, want = state.get(key), unet.conv_in.weight
+    if have is None or have.shape[1] >= want.shape[1] or have.shape[0] != want.shape[0]:
+        return state
+    pad = torch.zeros(have.shape[0], want.shape[1] - have.shape[1], *have.shape[2:],
+                      dtype=have.dtype)
+    log.info("init: conv_in widened from %d to %d input channels (new ones start at zero)",
+             have.shape[1], want.shape[1])
+    return {**state, key: torch.cat([have, pad], dim=1)}
 
 
 def same_run(stored: dict, wanted: dict) -> bool:

@@ -16,6 +16,7 @@ from typing import Any, Mapping, Optional
 from scanside.errors import EngineError
 from scanside.runtime.onnxfile import check_external_data
 
+from . import noise_level
 from .iospec import IOSpec
 
 MAGIC = "scanside-engine"
@@ -118,6 +119,9 @@ class Manifest:
     # A TAESD-format VAE exported in place of the checkpoint's (export/tiny_vae.py): which
     # components, its folder's hash, and its measured quality against the checkpoint's VAE.
     tiny_vae: Optional[Mapping[str, Any]] = None
+    # A noise-conditioned UNet: its last input channel is the image's estimated noise level
+    # ({"estimator": ..., "scale": ...}, runtime/noise_level.py), after the image's latent.
+    noise_level: Optional[Mapping[str, Any]] = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -127,7 +131,8 @@ class Manifest:
                       "channels": self.image_channels, "vae_factor": self.vae_factor,
                       "divisor": self.divisor},
             "vae_scaling_factor": self.vae_scaling_factor,
-            "conditioning": {"mode": self.conditioning.value, "concat_scale": self.concat_scale},
+            "conditioning": {"mode": self.conditioning.value, "concat_scale": self.concat_scale,
+                             "noise_level": self.noise_level},
             "scheduler_config": dict(self.scheduler_config),
             "components": {n: c.to_json() for n, c in self.components.items()},
             "versions": dict(self.versions),
@@ -161,6 +166,8 @@ class Manifest:
             vae_affine=data.get("vae_affine"),
             tuned_on=data.get("tuned_on"),
             tiny_vae=data.get("tiny_vae"),
+            noise_level=(None if cond.get("noise_level") is None else
+                         noise_level.check_spec(cond["noise_level"], "conditioning")),
         )
 
 

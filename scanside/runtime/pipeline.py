@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from scanside.errors import InputError
 
-from . import images, schedulers
+from . import images, noise_level, schedulers
 from .artifacts import COMPONENTS, TOKENIZER, Attention, Conditioning, Manifest, read_manifest
 from .default import default_engine_dir
 from .engines import Backend, Engine, GpuOptions, open_engine
@@ -467,9 +467,8 @@ class Pipeline:
         grid = self.grid(*pixels.shape[-2:])
         mean, std = self.encode(pixels, grid)
         sf = np.float32(self.manifest.vae_scaling_factor)
-        condition = None
-        if self.manifest.conditioning is Conditioning.CONCAT:
-            condition = mean * np.float32(self.manifest.concat_scale)
+        condition = self.unet_condition(pixels, mean)
+        if condition is not None:
             x0 = mean * sf
         else:
             x0 = (mean + std * draw(mean.shape)) * sf  # a sample of the VAE posterior
@@ -482,6 +481,20 @@ class Pipeline:
             x = self.denoise(plan, x, prompt, negative_prompt, guidance, draw, condition,
                              progress, grid)
         return self.decode(x, grid)
+
+    def unet_condition(self, pixels: np.ndarray, mean: np.ndarray) -> Optional[np.ndarray]:
+        """What a conditioned UNet sees beside its noisy latent, for prepared (1, C, H, W)
+        ``pixels`` whose latent mean is ``mean``: the image's latent (image-conditioned) and,
+        for a noise-conditioned UNet, a channel of the image's estimated noise level (one
+        value, from the whole image, so tiles agree). None for a text-only UNet."""
+        m = self.manifest
+        if m.conditioning is not Conditioning.CONCAT:
+            return None
+        condition = mean * np.float32(m.concat_scale)
+        if m.noise_level:
+            level = noise_level.noise_map(pixels, (1, 1, *mean.shape[-2:]), m.noise_level["scale"])
+            condition = np.concatenate([condition, level], axis=1)
+        return condition
 
     def prepare(self, image: np.ndarray) -> "images.Prepared":
         """``image`` as this engine's pixels: channels, padded to the engine's divisor and at

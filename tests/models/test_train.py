@@ -295,3 +295,43 @@ def test_a_run_folder_from_before_a_new_setting_still_resumes():
     assert same_run(older, wanted)
     assert not same_run(older, {**wanted, "tune_noise_scale": [0.35, 1.4]})
     assert not same_run({**old, "seed": 1}, wanted)
+
+
+def test_widening_conv_in_for_the_noise_channel_leaves_the_model_as_it_was():
+    from scanside.models.recipes import build_components, recipe
+
+    narrow = build_components(recipe("ct-tiny"), 64, seed=0)["unet"].eval()
+    wide = build_components(recipe("ct-tiny-noise"), 64, seed=1)["unet"].eval()
+    wide.load_state_dict(train.widen_conv_in(narrow.state_dict(), wide))
+    x = torch.randn(2, 8, 32, 32)
+    level = torch.full((2, 1, 32, 32), 0.7)
+    text = torch.randn(2, 77, 32)
+    with torch.no_grad():
+        want = narrow(x, torch.tensor([1, 5]), text).sample
+        got = wide(torch.cat([x, level], 1), torch.tensor([1, 5]), text).sample
+    assert torch.equal(got, want)
+
+
+def test_a_noise_conditioned_model_exports_and_enhances_with_its_noise_channel(trained, tmp_path):
+    from scanside.export import export_model
+    from scanside.runtime import Pipeline, noise_level
+
+    model_dir, _ = trained
+    settings = Settings(**{**TINY.__dict__, "recipe": "ct-tiny-noise", "unet_steps": 0,
+                           "tune_steps": 1, "init": str(model_dir)})
+    tuned = train_default(tmp_path / "noise", settings, echo=lambda _: None)
+    spec = json.loads((tuned / "scanside.json").read_text())["noise_level"]
+    assert spec == {"estimator": noise_level.ESTIMATOR, "scale": 64.0}
+    manifest = export_model(tuned, tmp_path / "engine", height=32, width=32, dynamic=True)
+    assert manifest.noise_level == spec
+    assert manifest.components["unet"].spec.inputs[0].shape[1] == 9
+    pipe = Pipeline.load(tmp_path / "engine")
+    image = np.random.default_rng(0).uniform(0.3, 0.7, (64, 48)).astype(np.float32)
+    prepared = pipe.prepare(image)
+    mean, _ = pipe.encode(prepared.pixels)
+    condition = pipe.unet_condition(prepared.pixels, mean)
+    assert condition.shape[1] == 5
+    level = float(noise_level.estimate(prepared.pixels[0, 0])) * 64.0
+    assert level > 0 and np.allclose(condition[:, 4], level)
+    out = pipe.enhance(image)
+    assert out.shape == image.shape and np.isfinite(out).all()
