@@ -64,6 +64,7 @@ def add_sampling(p: argparse.ArgumentParser, guidance: float, strength: bool) ->
                        help="keep the input's content coarser than a Gaussian of PX pixels "
                             "(data consistency: flat tissue keeps its mean HU); default: the "
                             "model's own, else 0 (off)")
+        add_noise_factor(p)
         p.add_argument("--max-tile", type=positive_int, default=None, metavar="PX",
                        help="dynamic engines: run images whole up to PX on each side, else in "
                             "PX tiles (the memory budget; default: the engine's largest size). "
@@ -128,6 +129,13 @@ def add_node_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--forward-originals", action="store_true",
                    help="also forward the received instances")
     p.add_argument("--window", metavar="CENTER,WIDTH", help="as for enhance")
+
+
+def add_noise_factor(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--noise-factor", type=float, default=None, metavar="F",
+                   help="noise-conditioned models (the built-in one): tell the model F times the "
+                        "noise level estimated from the image; above 1 removes more, below 1 "
+                        "keeps more texture (default 1)")
 
 
 def add_ensemble(p: argparse.ArgumentParser) -> None:
@@ -236,7 +244,7 @@ def sampling_of(args: argparse.Namespace) -> dict:
     return dict(prompt=args.prompt, strength=args.strength, steps=args.steps,
                 guidance=args.guidance, seed=args.seed, scheduler=args.scheduler,
                 negative_prompt=args.negative_prompt, ensemble=args.ensemble,
-                consistency_px=args.consistency)
+                consistency_px=args.consistency, noise_factor=args.noise_factor)
 
 
 def output_location(text: str) -> "Path | str":
@@ -607,6 +615,7 @@ def cmd_models_evaluate(args: argparse.Namespace) -> int:
     result = evaluate(args.engine_dir, pairs=args.pairs, split=args.split, workers=args.workers,
                       steps=args.steps, strength=args.strength, guidance=args.guidance,
                       seed=args.seed, ensemble=args.ensemble, consistency_px=args.consistency,
+                      noise_factor=args.noise_factor,
                       skip=frozenset(args.skip or ()))
     print(table(result))
     if args.json:
@@ -884,6 +893,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_ensemble(p)
     p.add_argument("--consistency", type=float, default=None, metavar="PX",
                    help="data consistency, as for enhance (default: the model's own)")
+    add_noise_factor(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=positive_int, default=2)
     p.add_argument("--skip", action="append", choices=["bm3d", "doses", "real", "anatomy"],

@@ -81,7 +81,7 @@ def load(path: Path) -> Checkpoint:
 
 SETTINGS_FILE = "scanside.json"
 ENHANCE_KEYS = {"prompt": str, "negative_prompt": str, "strength": float, "steps": int,
-                "guidance": float, "scheduler": str, "ensemble": int}
+                "guidance": float, "scheduler": str, "ensemble": int, "noise_factor": float}
 
 
 def read_settings(path: Path, section: str) -> Any:

@@ -55,7 +55,7 @@ DIFFUSERS_NAMES = {
 CALL_PIXELS = 1024 * 1024
 ENHANCE_DEFAULTS: dict[str, object] = {"prompt": "", "negative_prompt": None, "strength": 0.3,
                                        "steps": 20, "guidance": 1.0, "scheduler": None,
-                                       "ensemble": 1, "consistency_px": 0}
+                                       "ensemble": 1, "consistency_px": 0, "noise_factor": 1.0}
 
 
 def check_consistency(value: object) -> float:
@@ -63,6 +63,17 @@ def check_consistency(value: object) -> float:
             or not np.isfinite(value):
         raise InputError(f"consistency_px: {value!r} is not a number >= 0 (pixels; 0 turns it "
                          "off, about 8 keeps the input's mean HU of flat tissue)")
+    return float(value)
+
+
+def check_noise_factor(value: object, manifest: Manifest, engine_dir: Path) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
+            or not np.isfinite(value):
+        raise InputError(f"noise_factor: {value!r} is not a number > 0 (1 tells the model the "
+                         "noise estimated from the image; 1.5 removes more, 0.7 keeps more texture)")
+    if value != 1 and not manifest.noise_level:
+        raise InputError(f"noise_factor: {engine_dir} is not a noise-conditioned model (it reads "
+                         "the noise from the image itself); leave noise_factor at 1")
     return float(value)
 
 
@@ -413,7 +424,8 @@ class Pipeline:
                 scheduler: Union[str, SchedulerName, None] = None,
                 negative_prompt: Optional[str] = None, noise: Noise = None,
                 progress: bool = False, window: "Optional[Window]" = None,
-                ensemble: Optional[int] = None, consistency_px: Optional[float] = None):
+                ensemble: Optional[int] = None, consistency_px: Optional[float] = None,
+                noise_factor: Optional[float] = None):
         """Enhance ``image`` ((H, W) or (H, W, C), [0, 1] floats or uint8/16) -> same layout.
 
         Plain UNets run img2img (SDEdit): the image's latent is noised to ``strength`` and
@@ -423,23 +435,27 @@ class Pipeline:
         ``consistency_px`` > 0 takes the result's content coarser than a Gaussian of that many
         pixels from the input (data consistency): large-scale means, such as an organ's HU,
         stay the input's whatever the model does; 0 turns it off.
+        ``noise_factor`` (noise-conditioned models only) multiplies the noise level estimated
+        from the image before the model is given it: above 1 removes more, below 1 keeps more.
         Settings left as None take the model's own defaults (see ``sampling_defaults``).
         A pydicom Dataset gives a derived Dataset back (see scanside.dicom), in ``window``.
         """
         s = self.sampling_defaults(prompt=prompt, strength=strength, steps=steps,
                                    guidance=guidance, scheduler=scheduler,
                                    negative_prompt=negative_prompt, ensemble=ensemble,
-                                   consistency_px=consistency_px)
+                                   consistency_px=consistency_px, noise_factor=noise_factor)
         prompt, strength, steps = s["prompt"], s["strength"], s["steps"]
         guidance, scheduler, negative_prompt = s["guidance"], s["scheduler"], s["negative_prompt"]
         ensemble, consistency = s["ensemble"], check_consistency(s["consistency_px"])
+        factor = check_noise_factor(s["noise_factor"], self.manifest, self.engine_dir)
         if isinstance(image, Dataset):
             from scanside.dicom import enhance_dataset
 
             return enhance_dataset(self, image, window=window, prompt=prompt, strength=strength,
                                    steps=steps, guidance=guidance, seed=seed,
                                    scheduler=scheduler, negative_prompt=negative_prompt,
-                                   noise=noise, ensemble=ensemble, consistency_px=consistency)
+                                   noise=noise, ensemble=ensemble, consistency_px=consistency,
+                                   noise_factor=factor)
         self.check_guidance(guidance)
         prepared = self.prepare(image)
         views = images.ensemble_views(ensemble)
@@ -451,7 +467,7 @@ class Pipeline:
         plan = self.plan(scheduler, steps, strength)
         decoded = [images.undo_dihedral(self.enhance_pixels(
             images.dihedral(prepared.pixels, k), plan, prompt, negative_prompt or "", guidance,
-            noise, seed, progress), k) for k in views]
+            noise, seed, progress, factor), k) for k in views]
         mean = decoded[0] if len(decoded) == 1 else np.mean(decoded, axis=0)
         out = images.finish(mean, prepared.height, prepared.width, prepared.gray)
         if consistency:
@@ -460,14 +476,15 @@ class Pipeline:
         return out
 
     def enhance_pixels(self, pixels: np.ndarray, plan: Plan, prompt: str, negative_prompt: str,
-                       guidance: float, noise: Noise, seed: int, progress: bool) -> np.ndarray:
+                       guidance: float, noise: Noise, seed: int, progress: bool,
+                       noise_factor: float = 1.0) -> np.ndarray:
         """Prepared (1, C, H, W) pixels -> the decoder's output for them."""
         module = schedulers.module_for(plan.algorithm)
         fixed, draw = noise_source(noise, seed, "noise")
         grid = self.grid(*pixels.shape[-2:])
         mean, std = self.encode(pixels, grid)
         sf = np.float32(self.manifest.vae_scaling_factor)
-        condition = self.unet_condition(pixels, mean)
+        condition = self.unet_condition(pixels, mean, noise_factor)
         if condition is not None:
             x0 = mean * sf
         else:
@@ -482,17 +499,20 @@ class Pipeline:
                              progress, grid)
         return self.decode(x, grid)
 
-    def unet_condition(self, pixels: np.ndarray, mean: np.ndarray) -> Optional[np.ndarray]:
+    def unet_condition(self, pixels: np.ndarray, mean: np.ndarray,
+                       noise_factor: float = 1.0) -> Optional[np.ndarray]:
         """What a conditioned UNet sees beside its noisy latent, for prepared (1, C, H, W)
         ``pixels`` whose latent mean is ``mean``: the image's latent (image-conditioned) and,
-        for a noise-conditioned UNet, a channel of the image's estimated noise level (one
-        value, from the whole image, so tiles agree). None for a text-only UNet."""
+        for a noise-conditioned UNet, a channel of the image's estimated noise level times
+        ``noise_factor`` (one value, from the whole image, so tiles agree). None for a
+        text-only UNet."""
         m = self.manifest
         if m.conditioning is not Conditioning.CONCAT:
             return None
         condition = mean * np.float32(m.concat_scale)
         if m.noise_level:
-            level = noise_level.noise_map(pixels, (1, 1, *mean.shape[-2:]), m.noise_level["scale"])
+            level = noise_level.noise_map(pixels, (1, 1, *mean.shape[-2:]),
+                                          m.noise_level["scale"], noise_factor)
             condition = np.concatenate([condition, level], axis=1)
         return condition
 
@@ -517,13 +537,13 @@ class Pipeline:
                  steps: Optional[int] = None, guidance: Optional[float] = None, seed: int = 0,
                  scheduler: Union[str, SchedulerName, None] = None,
                  ensemble: Optional[int] = None, consistency_px: Optional[float] = None,
-                 **_: object) -> str:
+                 noise_factor: Optional[float] = None, **_: object) -> str:
         """Provenance of an enhancement, for DICOM's DerivationDescription."""
         from scanside import __version__
 
         s = self.sampling_defaults(prompt=prompt, strength=strength, steps=steps,
                                    guidance=guidance, scheduler=scheduler, ensemble=ensemble,
-                                   consistency_px=consistency_px)
+                                   consistency_px=consistency_px, noise_factor=noise_factor)
         prompt, strength, steps = s["prompt"], s["strength"], s["steps"]
         guidance, scheduler = s["guidance"], s["scheduler"]
         plan = self.plan(scheduler, steps, strength)
@@ -531,6 +551,9 @@ class Pipeline:
         views = f"; ensemble of {s['ensemble']} views" if s["ensemble"] != 1 else ""
         if s["consistency_px"]:
             views += f"; input kept above {s['consistency_px']:g} px (data consistency)"
+        if m.noise_level:  # the model was told the image's own noise level, or a multiple
+            views += (f"; noise level estimated from the image ({m.noise_level['estimator']})"
+                      + (f" x {s['noise_factor']:g}" if s["noise_factor"] != 1 else ""))
         if m.tiny_vae:  # a reader of the DICOM should know the pixels went through TAESD
             views += (f"; tiny VAE sha256 {m.tiny_vae['source_hash'][:16]} for "
                       f"{'+'.join(m.tiny_vae['components'])}")
@@ -553,6 +576,8 @@ class Pipeline:
             return ""
         given = {k: v for k, v in sampling.items() if k not in ("progress", "window")}
         settings = self.sampling_defaults(**given)
+        if settings["noise_factor"] == 1:  # only when set: existing UIDs stay as they were
+            del settings["noise_factor"]
         settings["scheduler"] = self.plan(settings["scheduler"], int(settings["steps"]),
                                           float(settings["strength"])).algorithm
         m = self.manifest

@@ -320,6 +320,13 @@ def test_a_noise_conditioned_model_exports_and_enhances_with_its_noise_channel(t
     settings = Settings(**{**TINY.__dict__, "recipe": "ct-tiny-noise", "unet_steps": 0,
                            "tune_steps": 1, "init": str(model_dir)})
     tuned = train_default(tmp_path / "noise", settings, echo=lambda _: None)
+    from safetensors.torch import load_file, save_file
+
+    # One warm-up step barely moves the new channel's weights from zero: give it some, so
+    # the noise level visibly reaches the output.
+    weights = load_file(str(tuned / UNET))
+    weights["conv_in.weight"][:, 8] = 0.5
+    save_file(weights, str(tuned / UNET))
     spec = json.loads((tuned / "scanside.json").read_text())["noise_level"]
     assert spec == {"estimator": noise_level.ESTIMATOR, "scale": 64.0}
     manifest = export_model(tuned, tmp_path / "engine", height=32, width=32, dynamic=True)
@@ -335,3 +342,23 @@ def test_a_noise_conditioned_model_exports_and_enhances_with_its_noise_channel(t
     assert level > 0 and np.allclose(condition[:, 4], level)
     out = pipe.enhance(image)
     assert out.shape == image.shape and np.isfinite(out).all()
+    told_more = pipe.enhance(image, noise_factor=3.0)
+    assert np.abs(told_more - out).max() > 1e-5  # the same call twice gives the same bytes
+    assert "x 3" in pipe.describe(noise_factor=3.0) and "estimated" in pipe.describe()
+    assert pipe.fingerprint(noise_factor=3.0) != pipe.fingerprint()
+    with pytest.raises(InputError, match="noise_factor: 0"):
+        pipe.enhance(image, noise_factor=0)
+
+
+def test_noise_factor_is_refused_by_a_model_that_reads_the_noise_itself(trained, tmp_path):
+    from scanside.export import export_model
+    from scanside.runtime import Pipeline
+
+    model_dir, _ = trained
+    export_model(model_dir, tmp_path / "engine")
+    pipe = Pipeline.load(tmp_path / "engine")
+    image = np.full((32, 32), 0.5, np.float32)
+    with pytest.raises(InputError, match="not a noise-conditioned model"):
+        pipe.enhance(image, noise_factor=2.0)
+    assert pipe.enhance(image, noise_factor=1.0).shape == image.shape
+    assert pipe.fingerprint() == pipe.fingerprint(noise_factor=1.0)
