@@ -511,8 +511,8 @@ class Pipeline:
             return None
         condition = mean * np.float32(m.concat_scale)
         if m.noise_level:
-            level = noise_level.noise_map(pixels, (1, 1, *mean.shape[-2:]),
-                                          m.noise_level["scale"], noise_factor)
+            level = noise_level.noise_map(pixels, (1, 1, *mean.shape[-2:]), m.noise_level,
+                                          noise_factor)
             condition = np.concatenate([condition, level], axis=1)
         return condition
 

@@ -328,7 +328,7 @@ def test_a_noise_conditioned_model_exports_and_enhances_with_its_noise_channel(t
     weights["conv_in.weight"][:, 8] = 0.5
     save_file(weights, str(tuned / UNET))
     spec = json.loads((tuned / "scanside.json").read_text())["noise_level"]
-    assert spec == {"estimator": noise_level.ESTIMATOR, "scale": 64.0}
+    assert spec == {"estimator": noise_level.ESTIMATOR, "scale": 64.0, "window": 32}
     manifest = export_model(tuned, tmp_path / "engine", height=32, width=32, dynamic=True)
     assert manifest.noise_level == spec
     assert manifest.components["unet"].spec.inputs[0].shape[1] == 9
@@ -338,7 +338,7 @@ def test_a_noise_conditioned_model_exports_and_enhances_with_its_noise_channel(t
     mean, _ = pipe.encode(prepared.pixels)
     condition = pipe.unet_condition(prepared.pixels, mean)
     assert condition.shape[1] == 5
-    level = float(noise_level.estimate(prepared.pixels[0, 0])) * 64.0
+    level = noise_level.estimate_windows(prepared.pixels[0, 0], 32) * 64.0
     assert level > 0 and np.allclose(condition[:, 4], level)
     out = pipe.enhance(image)
     assert out.shape == image.shape and np.isfinite(out).all()

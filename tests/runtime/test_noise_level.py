@@ -54,8 +54,24 @@ def test_a_batch_gives_each_image_its_own_estimate():
 def test_the_map_is_the_estimate_times_scale_and_factor():
     pixels = noisy(np.zeros((1, 1, 64, 64)), 0.02)
     level = float(noise_level.estimate(pixels[0, 0]))
-    m = noise_level.noise_map(pixels, (1, 1, 16, 16), 64.0, 1.5)
+    spec = {"estimator": noise_level.ESTIMATOR, "scale": 64.0}
+    m = noise_level.noise_map(pixels, (1, 1, 16, 16), spec, 1.5)
     assert m.shape == (1, 1, 16, 16) and np.allclose(m, level * 64.0 * 1.5)
+
+
+def test_windows_read_a_large_image_as_training_patches_read_it():
+    # Two thirds of the image are noisier: the estimate over all blocks takes its 25th
+    # percentile from the quiet third; the median over 32 px windows follows the majority.
+    image = noisy(np.zeros((64, 96)), 0.01)
+    image[:, 32:] = noisy(np.zeros((64, 64)), 0.03, seed=1)
+    whole = float(noise_level.estimate(image))
+    windows = noise_level.estimate_windows(image, 32)
+    tiles = [float(noise_level.estimate(image[y:y + 32, x:x + 32]))
+             for y in (0, 32) for x in (0, 32, 64)]
+    assert windows == pytest.approx(float(np.median(tiles)))
+    assert whole < 0.012 and windows > 0.025
+    # An image no larger than a window is read whole.
+    assert noise_level.estimate_windows(image[:32, :32], 32) == pytest.approx(tiles[0])
 
 
 def test_bad_input_and_unknown_estimators_are_refused():
