@@ -36,6 +36,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number; e.g. 20")
+    return value
+
+
 def add_sampling(p: argparse.ArgumentParser, guidance: float, strength: bool) -> None:
     """Sampling options. For enhance, an option left out takes the model's own setting (its
     manifest's enhance_defaults), else the default shown."""
@@ -603,6 +610,7 @@ def cmd_models_train(args: argparse.Namespace) -> int:
                         anatomy_lesions=args.anatomy_lesions,
                         tune_scenes=tuple(args.tune_scenes or ()),
                         tune_noise_scale=tune_noise_scale(args.tune_noise_scale),
+                        tune_noise_hu=args.tune_noise_hu,
                         init=None if args.init is None else str(args.init.resolve()))
     model_dir = train_default(args.out_dir, settings)
     print(f"trained model: {model_dir}; export it with `scanside export {model_dir} --out ENGINE`")
@@ -855,6 +863,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tune-noise-scale", type=float, nargs=2, metavar=("LO", "HI"),
                    help="phase 2: the factor range each patch's noise is scaled by (default "
                         f"phase 1's {Settings.noise_scale[0]:g} {Settings.noise_scale[1]:g})")
+    p.add_argument("--tune-noise-hu", type=positive_float, default=None, metavar="HU",
+                   help="phase 2 at one noise level: every patch's noise scaled to HU (+-15 %%); "
+                        "a specialist, to measure what knowing the noise level can buy")
     p.add_argument("--anatomy-lesions", type=float, default=Settings.anatomy_lesions, metavar="N",
                    help="also draw faint lesions into the anatomy scenes, N per 128x128 px of "
                         "their flat soft tissue (0: only the phantoms have lesions)")

@@ -132,6 +132,11 @@ class Settings:
     # down to ~5 HU of noise. The shipped model never saw under ~10 HU and erases real texture
     # a noiseless slice keeps (model card); None: phase 1's range.
     tune_noise_scale: "tuple[float, float] | None" = None
+    # Phase 2 at one noise level: every patch's noise is scaled to this std (HU, over the
+    # patch) within +-15 %, instead of by a factor. A model tuned so is a specialist for that
+    # level, the most a noise-conditioned model could reach there (DnCNN-S against -B): the
+    # measure of how much knowing the noise level can buy (run 19 in the model card).
+    tune_noise_hu: "float | None" = None
     # A trained model folder (diffusers layout, e.g. scanside/default_model/checkpoint) to start
     # from instead of phase 1: its UNet, frozen text encoder and latent scale are loaded and the
     # run is tune_steps of phase 2 with a fresh optimizer (the EMA starts at its weights).
@@ -359,10 +364,12 @@ def load_data(out: Path, settings: Settings, echo: Callable[[str], None]) -> dic
 
 
 def sample(data: dict, rng: np.random.Generator, batch: int, settings: Settings,
-           pool: "int | None" = None, noise_scale: "tuple[float, float] | None" = None):
+           pool: "int | None" = None, noise_scale: "tuple[float, float] | None" = None,
+           noise_hu: "float | None" = None):
     """A training batch: (low, full, lesions), (B, P, P) each, from the first ``pool`` patches
     (all by default), every patch turned by a random rotation/flip and its noise scaled by a
-    random factor, log-uniform in ``noise_scale`` (default Settings.noise_scale)."""
+    random factor, log-uniform in ``noise_scale`` (default Settings.noise_scale) -- or, with
+    ``noise_hu``, to that std over the patch within +-15 % (Settings.tune_noise_hu)."""
     pick = rng.choice(len(data["full"]) if pool is None else pool, batch, replace=False)
     views = rng.integers(0, 8, batch)
     low_high = np.log(noise_scale or settings.noise_scale)
@@ -370,6 +377,10 @@ def sample(data: dict, rng: np.random.Generator, batch: int, settings: Settings,
     turn = lambda name: np.stack([dihedral(data[name][i], int(k))  # noqa: E731
                                   for i, k in zip(pick, views)])
     full, low, lesions = turn("full"), turn("low"), turn("lesions")
+    if noise_hu is not None:  # the same draws, the factor's spread mapped onto +-15 %
+        spread = (np.log(scale) - np.mean(low_high)) / (np.diff(low_high)[0] / 2)
+        std = (low - full).reshape(batch, -1).std(axis=1) * 1000.0  # model range -> HU
+        scale = (noise_hu * np.exp(spread * np.log(1.15)) / np.maximum(std, 1e-3)).astype(np.float32)
     low = full + scale[:, None, None] * (low - full)
     return low, full, lesions
 
@@ -431,7 +442,8 @@ def train_unet(unet, vae, scheduler, data: dict, embeddings, scaling: float, set
         in_phase1 = step < settings.unet_steps  # data["phase1"]: how many patches phase 1 has
         low, full, lesions = sample(data, rng, b, settings,
                                     data.get("phase1") if in_phase1 else None,
-                                    None if in_phase1 else settings.tune_noise_scale)
+                                    None if in_phase1 else settings.tune_noise_scale,
+                                    None if in_phase1 else settings.tune_noise_hu)
         cond = encode(vae, low)
         x0 = encode(vae, full) * scaling
         t, x_start = batch_start(rng, x0, cond * scaling, settings)

@@ -362,3 +362,18 @@ def test_noise_factor_is_refused_by_a_model_that_reads_the_noise_itself(trained,
         pipe.enhance(image, noise_factor=2.0)
     assert pipe.enhance(image, noise_factor=1.0).shape == image.shape
     assert pipe.fingerprint() == pipe.fingerprint(noise_factor=1.0)
+
+
+def test_phase_two_can_put_every_patch_at_one_noise_level():
+    from scanside.models.train import sample
+
+    rng = np.random.default_rng(0)
+    full = rng.standard_normal((6, 16, 16)).astype(np.float32) * 0.1
+    noise = rng.standard_normal((6, 16, 16)).astype(np.float32) * rng.uniform(0.01, 0.09, (6, 1, 1))
+    data = {"full": full, "low": full + noise.astype(np.float32), "lesions": full > 1}
+    settings = Settings(tune_noise_hu=20.0)
+    low, ref, _ = sample(data, np.random.default_rng(1), 6, settings, None, None, 20.0)
+    std_hu = (low - ref).reshape(6, -1).std(axis=1) * 1000
+    assert np.all((std_hu > 20 / 1.151) & (std_hu < 20 * 1.151)) and np.ptp(std_hu) > 1
+    _, ref1, _ = sample(data, np.random.default_rng(1), 6, settings)
+    np.testing.assert_array_equal(ref, ref1)  # the same patches and views as without it
