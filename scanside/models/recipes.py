@@ -247,6 +247,11 @@ def build(name: "str | RecipeName", out_dir: Path, seed: int = 0) -> Path:
     pipe = StableDiffusionPipeline(**parts, tokenizer=tokenizer, safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(staging)
+    if spec.noise_level:  # export needs to know what the UNet's extra channel is
+        from scanside.export.checkpoint import SETTINGS_FILE
+
+        settings = {"noise_level": {**spec.noise_level, "window": spec.sample_size}}
+        (staging / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
     if spec.real_vocab:  # the CLIP vocabulary travels with its licence notice
         shutil.copyfile(CLIP_VOCAB / "README.md", staging / "tokenizer" / "README.md")
     publish(staging, out_dir)

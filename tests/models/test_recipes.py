@@ -62,3 +62,17 @@ def test_unknown_recipe_and_used_folder(tmp_path):
     with pytest.raises(InputError, match="not empty"):
         build("tiny", tmp_path / "x")
     assert (tmp_path / "x" / "f").read_text() == "keep"
+
+
+def test_a_noise_conditioned_recipe_builds_a_model_export_can_read(tmp_path):
+    from scanside.export import export_model
+    from scanside.runtime import noise_level
+
+    model = build("ct-tiny-noise", tmp_path / "model")
+    manifest = export_model(model, tmp_path / "engine", height=32, width=32)
+    assert manifest.noise_level == {"estimator": noise_level.ESTIMATOR, "scale": 64.0,
+                                    "window": 32}
+    assert manifest.components["unet"].spec.inputs[0].shape[1] == 9
+    (model / "scanside.json").unlink()  # a 9-channel UNet nobody says what the 9th is
+    with pytest.raises(InputError, match="in_channels=9.*noise_level"):
+        export_model(model, tmp_path / "engine2", height=32, width=32)
