@@ -85,11 +85,10 @@ def check_spec(spec: Mapping[str, Any], where: str) -> dict[str, Any]:
             **({"window": window} if window is not None else {})}
 
 
-def noise_map(pixels: np.ndarray, shape: tuple[int, ...], spec: Mapping[str, Any],
-              factor: float = 1.0) -> np.ndarray:
-    """The UNet's noise channel for prepared (1, C, H, W) pixels: the estimate (mean over the
-    channels' estimates; on ``spec``'s windows when it has them) times its scale and
-    ``factor``, constant over ``shape`` (1, 1, h, w)."""
+def channel_value(pixels: np.ndarray, spec: Mapping[str, Any], factor: float = 1.0) -> float:
+    """The value of a UNet's noise channel for prepared (1, C, H, W) pixels: the estimate
+    (mean over the channels' estimates; on ``spec``'s windows when it has them) times its
+    scale and ``factor``."""
     window = spec.get("window")
     levels = [estimate_windows(c, window) if window else float(estimate(c)) for c in pixels[0]]
-    return np.full(shape, float(np.mean(levels)) * spec["scale"] * factor, dtype=np.float32)
+    return float(np.mean(levels)) * spec["scale"] * factor

@@ -465,9 +465,10 @@ class Pipeline:
                              f"{m.height}x{m.width} engine cannot take; use 4 (mirrors and half "
                              "turns), or export the engine square or --dynamic")
         plan = self.plan(scheduler, steps, strength)
+        level = self.noise_channel(prepared.pixels, factor)  # one value for every view
         decoded = [images.undo_dihedral(self.enhance_pixels(
             images.dihedral(prepared.pixels, k), plan, prompt, negative_prompt or "", guidance,
-            noise, seed, progress, factor), k) for k in views]
+            noise, seed, progress, level), k) for k in views]
         mean = decoded[0] if len(decoded) == 1 else np.mean(decoded, axis=0)
         out = images.finish(mean, prepared.height, prepared.width, prepared.gray)
         if consistency:
@@ -477,14 +478,15 @@ class Pipeline:
 
     def enhance_pixels(self, pixels: np.ndarray, plan: Plan, prompt: str, negative_prompt: str,
                        guidance: float, noise: Noise, seed: int, progress: bool,
-                       noise_factor: float = 1.0) -> np.ndarray:
-        """Prepared (1, C, H, W) pixels -> the decoder's output for them."""
+                       level: Optional[float] = None) -> np.ndarray:
+        """Prepared (1, C, H, W) pixels -> the decoder's output for them (``level``: a
+        noise-conditioned UNet's noise channel, see noise_channel)."""
         module = schedulers.module_for(plan.algorithm)
         fixed, draw = noise_source(noise, seed, "noise")
         grid = self.grid(*pixels.shape[-2:])
         mean, std = self.encode(pixels, grid)
         sf = np.float32(self.manifest.vae_scaling_factor)
-        condition = self.unet_condition(pixels, mean, noise_factor)
+        condition = self.unet_condition(pixels, mean, level)
         if condition is not None:
             x0 = mean * sf
         else:
@@ -499,21 +501,27 @@ class Pipeline:
                              progress, grid)
         return self.decode(x, grid)
 
+    def noise_channel(self, pixels: np.ndarray, noise_factor: float = 1.0) -> Optional[float]:
+        """A noise-conditioned UNet's noise channel for prepared (1, C, H, W) pixels: the noise
+        level estimated from the whole image (so tiles agree) times the model's scale and
+        ``noise_factor``; None for other UNets."""
+        spec = self.manifest.noise_level
+        return noise_level.channel_value(pixels, spec, noise_factor) if spec else None
+
     def unet_condition(self, pixels: np.ndarray, mean: np.ndarray,
-                       noise_factor: float = 1.0) -> Optional[np.ndarray]:
+                       level: Optional[float] = None) -> Optional[np.ndarray]:
         """What a conditioned UNet sees beside its noisy latent, for prepared (1, C, H, W)
         ``pixels`` whose latent mean is ``mean``: the image's latent (image-conditioned) and,
-        for a noise-conditioned UNet, a channel of the image's estimated noise level times
-        ``noise_factor`` (one value, from the whole image, so tiles agree). None for a
-        text-only UNet."""
+        for a noise-conditioned UNet, its noise channel (``level``, else estimated from
+        ``pixels``). None for a text-only UNet."""
         m = self.manifest
         if m.conditioning is not Conditioning.CONCAT:
             return None
         condition = mean * np.float32(m.concat_scale)
         if m.noise_level:
-            level = noise_level.noise_map(pixels, (1, 1, *mean.shape[-2:]), m.noise_level,
-                                          noise_factor)
-            condition = np.concatenate([condition, level], axis=1)
+            value = self.noise_channel(pixels) if level is None else level
+            channel = np.full((1, 1, *mean.shape[-2:]), value, dtype=np.float32)
+            condition = np.concatenate([condition, channel], axis=1)
         return condition
 
     def prepare(self, image: np.ndarray) -> "images.Prepared":

@@ -348,6 +348,13 @@ def test_a_noise_conditioned_model_exports_and_enhances_with_its_noise_channel(t
     assert pipe.fingerprint(noise_factor=3.0) != pipe.fingerprint()
     with pytest.raises(InputError, match="noise_factor: 0"):
         pipe.enhance(image, noise_factor=0)
+    # Every view of an ensemble is told the level of the image as given, not its own reading.
+    seen = []
+    original = pipe.unet_condition
+    pipe.unet_condition = lambda pixels, mean, level=None: (seen.append(level),  # type: ignore
+                                                            original(pixels, mean, level))[1]
+    pipe.enhance(image, ensemble=8, noise_factor=2.0)
+    assert len(seen) == 8 and set(seen) == {pipe.noise_channel(prepared.pixels, 2.0)}
 
 
 def test_noise_factor_is_refused_by_a_model_that_reads_the_noise_itself(trained, tmp_path):

@@ -51,12 +51,11 @@ def test_a_batch_gives_each_image_its_own_estimate():
     assert levels[1] > 3 * levels[0]
 
 
-def test_the_map_is_the_estimate_times_scale_and_factor():
+def test_the_channel_is_the_estimate_times_scale_and_factor():
     pixels = noisy(np.zeros((1, 1, 64, 64)), 0.02)
     level = float(noise_level.estimate(pixels[0, 0]))
     spec = {"estimator": noise_level.ESTIMATOR, "scale": 64.0}
-    m = noise_level.noise_map(pixels, (1, 1, 16, 16), spec, 1.5)
-    assert m.shape == (1, 1, 16, 16) and np.allclose(m, level * 64.0 * 1.5)
+    assert noise_level.channel_value(pixels, spec, 1.5) == pytest.approx(level * 64.0 * 1.5)
 
 
 def test_windows_read_a_large_image_as_training_patches_read_it():
