@@ -140,7 +140,8 @@ def add_node_options(p: argparse.ArgumentParser) -> None:
 
 def add_noise_factor(p: argparse.ArgumentParser) -> None:
     p.add_argument("--noise-factor", type=float, default=None, metavar="F",
-                   help="noise-conditioned models (the built-in one): tell the model F times the "
+                   help="noise-conditioned models (recipe ct-noise; not the built-in one, which "
+                        "reads the noise itself): tell the model F times the "
                         "noise level estimated from the image; above 1 removes more, below 1 "
                         "keeps more texture (default 1)")
 

@@ -25,7 +25,7 @@ def channel_weights(engine: Path) -> str:
     from onnx import numpy_helper
 
     graph = onnx.load(str(engine / "unet.onnx")).graph
-    first = graph.node[[i for i, n in enumerate(graph.node) if n.op_type == "Conv"][0]]
+    first = next(n for n in graph.node if n.op_type == "Conv")
     weights = {t.name: t for t in graph.initializer}
     w = np.abs(numpy_helper.to_array(weights[first.input[1]]))  # (out, in, 3, 3)
     return (f"first convolution, mean |weight| per input channel: noisy latent "

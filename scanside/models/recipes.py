@@ -68,6 +68,11 @@ class Recipe:
     # and the factor its estimate is multiplied by; written to the model's scanside.json.
     noise_level: "dict[str, Any] | None" = None
 
+    def model_settings(self, window: int) -> dict[str, Any]:
+        """What a model of this recipe adds to its scanside.json: the noise-level entry, with
+        the patch size it was trained on as the window its level is estimated on."""
+        return {"noise_level": {**self.noise_level, "window": window}} if self.noise_level else {}
+
 
 def tiny_unet(in_channels: int) -> dict[str, Any]:
     # Two resolutions, one cross-attention level: every block type SD uses, in seconds.
@@ -247,10 +252,10 @@ def build(name: "str | RecipeName", out_dir: Path, seed: int = 0) -> Path:
     pipe = StableDiffusionPipeline(**parts, tokenizer=tokenizer, safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(staging)
-    if spec.noise_level:  # export needs to know what the UNet's extra channel is
+    settings = spec.model_settings(spec.sample_size)  # export needs to know an extra channel
+    if settings:
         from scanside.export.checkpoint import SETTINGS_FILE
 
-        settings = {"noise_level": {**spec.noise_level, "window": spec.sample_size}}
         (staging / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
     if spec.real_vocab:  # the CLIP vocabulary travels with its licence notice
         shutil.copyfile(CLIP_VOCAB / "README.md", staging / "tokenizer" / "README.md")

@@ -518,10 +518,8 @@ def write_model(parts: dict, tokenizer_dir: Path, out: Path, settings: Settings,
                                    safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.to(torch.float16).save_pretrained(staging, safe_serialization=True)
-    model_settings: dict[str, Any] = {"enhance": ENHANCE}
-    if recipe(settings.recipe).noise_level:  # estimated at run time as training did: per patch
-        model_settings["noise_level"] = {**recipe(settings.recipe).noise_level,
-                                         "window": settings.patch}
+    # A noise level is estimated at run time as training did: per patch.
+    model_settings = {"enhance": ENHANCE, **recipe(settings.recipe).model_settings(settings.patch)}
     (staging / SETTINGS_FILE).write_text(json.dumps(model_settings, indent=2) + "\n")
     (staging / "training.json").write_text(json.dumps(
         {"task": "low-dose CT denoising (synthetic: scanside.models.anatomy, ctsim)", "prompt": PROMPT,
