@@ -22,6 +22,11 @@ three sources of slices in Hounsfield units (each a ``Scene``, scanned by ctsim'
   scale-invariant r^-3 law of natural images, each with its own HU and texture, edges blurred
   as a scanner's resolution blurs them): synthetic images that train a denoiser almost as
   well as photographs (Achddou et al., arXiv 2504.10201), in unlimited variety.
+- ``tissue``: procedural body-wall anatomy with what the other sources lack and real neck,
+  limb and abdominal CT is full of: muscle compartments with striation, fascial planes and
+  fat septa under a pixel wide, small vessels, cortical bone around cancellous bone, an
+  airway; rendered at twice the resolution and averaged down, so edges are as sharp as a
+  scanner's pixels show them (the heads and photographs are interpolated up and soft).
 
 Each source takes a seed and returns a Scene; nothing is read from the network. Needs
 scikit-image, scipy and nibabel (``pip install 'scanside[train]'``) and, for heads,
@@ -53,6 +58,7 @@ class Source(str, enum.Enum):
     PHANTOM = "phantom"
     CHEST = "chest"
     LEAVES = "leaves"
+    TISSUE = "tissue"
 
 
 @dataclass(frozen=True)
@@ -331,6 +337,108 @@ def leaves_scene(seed: int, size: int = 256) -> Scene:
     return Scene(in_body(hu, rng), float(rng.uniform(*PIXEL_MM)), Source.LEAVES)
 
 
+# -- tissue: procedural body-wall anatomy with sharp, fine structure ----------------------
+TISSUE_RENDER = 2  # rendered at this many times the scene's resolution, then area-averaged
+# Compartment tissues: (share, low HU, high HU): muscle, organ parenchyma, fat.
+TISSUE_CLASSES = ((0.5, 35.0, 65.0), (0.25, 20.0, 80.0), (0.25, -130.0, -70.0))
+
+
+def thin_lines(rng: np.random.Generator, shape: tuple[int, int], grain: float,
+               width: float) -> np.ndarray:
+    """A random network of curves ``width`` px wide (float mask, 0..1): the zero level set of
+    band-limited noise, widened by |f| / |grad f| -- septa in fat."""
+    f = ctsim.smooth_noise(rng, shape, grain)
+    gy, gx = np.gradient(f)
+    distance = np.abs(f) / np.maximum(np.hypot(gy, gx), 1e-6)
+    return np.clip(width / 2 + 0.5 - distance, 0.0, 1.0)  # 1 px of anti-aliasing
+
+
+def striation(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """Unit-std texture of muscle fibres: white noise smoothed along one direction."""
+    from scipy import ndimage
+
+    field = ndimage.gaussian_filter(rng.standard_normal(shape), (rng.uniform(4, 10), 0.7))
+    field = ndimage.rotate(field, rng.uniform(0, 180), reshape=False, order=1, mode="wrap")
+    return field / (field.std() + 1e-12)
+
+
+def tissue_scene(seed: int, size: int = 256) -> Scene:
+    """A body cross-section of soft tissue: a wobbly outline with skin and a subcutaneous fat
+    layer crossed by septa; inside, curved compartments of muscle (striated), organ or fat
+    (with septa), separated by fat planes in some scenes; small vessels (contrast-enhanced in
+    some scenes); 0-3 bones (cortex around mottled cancellous bone); perhaps an airway;
+    2-10 HU of fine organ texture. Structure
+    widths go down to a third of a pixel, so the image has the sharp, fine detail of a real
+    reconstruction that interpolated sources lack."""
+    rng = np.random.default_rng([seed, 6])
+    n = size * TISSUE_RENDER
+    shape = (n, n)
+    y, x = np.mgrid[0:n, 0:n].astype(np.float32) - n / 2
+    angle, radius = np.arctan2(y, x), np.hypot(y, x)
+    outline = n * rng.uniform(0.36, 0.48) * (1 + sum(
+        rng.uniform(0, 0.06) * np.cos(k * angle + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 4)))
+    body = radius < outline
+    fat_layer = rng.uniform(3, 25) * TISSUE_RENDER
+    inner = radius < outline - fat_layer
+    # Compartments: Voronoi cells of warped coordinates (curved borders).
+    count = int(rng.integers(5, 26))
+    warp = n * 0.03
+    wy = y + warp * ctsim.smooth_noise(rng, shape, 12.0 * TISSUE_RENDER)
+    wx = x + warp * ctsim.smooth_noise(rng, shape, 12.0 * TISSUE_RENDER)
+    seeds = rng.uniform(-0.45 * n, 0.45 * n, (count, 2))
+    dist = np.stack([np.hypot(wy - sy, wx - sx) for sy, sx in seeds])
+    order = np.argsort(dist, axis=0)[:2]
+    label = order[0]
+    gap = np.take_along_axis(dist, order[1:2], 0)[0] - np.take_along_axis(dist, order[:1], 0)[0]
+    shares, lows, highs = (np.array(v) for v in zip(*TISSUE_CLASSES))
+    kind = rng.choice(len(shares), count, p=shares / shares.sum())
+    values = rng.uniform(lows[kind], highs[kind])
+    hu = values[label].astype(np.float32)
+    muscle = (kind == 0)[label] & inner
+    hu += rng.uniform(3, 12) * striation(rng, shape) * muscle
+    fat_hu = rng.uniform(-120, -80)
+    if rng.random() < 0.6:  # fascial planes of fat between compartments
+        plane = np.clip(rng.uniform(0.6, 2.5) * TISSUE_RENDER / 2 + 0.5 - gap / 2, 0, 1)
+        hu += plane * (fat_hu - hu)
+    fatty = ((kind == 2)[label] & inner) | (body & ~inner)
+    hu[body & ~inner] = fat_hu
+    septa = thin_lines(rng, shape, rng.uniform(4, 12) * TISSUE_RENDER,
+                       rng.uniform(0.3, 1.5) * TISSUE_RENDER) * fatty
+    hu += septa * (rng.uniform(60, 140))
+    skin = (radius < outline) & (radius > outline - rng.uniform(1, 3) * TISSUE_RENDER)
+    hu[skin] = rng.uniform(20, 60)
+    # Vessels: small disks and elongated tubes in cross-section.
+    enhanced = rng.random() < 0.4
+    for _ in range(int(rng.integers(5, 41))):
+        r = float(np.exp(rng.uniform(np.log(0.7), np.log(6.0)))) * TISSUE_RENDER
+        cy, cx = rng.uniform(-0.4 * n, 0.4 * n, 2)
+        aspect, turn = rng.uniform(0.3, 1.0), rng.uniform(0, np.pi)
+        c, s = np.cos(turn), np.sin(turn)
+        d = ((x - cx) * c + (y - cy) * s) ** 2 / r**2 + ((y - cy) * c - (x - cx) * s) ** 2 / (
+            r * aspect) ** 2
+        hu[(d <= 1) & inner] = rng.uniform(150, 350) if enhanced else rng.uniform(35, 55)
+    # Bones: cortex around cancellous bone.
+    for _ in range(int(rng.integers(0, 4))):
+        r = rng.uniform(8, 35) * TISSUE_RENDER
+        cy, cx = rng.uniform(-0.3 * n, 0.3 * n, 2)
+        d = np.hypot((y - cy) / rng.uniform(0.6, 1.0), x - cx)
+        cortex = rng.uniform(1.5, 5) * TISSUE_RENDER
+        # Cancellous bone: trabeculae finer than a pixel show as mottle of 100-400 HU.
+        mottle = ctsim.smooth_noise(rng, shape, rng.uniform(0.7, 2.0) * TISSUE_RENDER)
+        marrow = rng.uniform(120, 320) + rng.uniform(50, 150) * mottle
+        hu = np.where(d < r - cortex, marrow, np.where(d < r, rng.uniform(900, 1600), hu))
+    if rng.random() < 0.4:  # an airway: air in a soft-tissue wall
+        r = rng.uniform(4, 15) * TISSUE_RENDER
+        cy, cx = rng.uniform(-0.25 * n, 0.25 * n, 2)
+        d = np.hypot(y - cy, x - cx)
+        wall = rng.uniform(1, 3) * TISSUE_RENDER
+        hu = np.where(d < r, -1000.0, np.where(d < r + wall, rng.uniform(20, 60), hu))
+    hu += rng.uniform(2, 10) * ctsim.smooth_noise(rng, shape, 1.5 * TISSUE_RENDER) * body
+    hu = np.where(body, hu, -1000.0)
+    hu = hu.reshape(size, TISSUE_RENDER, size, TISSUE_RENDER).mean(axis=(1, 3))
+    return Scene(hu.astype(np.float32), float(rng.uniform(*PIXEL_MM)), Source.TISSUE)
+
+
 # -- lesions in anatomy -------------------------------------------------------------------
 LESION_MM = (2.0, 4.0)  # radius: ctsim's 2.5-5 px lesions at its 0.8 mm pixels
 FLAT_HU = 10.0  # std, HU, of the tissue around a lesion: texture passes, organ edges do not
@@ -377,7 +485,7 @@ def add_lesions(scene: Scene, rng: np.random.Generator, per_area: float) -> Scen
 
 
 MAKERS = {Source.HEAD: head_scene, Source.NATURAL: natural_scene, Source.PHANTOM: phantom_scene,
-          Source.CHEST: chest_scene, Source.LEAVES: leaves_scene}
+          Source.CHEST: chest_scene, Source.LEAVES: leaves_scene, Source.TISSUE: tissue_scene}
 
 
 def make_scene(source: "Source | str", seed: int) -> Scene:
