@@ -66,7 +66,7 @@ class Settings:
     # (--scenes chest=24) added +0.1-0.4 dB on held-out chests but lost 1.5-3 points more of
     # the phantoms' lesions (run 9 in the model card).
     patches: tuple[tuple[str, int], ...] = (("head", 10), ("natural", 5), ("phantom", 3),
-                                            ("chest", 10), ("leaves", 5))
+                                            ("chest", 10), ("leaves", 5), ("tissue", 5))
     patch: int = 128
     doses: int = 2
     # Soft-tissue noise of the simulated low doses, HU, log-uniform: about 1/4x to 4x the dose

@@ -132,3 +132,33 @@ def test_leaves_scenes_cover_soft_tissue_only_and_the_whole_range():
     ranges = [np.percentile(hu[hu > -990], [2, 98]) for hu in scenes]
     spans = [hi - lo for lo, hi in ranges]
     assert min(spans) < 250 and max(spans) > 800  # soft-tissue-only scenes and full-range ones
+
+
+def test_thin_lines_are_a_network_whose_area_grows_with_its_width():
+    masks = [anatomy.thin_lines(np.random.default_rng(0), (256, 256), 8.0, w) for w in (1, 2, 4)]
+    assert all(m.min() == 0.0 and m.max() <= 1.0 for m in masks)
+    areas = [m.mean() for m in masks]
+    assert 0.01 < areas[0] < 0.1  # a sparse network, not blobs
+    assert abs(areas[1] / areas[0] - 2) < 0.2 and abs(areas[2] / areas[1] - 2) < 0.2
+
+
+def test_tissue_scene_is_a_soft_tissue_body_with_fat_muscle_and_sharp_edges():
+    scene = anatomy.tissue_scene(2)
+    hu = scene.hu
+    assert scene.source is anatomy.Source.TISSUE and hu.dtype == np.float32 and hu.shape == (256, 256)
+    assert anatomy.PIXEL_MM[0] <= scene.pixel_mm <= anatomy.PIXEL_MM[1]
+    assert hu[0, 0] == -1000.0 and hu.min() >= -1010.0 and hu.max() <= 1700.0
+    body = hu[hu > -990]
+    assert 0.3 < body.size / hu.size < 0.8
+    assert (body < -60).mean() > 0.05 and (body > 20).mean() > 0.3  # fat and muscle/organ
+    # Rendered at 2x and area-averaged: the skin meets air within one pixel of partial volume.
+    for row in (hu[128], hu[:, 128]):
+        between = (row > -900) & (row < -200)
+        assert between.sum() <= 2, row[between]
+    again = anatomy.tissue_scene(2)
+    assert np.array_equal(hu, again.hu) and not np.array_equal(hu, anatomy.tissue_scene(3).hu)
+
+
+def test_every_source_makes_a_scene_by_name():
+    assert set(anatomy.MAKERS) == set(anatomy.Source)
+    assert anatomy.make_scene("tissue", 1).source is anatomy.Source.TISSUE

@@ -139,6 +139,14 @@ def test_patches_pair_a_reference_with_its_low_dose_and_the_phantoms_lesions():
     assert all(np.array_equal(out[k], again[k]) for k in out)
 
 
+def test_every_training_source_has_a_patch_count():
+    # A source without one failed in the data workers with a bare KeyError (the tissue
+    # source's first run).
+    from scanside.models import anatomy
+
+    assert set(dict(Settings().patches)) == {source.value for source in anatomy.Source}
+
+
 def test_a_batch_scales_each_samples_noise_and_turns_both_images_alike():
     from scanside.models.train import sample
 
