@@ -871,8 +871,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also draw faint lesions into the anatomy scenes, N per 128x128 px of "
                         "their flat soft tissue (0: only the phantoms have lesions)")
     p.add_argument("--scenes", type=scene_counts, action="append", metavar="SOURCE=COUNT",
-                   help="scenes of a training source (head, natural, phantom, chest, leaves; "
-                        "repeatable; 0 leaves one out)")
+                   help="scenes of a training source (head, natural, phantom, chest, leaves, "
+                        "tissue; repeatable; 0 leaves one out)")
     p.add_argument("--tune-scenes", type=scene_counts, action="append", metavar="SOURCE=COUNT",
                    help="scenes only phase 2 trains on, after phase 1's (repeatable)")
     p.add_argument("--init", type=Path, metavar="MODEL_DIR",

@@ -571,10 +571,18 @@ def widen_conv_in(state: dict, unet) -> dict:
 
 def same_run(stored: dict, wanted: dict) -> bool:
     """Whether a run folder's settings.json is ``wanted``: a field added to Settings since the
-    folder was made counts as equal when it is at its default (old runs still resume)."""
+    folder was made counts as equal when it is at its default, and only the patch counts of
+    the sources the run uses are compared (a source added since leaves old runs resumable)."""
     defaults = json.loads(json.dumps(asdict(Settings())))
-    return all(stored.get(k, defaults.get(k)) == v for k, v in wanted.items()) \
-        and set(stored) <= set(wanted)
+    stored, wanted = used_patches({**defaults, **stored}), used_patches(wanted)
+    return all(stored.get(k) == v for k, v in wanted.items()) and set(stored) <= set(wanted)
+
+
+def used_patches(settings: dict) -> dict:
+    """``settings`` (as JSON) with ``patches`` cut to the sources its scenes use."""
+    used = {source for source, count in [*settings["scenes"], *settings.get("tune_scenes", ())]
+            if count > 0}
+    return {**settings, "patches": [[k, n] for k, n in settings["patches"] if k in used]}
 
 
 def train_default(out: "str | Path", settings: Settings = Settings(),

@@ -145,7 +145,8 @@ def test_thin_lines_are_a_network_whose_area_grows_with_its_width():
 def test_tissue_scene_is_a_soft_tissue_body_with_fat_muscle_and_sharp_edges():
     scene = anatomy.tissue_scene(2)
     hu = scene.hu
-    assert scene.source is anatomy.Source.TISSUE and hu.dtype == np.float32 and hu.shape == (256, 256)
+    assert scene.source is anatomy.Source.TISSUE
+    assert hu.dtype == np.float32 and hu.shape == (256, 256)
     assert anatomy.PIXEL_MM[0] <= scene.pixel_mm <= anatomy.PIXEL_MM[1]
     assert hu[0, 0] == -1000.0 and hu.min() >= -1010.0 and hu.max() <= 1700.0
     body = hu[hu > -990]

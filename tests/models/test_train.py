@@ -303,6 +303,11 @@ def test_a_run_folder_from_before_a_new_setting_still_resumes():
     assert same_run(older, wanted)
     assert not same_run(older, {**wanted, "tune_noise_scale": [0.35, 1.4]})
     assert not same_run({**old, "seed": 1}, wanted)
+    # A source added to the patch counts since: the run does not use it, so it still resumes.
+    before = {**wanted, "patches": [p for p in wanted["patches"] if p[0] != "tissue"]}
+    assert same_run(before, wanted)
+    assert not same_run(before, {**wanted, "scenes": [*wanted["scenes"], ["tissue", 100]]})
+    assert not same_run({**wanted, "patches": [["head", 3], *wanted["patches"][1:]]}, wanted)
 
 
 def test_widening_conv_in_for_the_noise_channel_leaves_the_model_as_it_was():
