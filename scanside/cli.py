@@ -611,7 +611,7 @@ def cmd_models_train(args: argparse.Namespace) -> int:
                         anatomy_lesions=args.anatomy_lesions,
                         tune_scenes=tuple(args.tune_scenes or ()),
                         tune_noise_scale=tune_noise_scale(args.tune_noise_scale),
-                        tune_noise_hu=args.tune_noise_hu,
+                        tune_noise_hu=args.tune_noise_hu, refine_t=args.refine_t,
                         init=None if args.init is None else str(args.init.resolve()))
     model_dir = train_default(args.out_dir, settings)
     print(f"trained model: {model_dir}; export it with `scanside export {model_dir} --out ENGINE`")
@@ -875,6 +875,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "tissue; repeatable; 0 leaves one out)")
     p.add_argument("--tune-scenes", type=scene_counts, action="append", metavar="SOURCE=COUNT",
                    help="scenes only phase 2 trains on, after phase 1's (repeatable)")
+    p.add_argument("--refine-t", type=positive_int, default=Settings.refine_t, metavar="T",
+                   help="train on timesteps 1..T (the built-in model enhances at t = 1 only; "
+                        f"default {Settings.refine_t})")
     p.add_argument("--init", type=Path, metavar="MODEL_DIR",
                    help="start from a trained model (e.g. scanside/default_model/checkpoint) "
                         "instead of phase 1: --tune-steps of phase 2 on this run's data")
