@@ -523,10 +523,19 @@ def write_model(parts: dict, tokenizer_dir: Path, out: Path, settings: Settings,
     (staging / SETTINGS_FILE).write_text(json.dumps(model_settings, indent=2) + "\n")
     (staging / "training.json").write_text(json.dumps(
         {"task": "low-dose CT denoising (synthetic: scanside.models.anatomy, ctsim)", "prompt": PROMPT,
-         "settings": asdict(settings), **info}, indent=2) + "\n")
+         "settings": asdict(settings), **info, **lineage(settings)}, indent=2) + "\n")
     shutil.rmtree(model_dir, ignore_errors=True)
     os.replace(staging, model_dir)
     return model_dir
+
+
+def lineage(settings: Settings) -> dict[str, Any]:
+    """For a run from a trained model (``init``): that model's own training.json, so the
+    folder says how to remake it from seeds, not only which path it started from."""
+    if settings.init is None:
+        return {}
+    source = Path(settings.init) / "training.json"
+    return {"init_training": json.loads(source.read_text()) if source.is_file() else None}
 
 
 def load_init(parts: dict, folder: Path) -> float:

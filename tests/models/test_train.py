@@ -101,6 +101,10 @@ def test_a_run_from_a_trained_model_skips_phase_one_and_starts_at_its_weights(tr
     assert 0 < moved < 1e-3
     scale = lambda d: json.loads((d / "vae" / "config.json").read_text())["scaling_factor"]  # noqa: E731
     assert scale(tuned) == scale(model_dir)  # the model's latent scale, not this data's
+    # Its training.json carries the training.json of the model it started from.
+    info = json.loads((tuned / "training.json").read_text())
+    assert info["init_training"] == json.loads((model_dir / "training.json").read_text())
+    assert "init_training" not in info["init_training"]
     with pytest.raises(InputError, match="no safetensors weights"):
         train_default(tmp_path / "bad", Settings(**{**settings.__dict__, "init": str(tmp_path)}),
                       echo=lambda _: None)
