@@ -51,7 +51,7 @@ def test_it_denoises_the_held_out_demo_slice(pipe):
     with np.load(default.DEFAULT_MODEL / "demo_pair.npz") as pair:
         low, full = pair["low"].astype(np.float32), pair["full"].astype(np.float32)
     result = HU_WINDOW.from_unit(pipe.enhance(to_unit(low)))
-    # Measured +5.5 dB on this slice (37.23 -> 42.74 dB; +5.4 dB on the 100-pair test set).
+    # Measured +5.6 dB on this slice (37.23 -> 42.81 dB; +5.4 dB on the 100-pair test set).
     # This guards the shipped weights; float rounding on other CPUs moves it by far less.
     assert psnr(full, result) >= psnr(full, low) + 5
 
