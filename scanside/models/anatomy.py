@@ -367,9 +367,8 @@ def tissue_scene(seed: int, size: int = 256) -> Scene:
     layer crossed by septa; inside, curved compartments of muscle (striated), organ or fat
     (with septa), separated by fat planes in some scenes; small vessels (contrast-enhanced in
     some scenes); 0-3 bones (cortex around mottled cancellous bone); perhaps an airway;
-    2-10 HU of fine organ texture. Structure
-    widths go down to a third of a pixel, so the image has the sharp, fine detail of a real
-    reconstruction that interpolated sources lack."""
+    2-10 HU of fine organ texture. Structure widths go down to a third of a pixel, so the
+    image has the sharp, fine detail of a real reconstruction that interpolated sources lack."""
     rng = np.random.default_rng([seed, 6])
     n = size * TISSUE_RENDER
     shape = (n, n)
@@ -404,19 +403,17 @@ def tissue_scene(seed: int, size: int = 256) -> Scene:
     hu[body & ~inner] = fat_hu
     septa = thin_lines(rng, shape, rng.uniform(4, 12) * TISSUE_RENDER,
                        rng.uniform(0.3, 1.5) * TISSUE_RENDER) * fatty
-    hu += septa * (rng.uniform(60, 140))
+    hu += septa * rng.uniform(60, 140)
     skin = (radius < outline) & (radius > outline - rng.uniform(1, 3) * TISSUE_RENDER)
     hu[skin] = rng.uniform(20, 60)
     # Vessels: small disks and elongated tubes in cross-section.
     enhanced = rng.random() < 0.4
     for _ in range(int(rng.integers(5, 41))):
         r = float(np.exp(rng.uniform(np.log(0.7), np.log(6.0)))) * TISSUE_RENDER
-        cy, cx = rng.uniform(-0.4 * n, 0.4 * n, 2)
+        cy, cx = rng.uniform(-0.4 * n, 0.4 * n, 2) + n / 2
         aspect, turn = rng.uniform(0.3, 1.0), rng.uniform(0, np.pi)
-        c, s = np.cos(turn), np.sin(turn)
-        d = ((x - cx) * c + (y - cy) * s) ** 2 / r**2 + ((y - cy) * c - (x - cx) * s) ** 2 / (
-            r * aspect) ** 2
-        hu[(d <= 1) & inner] = rng.uniform(150, 350) if enhanced else rng.uniform(35, 55)
+        vessel = ctsim.ellipse(shape, cy, cx, r * aspect, r, turn)
+        hu[vessel & inner] = rng.uniform(150, 350) if enhanced else rng.uniform(35, 55)
     # Bones: cortex around cancellous bone.
     for _ in range(int(rng.integers(0, 4))):
         r = rng.uniform(8, 35) * TISSUE_RENDER
