@@ -612,8 +612,9 @@ def cmd_models_train(args: argparse.Namespace) -> int:
                         tune_scenes=tuple(args.tune_scenes or ()),
                         tune_noise_scale=tune_noise_scale(args.tune_noise_scale),
                         tune_noise_hu=args.tune_noise_hu, refine_t=args.refine_t,
+                        unet_batch=args.batch,
                         init=None if args.init is None else str(args.init.resolve()))
-    model_dir = train_default(args.out_dir, settings)
+    model_dir = train_default(args.out_dir, settings, device=args.device)
     print(f"trained model: {model_dir}; export it with `scanside export {model_dir} --out ENGINE`")
     return 0
 
@@ -881,6 +882,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", type=Path, metavar="MODEL_DIR",
                    help="start from a trained model (e.g. scanside/default_model/checkpoint) "
                         "instead of phase 1: --tune-steps of phase 2 on this run's data")
+    p.add_argument("--batch", type=positive_int, default=Settings.unet_batch,
+                   help=f"patches per UNet step (default {Settings.unet_batch})")
+    p.add_argument("--device", default="cpu", metavar="DEVICE",
+                   help="torch device of the UNet steps: cpu (default) or cuda[:N]; the "
+                        "batches are the same on either, the weights differ by rounding")
     p.add_argument("--workers", type=positive_int, default=Settings.workers,
                    help="processes simulating the scans")
     p.set_defaults(func=cmd_models_train)

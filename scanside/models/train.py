@@ -23,6 +23,7 @@ The result is written in diffusers' folder format with fp16 safetensors in OUT_D
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -148,13 +149,17 @@ def batch_start(rng: np.random.Generator, x0, x0_low, settings: Settings):
     """(timesteps, start latents) of a batch; see Settings.refine_t."""
     import torch
 
-    b = len(x0)
+    low, t = start_draws(rng, len(x0), settings)
+    start = torch.where(torch.from_numpy(low).to(x0.device).view(-1, 1, 1, 1), x0_low, x0)
+    return torch.from_numpy(t).to(x0.device), start
+
+
+def start_draws(rng: np.random.Generator, b: int, settings: Settings):
+    """(starts from the low-dose latent, timestep) per sample: batch_start's random part."""
     low = rng.random(b) < settings.low_start
     t_clean = rng.integers(0, settings.refine_t + 1, b)
     t_low = rng.integers(1, settings.refine_t + 1, b)
-    t = torch.from_numpy(np.where(low, t_low, t_clean))
-    start = torch.where(torch.from_numpy(low).view(-1, 1, 1, 1), x0_low, x0)
-    return t, start
+    return low, np.where(low, t_low, t_clean)
 
 
 def cosine_lr(step: int, total: int, peak: float, warmup: int = 100) -> float:
@@ -230,7 +235,7 @@ def pack_state(obj: Any, path: str, tensors: dict[str, Any]) -> Any:
     import torch
 
     if isinstance(obj, torch.Tensor):
-        tensors[path] = obj.detach().contiguous()
+        tensors[path] = obj.detach().cpu().contiguous()  # from any device
         return {"t": path}
     if isinstance(obj, dict):
         return {"d": [[k, pack_state(v, f"{path}/{k}", tensors)] for k, v in obj.items()]}
@@ -394,11 +399,12 @@ def noise_std(low: np.ndarray, full: np.ndarray) -> np.ndarray:
 
 # -- stage 2: UNet ------------------------------------------------------------------------
 def encode(vae, images: np.ndarray):
-    """Posterior means of (B, H, W) images -> (B, 4, h, w) torch tensor."""
+    """Posterior means of (B, H, W) images -> (B, 4, h, w) torch tensor, on the VAE's device."""
     import torch
 
+    pixels = torch.from_numpy(np.ascontiguousarray(images[:, None])).to(vae.device)
     with torch.no_grad():
-        return vae.encode(torch.from_numpy(np.ascontiguousarray(images[:, None]))).latent_dist.mean
+        return vae.encode(pixels).latent_dist.mean
 
 
 def latent_scale(vae, data: dict, count: int = 256) -> float:
@@ -409,13 +415,95 @@ def latent_scale(vae, data: dict, count: int = 256) -> float:
     return float(1.0 / encode(vae, data["full"][np.sort(pick)]).std())
 
 
+@dataclass
+class Batch:
+    """Everything random in one UNet step, drawn with numpy from the step's own generator,
+    so it can be made ahead of the step (``prefetched``) and on any device is the same."""
+
+    low: np.ndarray  # (B, P, P) model range, each
+    full: np.ndarray
+    lesions: np.ndarray
+    from_low: np.ndarray  # (B,) bool: starts from the low-dose latent (batch_start)
+    t: np.ndarray  # (B,) timesteps
+    noise: np.ndarray  # (B, C, h, w) the diffusion noise
+    u: np.ndarray  # (B,) which conditions a sample loses
+    noise_std: np.ndarray  # (B,) its low-dose noise std (phase 2's weights)
+    level: "np.ndarray | None"  # (B,) the noise level fed to a noise-conditioned recipe
+
+
+def draw_batch(data: dict, step: int, settings: Settings, latent: tuple[int, ...]) -> Batch:
+    """Step ``step``'s batch; ``latent``: one sample's latent shape."""
+    rng = np.random.default_rng([settings.seed, STAGE_SEED["unet"], step])
+    b = settings.unet_batch
+    in_phase1 = step < settings.unet_steps  # data["phase1"]: how many patches phase 1 has
+    low, full, lesions = sample(data, rng, b, settings,
+                                data.get("phase1") if in_phase1 else None,
+                                None if in_phase1 else settings.tune_noise_scale,
+                                None if in_phase1 else settings.tune_noise_hu)
+    from_low, t = start_draws(rng, b, settings)
+    noise = rng.standard_normal((b, *latent), dtype=np.float32)
+    u = rng.random(b)  # one draw decides which conditions a sample loses
+    spec = recipe(settings.recipe)
+    level = (noise_level.estimate(low) * spec.noise_level["scale"]).astype(np.float32) \
+        if spec.noise_level else None  # the low-dose image's noise, as the runtime feeds it
+    return Batch(low, full, lesions, from_low, t, noise, u, noise_std(low, full), level)
+
+
+def prefetched(make: Callable[[int], Any], steps: range, threads: int) -> Any:
+    """``make(step)`` for each step, computed up to 2 x ``threads`` steps ahead in threads
+    (numpy releases the GIL in its array work), in order. On a GPU the batches' numpy work
+    would otherwise leave it idle half of every step; on a CPU it overlaps torch's."""
+    import collections
+    from concurrent.futures import ThreadPoolExecutor
+
+    todo = iter(steps)
+    with ThreadPoolExecutor(threads) as pool:
+        ahead = collections.deque(pool.submit(make, s) for s in itertools.islice(todo, 2 * threads))
+        while ahead:
+            batch = ahead.popleft().result()
+            following = next(todo, None)
+            if following is not None:
+                ahead.append(pool.submit(make, following))
+            yield batch
+
+
+def use_device(name: str):
+    """The torch device training runs on, checked, with full float32 precision: TF32 would
+    round the identity VAE's x + C (C = 100, identity_vae.py) to ~0.05 of the model range."""
+    import torch
+
+    from scanside.errors import InputError
+
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {name}: this torch sees no CUDA GPU; train with "
+                             "--device cpu, or install a CUDA build of torch")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.benchmark = True  # one batch shape throughout: pick the fastest
+    elif device.type != "cpu":
+        raise InputError(f"--device {name}: expected cpu or cuda[:N]")
+    return device
+
+
+def device_name(device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return "cpu"
+
+
 def train_unet(unet, vae, scheduler, data: dict, embeddings, scaling: float, settings: Settings,
-               ckpt: Checkpoints, echo: Callable[[str], None]):
-    """Returns the EMA copy of the UNet (the weights that ship)."""
+               ckpt: Checkpoints, echo: Callable[[str], None], device: Any = "cpu"):
+    """Returns the EMA copy of the UNet (the weights that ship), on ``device``."""
     import copy
 
     import torch
 
+    unet.to(device)
+    vae.to(device)
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=settings.unet_lr, weight_decay=0.0)
     start = 0
@@ -423,37 +511,35 @@ def train_unet(unet, vae, scheduler, data: dict, embeddings, scaling: float, set
     if state is not None:
         unet.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
+        opt.load_state_dict(state["optimizer"])  # its state follows the parameters' device
         start = state["step"]
     total = total_steps(settings)
     if start >= total:
         return ema
     echo(f"unet: {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M parameters, "
          f"steps {start}..{total} (lesion pixels x{settings.lesion_weight:g}; phase 2 from "
-         f"step {settings.unet_steps})")
-    alphas = torch.from_numpy(np.asarray(scheduler.alphas_cumprod, dtype=np.float32))
-    spec = recipe(settings.recipe)
-    empty, task = embeddings
+         f"step {settings.unet_steps}; batch {settings.unet_batch} on {device_name(torch.device(device))})")
+    alphas = torch.from_numpy(np.asarray(scheduler.alphas_cumprod, dtype=np.float32)).to(device)
+    empty, task = (e.to(device) for e in embeddings)
+    latent = tuple(encode(vae, data["full"][:1]).shape[1:])
+    on = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
     unet.train()
     progress = Progress("unet", total, start, 20, echo)
-    b = settings.unet_batch
-    for step in range(start, total):
-        rng = np.random.default_rng([settings.seed, STAGE_SEED["unet"], step])
-        in_phase1 = step < settings.unet_steps  # data["phase1"]: how many patches phase 1 has
-        low, full, lesions = sample(data, rng, b, settings,
-                                    data.get("phase1") if in_phase1 else None,
-                                    None if in_phase1 else settings.tune_noise_scale,
-                                    None if in_phase1 else settings.tune_noise_hu)
-        cond = encode(vae, low)
-        x0 = encode(vae, full) * scaling
-        t, x_start = batch_start(rng, x0, cond * scaling, settings)
-        noise = torch.from_numpy(rng.standard_normal(x0.shape, dtype=np.float32))
-        u = rng.random(b)  # one draw decides which conditions a sample loses
-        no_image = torch.from_numpy((u < settings.drop_image + settings.drop_both))
-        lo, hi = settings.drop_image, settings.drop_image + settings.drop_both + settings.drop_prompt
-        no_prompt = torch.from_numpy((u >= lo) & (u < hi))
+    threads = min(4, os.cpu_count() or 1)
+    batches = prefetched(lambda k: draw_batch(data, k, settings, latent), range(start, total),
+                         threads)
+    for step, batch in zip(range(start, total), batches):
+        cond = encode(vae, batch.low)
+        x0 = encode(vae, batch.full) * scaling
+        from_low = on(batch.from_low).view(-1, 1, 1, 1)
+        x_start = torch.where(from_low, cond * scaling, x0)
+        t = on(batch.t)
+        lo = settings.drop_image
+        hi = settings.drop_image + settings.drop_both + settings.drop_prompt
+        no_image = on(batch.u < settings.drop_image + settings.drop_both)
+        no_prompt = on((batch.u >= lo) & (batch.u < hi))
         a = alphas[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x_start + (1 - a).sqrt() * noise
+        xt = a.sqrt() * x_start + (1 - a).sqrt() * on(batch.noise)
         # v-prediction of the reference latent; for a low-dose start the "noise" is everything
         # in x_t that is not the reference signal, low-dose noise included.
         effective = (xt - a.sqrt() * x0) / (1 - a).sqrt()
@@ -463,17 +549,16 @@ def train_unet(unet, vae, scheduler, data: dict, embeddings, scaling: float, set
         for group in opt.param_groups:
             group["lr"] = unet_lr(step, settings)
         inputs = [xt, cond]
-        if spec.noise_level:  # the low-dose image's estimated noise, as the runtime feeds it
-            level = noise_level.estimate(low) * spec.noise_level["scale"]
-            inputs.append(torch.from_numpy(level).view(-1, 1, 1, 1).expand(-1, 1, *xt.shape[-2:]))
+        if batch.level is not None:
+            inputs.append(on(batch.level).view(-1, 1, 1, 1).expand(-1, 1, *xt.shape[-2:]))
         pred = unet(torch.cat(inputs, dim=1), t, text).sample
         # Normalised by the weights' mean, so the step size matches the plain loss (the latent
         # factor is 1, so a pixel mask is a latent mask).
-        w = 1 + settings.lesion_weight * torch.from_numpy(lesions[:, None]).float()
+        w = 1 + settings.lesion_weight * on(batch.lesions[:, None]).float()
         if step < settings.unet_steps:
             loss = ((pred - target).pow(2) * w).mean() / w.mean()
         else:
-            loss = tuned_loss(pred, target, w, noise_std(low, full), settings)
+            loss = tuned_loss(pred, target, w, batch.noise_std, settings)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -595,12 +680,15 @@ def used_patches(settings: dict) -> dict:
 
 
 def train_default(out: "str | Path", settings: Settings = Settings(),
-                  echo: Callable[[str], None] = print) -> Path:
-    """Train (or resume) the default model in ``out``; returns the diffusers model folder."""
+                  echo: Callable[[str], None] = print, device: str = "cpu") -> Path:
+    """Train (or resume) the default model in ``out`` on torch ``device`` (cpu, cuda[:N]);
+    returns the diffusers model folder. The batches are the same on any device (numpy draws
+    them); the weights differ between devices only by their floating-point rounding."""
     import torch
 
     out = Path(out)
     spec: Recipe = recipe(settings.recipe)
+    where = use_device(device)
     torch.set_num_threads(os.cpu_count() or 1)
     started = time.perf_counter()
     ckpt = Checkpoints(out / "train")
@@ -628,10 +716,12 @@ def train_default(out: "str | Path", settings: Settings = Settings(),
     vae.register_to_config(scaling_factor=scaling)
     embeddings = prompt_embeddings(parts["text_encoder"], tokenizer_dir)
     parts["unet"] = train_unet(unet, vae, parts["scheduler"], data, embeddings, scaling,
-                               settings, ckpt, echo)
+                               settings, ckpt, echo, where).to("cpu")
+    parts["vae"] = vae.to("cpu")
     minutes = (time.perf_counter() - started) / 60
     model_dir = write_model(parts, tokenizer_dir, out, settings,
                             {"vae_scaling_factor": scaling,
-                             "last_session_minutes": round(minutes, 1)})
+                             "last_session_minutes": round(minutes, 1),
+                             "last_session_device": device_name(where)})
     echo(f"done: {model_dir} ({minutes:.1f} min in this run)")
     return model_dir

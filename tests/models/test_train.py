@@ -117,6 +117,36 @@ def test_dihedral_gives_eight_distinct_invertible_views():
     assert all(sorted(v.ravel()) == sorted(image.ravel()) for v in views)
 
 
+def test_batches_are_made_ahead_in_step_order_and_equal_made_inline(trained):
+    """prefetched hands batches over in step order whatever thread finishes first, and a
+    prefetched batch is the batch drawn inline: the draws depend on the step alone."""
+    import time
+
+    def slow_for_even(step):
+        time.sleep(0.02 if step % 2 == 0 else 0.0)
+        return step
+
+    assert list(train.prefetched(slow_for_even, range(3, 14), threads=3)) == list(range(3, 14))
+    data = {name: np.random.default_rng(1).random((6, 32, 32), dtype=np.float32)
+            for name in ("low", "full")}
+    data["lesions"] = data["full"] > 0.9
+    made = list(train.prefetched(lambda k: train.draw_batch(data, k, TINY, (4, 32, 32)),
+                                 range(4), threads=2))
+    again = train.draw_batch(data, 2, TINY, (4, 32, 32))
+    assert np.array_equal(made[2].noise, again.noise) and np.array_equal(made[2].low, again.low)
+    assert not np.array_equal(made[1].noise, again.noise)
+    assert json.loads((trained[0] / "training.json").read_text())["last_session_device"] == "cpu"
+
+
+def test_a_device_torch_cannot_use_is_refused_by_name(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InputError, match="--device cuda: this torch sees no CUDA GPU"):
+        train_default(tmp_path, TINY, echo=lambda _: None, device="cuda")
+    with pytest.raises(InputError, match="--device mps: expected cpu or cuda"):
+        train_default(tmp_path, TINY, echo=lambda _: None, device="mps")
+    assert not (tmp_path / "train").exists()  # refused before anything is written
+
+
 def test_batches_start_from_the_low_dose_latent_at_small_timesteps():
     from scanside.models.train import batch_start
 
