@@ -630,12 +630,8 @@ def load_init(parts: dict, folder: Path) -> float:
 
     from scanside.errors import InputError
 
-    for name in ("unet", "text_encoder"):
-        files = sorted((folder / name).glob("*.safetensors"))
-        if not files:
-            raise InputError(f"{folder / name}: no safetensors weights; --init takes a trained "
-                             "model folder such as scanside/default_model/checkpoint")
-        state = {k: v for f in files for k, v in load_file(str(f)).items()}
+    for name in INIT_PARTS:
+        state = {k: v for f in init_weights(folder, name) for k, v in load_file(str(f)).items()}
         if name == "unet":
             state = widen_conv_in(state, parts["unet"])
         try:
@@ -644,6 +640,21 @@ def load_init(parts: dict, folder: Path) -> float:
             raise InputError(f"{folder / name}: weights do not fit this run's recipe; pass the "
                              f"--recipe that model was trained with ({exc})") from exc
     return float(json.loads((folder / "vae" / "config.json").read_text())["scaling_factor"])
+
+
+INIT_PARTS = ("unet", "text_encoder")  # what a run from a trained model takes from it
+
+
+def init_weights(folder: Path, name: str) -> list[Path]:
+    """The safetensors files of part ``name`` of the model in ``folder``, or an InputError
+    that says what --init takes."""
+    from scanside.errors import InputError
+
+    files = sorted((folder / name).glob("*.safetensors"))
+    if not files:
+        raise InputError(f"{folder / name}: no safetensors weights; --init takes a trained "
+                         "model folder such as scanside/default_model/checkpoint")
+    return files
 
 
 def widen_conv_in(state: dict, unet) -> dict:
@@ -689,6 +700,9 @@ def train_default(out: "str | Path", settings: Settings = Settings(),
     out = Path(out)
     spec: Recipe = recipe(settings.recipe)
     where = use_device(device)
+    if settings.init:  # a wrong --init is refused before anything is written or simulated
+        for name in INIT_PARTS:
+            init_weights(Path(settings.init), name)
     torch.set_num_threads(os.cpu_count() or 1)
     started = time.perf_counter()
     ckpt = Checkpoints(out / "train")

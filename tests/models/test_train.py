@@ -29,6 +29,16 @@ def trained(tmp_path_factory):
     return train_default(out, TINY, echo=lines.append), lines
 
 
+def with_scenes(run_dir, trained):
+    """``run_dir`` holding the trained fixture's simulated scenes: a run with TINY's data
+    settings then trains on exactly them without simulating them again (its data stage
+    skips the scenes that are there, as a resumed run does)."""
+    import shutil
+
+    shutil.copytree(trained[0].parent / "train" / "scenes", run_dir / "train" / "scenes")
+    return run_dir
+
+
 def test_writes_an_fp16_diffusers_folder_with_its_settings(trained):
     from diffusers import StableDiffusionPipeline
     from safetensors import safe_open
@@ -69,7 +79,7 @@ def test_same_seed_same_weights_and_resume_is_exact(trained, tmp_path, monkeypat
 
     monkeypatch.setattr(train.Checkpoints, "save", interrupt_after_two_unet_steps)
     with pytest.raises(KeyboardInterrupt):
-        train_default(tmp_path, TINY, echo=lambda _: None)
+        train_default(with_scenes(tmp_path, trained), TINY, echo=lambda _: None)
     assert not (tmp_path / "model").exists()
     monkeypatch.setattr(train.Checkpoints, "save", original)
     lines: list[str] = []
@@ -93,7 +103,7 @@ def test_a_run_from_a_trained_model_skips_phase_one_and_starts_at_its_weights(tr
     lines: list[str] = []
     settings = Settings(**{**TINY.__dict__, "unet_steps": 0, "tune_steps": 1,
                            "init": str(model_dir)})
-    tuned = train_default(tmp_path / "tuned", settings, echo=lines.append)
+    tuned = train_default(with_scenes(tmp_path / "tuned", trained), settings, echo=lines.append)
     assert any("steps 0..1" in line for line in lines)
     before, after = load_file(str(model_dir / UNET)), load_file(str(tuned / UNET))
     # One warm-up step at 1/100 of the learning rate: the weights move, but barely.
@@ -108,6 +118,7 @@ def test_a_run_from_a_trained_model_skips_phase_one_and_starts_at_its_weights(tr
     with pytest.raises(InputError, match="no safetensors weights"):
         train_default(tmp_path / "bad", Settings(**{**settings.__dict__, "init": str(tmp_path)}),
                       echo=lambda _: None)
+    assert not (tmp_path / "bad").exists()  # refused before any scene is simulated
 
 
 def test_dihedral_gives_eight_distinct_invertible_views():
@@ -366,7 +377,7 @@ def test_a_noise_conditioned_model_exports_and_enhances_with_its_noise_channel(t
     model_dir, _ = trained
     settings = Settings(**{**TINY.__dict__, "recipe": "ct-tiny-noise", "unet_steps": 0,
                            "tune_steps": 1, "init": str(model_dir)})
-    tuned = train_default(tmp_path / "noise", settings, echo=lambda _: None)
+    tuned = train_default(with_scenes(tmp_path / "noise", trained), settings, echo=lambda _: None)
     from safetensors.torch import load_file, save_file
 
     # One warm-up step barely moves the new channel's weights from zero: give it some, so
