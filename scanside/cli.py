@@ -612,7 +612,7 @@ def cmd_models_train(args: argparse.Namespace) -> int:
                         tune_scenes=tuple(args.tune_scenes or ()),
                         tune_noise_scale=tune_noise_scale(args.tune_noise_scale),
                         tune_noise_hu=args.tune_noise_hu, refine_t=args.refine_t,
-                        unet_batch=args.batch,
+                        unet_batch=args.batch, lesion_weight=args.lesion_weight,
                         init=None if args.init is None else str(args.init.resolve()))
     model_dir = train_default(args.out_dir, settings, device=args.device)
     print(f"trained model: {model_dir}; export it with `scanside export {model_dir} --out ENGINE`")
@@ -879,6 +879,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refine-t", type=positive_int, default=Settings.refine_t, metavar="T",
                    help="train on timesteps 1..T (the built-in model enhances at t = 1 only; "
                         f"default {Settings.refine_t})")
+    p.add_argument("--lesion-weight", type=float, default=Settings.lesion_weight, metavar="W",
+                   help="how much more the loss weighs the phantoms' lesion pixels (default "
+                        f"{Settings.lesion_weight:g}; 0: as any pixel)")
     p.add_argument("--init", type=Path, metavar="MODEL_DIR",
                    help="start from a trained model (e.g. scanside/default_model/checkpoint) "
                         "instead of phase 1: --tune-steps of phase 2 on this run's data")
