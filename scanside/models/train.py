@@ -145,17 +145,9 @@ class Settings:
     init: "str | None" = None
 
 
-def batch_start(rng: np.random.Generator, x0, x0_low, settings: Settings):
-    """(timesteps, start latents) of a batch; see Settings.refine_t."""
-    import torch
-
-    low, t = start_draws(rng, len(x0), settings)
-    start = torch.where(torch.from_numpy(low).to(x0.device).view(-1, 1, 1, 1), x0_low, x0)
-    return torch.from_numpy(t).to(x0.device), start
-
-
 def start_draws(rng: np.random.Generator, b: int, settings: Settings):
-    """(starts from the low-dose latent, timestep) per sample: batch_start's random part."""
+    """Where each sample of a batch starts (see Settings.refine_t): (from the low-dose
+    latent, at a timestep in 1..refine_t, or from the reference, in 0..refine_t; timestep)."""
     low = rng.random(b) < settings.low_start
     t_clean = rng.integers(0, settings.refine_t + 1, b)
     t_low = rng.integers(1, settings.refine_t + 1, b)
@@ -423,7 +415,7 @@ class Batch:
     low: np.ndarray  # (B, P, P) model range, each
     full: np.ndarray
     lesions: np.ndarray
-    from_low: np.ndarray  # (B,) bool: starts from the low-dose latent (batch_start)
+    from_low: np.ndarray  # (B,) bool: starts from the low-dose latent (start_draws)
     t: np.ndarray  # (B,) timesteps
     noise: np.ndarray  # (B, C, h, w) the diffusion noise
     u: np.ndarray  # (B,) which conditions a sample loses
@@ -474,7 +466,12 @@ def use_device(name: str):
 
     from scanside.errors import InputError
 
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise InputError(f"--device {name}: expected cpu or cuda[:N]")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise InputError(f"--device {name}: this torch sees no CUDA GPU; train with "
@@ -482,8 +479,6 @@ def use_device(name: str):
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cudnn.benchmark = True  # one batch shape throughout: pick the fastest
-    elif device.type != "cpu":
-        raise InputError(f"--device {name}: expected cpu or cuda[:N]")
     return device
 
 
