@@ -15,6 +15,10 @@ would inflate SSIM), against the full-dose reconstruction of the same phantom:
   reported beside it;
 - lost lesions (output contrast below half the reference's, or of the other sign; among the
   lesions the reference shows) and false lesion-like blobs (see ``false_blobs``);
+- contrast kept by lesion size (``SIZE_BINS``): the median of output over reference contrast
+  and the share lost, per radius band. A denoiser that keeps high-contrast edges can still
+  act as a low-pass filter on faint structure, attenuating small disks more than large ones
+  (a task-based resolution, as CT's contrast-dependent MTF); one mean hides that;
 - the low-dose data's own limit on lesion contrast (``lesion_floor``): how well an oracle that
   knows every lesion's position, radius and true background, and the distribution of lesion
   contrasts, could measure contrast from the low-dose image. No method is expected below it;
@@ -52,6 +56,9 @@ BLOB_HU = 10.0  # a blob: matched-filter response of at least this (the weakest 
 VAL_PAIRS = 16
 TISSUE_HU = 30.0  # ring pixels within this of the lesion's background count as its tissue
 SHOWN = 0.5  # the reference shows a lesion: at least this share of its designed contrast
+# Lesion radius bands (px) for the contrast kept by size: ctsim's radius range in thirds.
+_EDGES = np.linspace(*ctsim.LESION_RADIUS, 4).round(2).tolist()
+SIZE_BINS = tuple(zip(_EDGES[:-1], _EDGES[1:]))
 Method = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (low dose, reference) -> output
 
 
@@ -175,8 +182,8 @@ def lesion_floor(pairs: Sequence[ctsim.Pair]) -> dict[str, Any]:
 class Scores:
     psnr: list[float] = field(default_factory=list)
     ssim: list[float] = field(default_factory=list)
-    # Per lesion: (reference contrast, output contrast, designed contrast), HU.
-    contrasts: list[tuple[float, float, float]] = field(default_factory=list)
+    # Per lesion: (reference contrast, output contrast, designed contrast) HU, radius px.
+    contrasts: list[tuple[float, float, float, float]] = field(default_factory=list)
     blobs: int = 0
     images: int = 0
     seconds: list[float] = field(default_factory=list)
@@ -190,7 +197,8 @@ class Scores:
         truth = pair.phantom.hu
         for lesion in pair.phantom.lesions:
             self.contrasts.append((region_contrast(ref, lesion, truth),
-                                   region_contrast(output, lesion, truth), lesion.contrast_hu))
+                                   region_contrast(output, lesion, truth), lesion.contrast_hu,
+                                   lesion.radius))
         self.blobs += false_blobs(windowed(output), windowed(ref), pair.phantom.lesions)
         self.images += 1
 
@@ -202,10 +210,11 @@ class Scores:
             out.update({"hu_bias_mean": float(np.nanmean(bias)),
                         "hu_bias_max_abs": float(np.nanmax(np.abs(bias)))})
         if self.contrasts:
-            ref, got, designed = (np.array(c) for c in zip(*self.contrasts))
+            ref, got, designed, radius = (np.array(c) for c in zip(*self.contrasts))
             error = np.abs(got - ref) / np.maximum(np.abs(ref), 1e-6)
             shown = reference_shows(ref, designed)
             lost = got * np.sign(ref) < 0.5 * np.abs(ref)
+            kept = got / np.where(np.abs(ref) > 1e-6, ref, 1e-6)
             out.update({
                 "lesion_contrast_error": float(error[shown].mean()) if shown.any() else None,
                 "lesions_lost": float(lost[shown].mean()) if shown.any() else None,
@@ -213,10 +222,25 @@ class Scores:
                 "lesion_contrast_error_all": float(error.mean()),
                 "lesion_contrast_error_pooled": float(np.abs(got - ref).sum()
                                                       / np.abs(ref).sum()),
+                "lesion_contrast_by_radius": by_radius(kept, lost, radius, shown),
             })
         if self.seconds:
             out["seconds_median"] = float(np.median(self.seconds))
         return out
+
+
+def by_radius(kept: np.ndarray, lost: np.ndarray, radius: np.ndarray,
+              shown: np.ndarray) -> list[dict[str, Any]]:
+    """Per SIZE_BINS band, over the lesions the reference shows: how many, the median share
+    of the reference's contrast the output keeps, and the share lost."""
+    rows = []
+    for i, (lo, hi) in enumerate(SIZE_BINS):
+        last = i == len(SIZE_BINS) - 1
+        band = shown & (radius >= lo) & ((radius <= hi) if last else (radius < hi))
+        rows.append({"radius_px": [lo, hi], "lesions": int(band.sum()),
+                     "median_kept": float(np.median(kept[band])) if band.any() else None,
+                     "lost": float(lost[band].mean()) if band.any() else None})
+    return rows
 
 
 def gaussian(hu: np.ndarray, sigma: float) -> np.ndarray:
@@ -466,6 +490,15 @@ def table(result: dict[str, Any]) -> str:
         rows.append(f"lesion err and lost: over the {first['lesions_shown']} of "
                     f"{first['lesions']} lesions the reference shows (>= {SHOWN:.0%} of their "
                     "designed contrast); all: every lesion; pooled: sum|error| / sum|contrast|")
+    if first.get("lesion_contrast_by_radius"):
+        bands = first["lesion_contrast_by_radius"]
+        rows.append("lesion contrast kept (median output / reference) and lost, by radius "
+                    + " | ".join(f"{b['radius_px'][0]:g}-{b['radius_px'][1]:g} px "
+                                 f"({b['lesions']})" for b in bands) + ":")
+        for name, s in result["methods"].items():
+            rows.append(f"{name:<24}" + " | ".join(
+                "-" if b["median_kept"] is None else f"{b['median_kept']:.2f} {percent(b['lost'])}"
+                for b in s.get("lesion_contrast_by_radius", [])))
     floor = result.get("lesion_floor") or {}
     if floor.get("measured") is not None:
         rows.append(f"lesion err the low-dose data allow an oracle that knows each lesion's disk "

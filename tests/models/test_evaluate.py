@@ -117,6 +117,22 @@ def test_lesion_error_is_taken_over_the_lesions_the_reference_shows():
     assert s["lesions_lost"] == 0
 
 
+def test_contrast_kept_is_reported_by_lesion_size():
+    # A filter that halves small disks and keeps large ones: the mean hides it, the bands not.
+    small, large = ctsim.Lesion(30.0, 30.0, 2.6, 30.0), ctsim.Lesion(66.0, 66.0, 4.8, -30.0)
+    ref = with_disk(with_disk(flat(), 30, 30, 2.6, 30.0), 66, 66, 4.8, -30.0)
+    pair = ctsim.Pair(low=ref, full=ref, phantom=ctsim.Phantom(ref.astype(np.float32),
+                                                                (small, large)))
+    scores = Scores()
+    scores.add(with_disk(with_disk(flat(), 30, 30, 2.6, 12.0), 66, 66, 4.8, -30.0), pair)
+    bands = scores.summary()["lesion_contrast_by_radius"]
+    assert [b["radius_px"] for b in bands] == [[2.5, 3.33], [3.33, 4.17], [4.17, 5.0]]
+    assert [b["lesions"] for b in bands] == [1, 0, 1]
+    assert bands[0]["median_kept"] == pytest.approx(0.4, abs=0.02) and bands[0]["lost"] == 1
+    assert bands[1]["median_kept"] is None and bands[1]["lost"] is None
+    assert bands[2]["median_kept"] == pytest.approx(1.0) and bands[2]["lost"] == 0
+
+
 def test_evaluate_end_to_end_on_a_tiny_trained_model(tmp_path, capsys):
     pytest.importorskip("torch")
     from scanside.cli import main
@@ -136,7 +152,8 @@ def test_evaluate_end_to_end_on_a_tiny_trained_model(tmp_path, capsys):
                  "--skip", "anatomy", "--json", str(tmp_path / "eval.json")])
     out = capsys.readouterr().out
     assert code == 0
-    for name in ("low-dose input", "gaussian (sigma", "nl-means (h", "scanside", "dose sweep"):
+    for name in ("low-dose input", "gaussian (sigma", "nl-means (h", "scanside", "dose sweep",
+                 "lesion contrast kept"):
         assert name in out
     import json
 
