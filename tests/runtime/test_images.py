@@ -92,3 +92,16 @@ def test_data_consistency_keeps_the_inputs_means_and_the_outputs_detail():
     assert np.abs(kept - detail)[8:-8, 8:-8].max() < 0.002
     blur = images.gaussian_blur(np.pad(np.ones((4, 4)), 20), 3.0)
     assert blur.sum() == pytest.approx(16.0, rel=1e-4)  # a normalised kernel
+
+
+def test_data_consistency_does_not_take_the_clipped_inputs_mean_at_the_window_edge():
+    # Noisy air under a CT window: the input is clipped at 0, so its local mean is ~0.4 of the
+    # noise above the edge. The model's air (0) must stay air, and tissue keeps the input's mean.
+    rng = np.random.default_rng(1)
+    truth = np.zeros((64, 64), np.float32)
+    truth[:, 32:] = 0.5
+    source = np.clip(truth + 0.03 * rng.standard_normal(truth.shape), 0, 1).astype(np.float32)
+    assert source[:, :24].mean() > 0.01  # the clipped noise's bias the fix is about
+    out = images.keep_low_frequencies(truth + np.float32(0.02) * (truth > 0), source, 2)
+    assert out[:, :32].max() == 0.0
+    assert abs(out[8:-8, 40:-8].mean() - source[8:-8, 40:-8].mean()) < 0.002
