@@ -29,6 +29,23 @@ def strength_arg(text: str) -> float:
     return value
 
 
+def consistency_arg(text: str) -> "float | list[float]":
+    """--consistency PX or PX:MAX (pipeline.check_consistency says what each keeps)."""
+    try:
+        parts = [float(part) for part in text.split(":")]
+    except ValueError:
+        parts = []
+    value = parts[0] if len(parts) == 1 else parts
+    try:
+        from scanside.runtime.pipeline import check_consistency
+
+        check_consistency(value)
+    except Exception:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither PX >= 0 nor PX:MAX with 0 < PX < MAX; e.g. 8 or 2:32") from None
+    return value
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -67,10 +84,11 @@ def add_sampling(p: argparse.ArgumentParser, guidance: float, strength: bool) ->
         p.add_argument("--strength", type=strength_arg, default=None,
                        help=f"how far to noise the input, in (0, 1] (default: {own}0.3)")
         add_ensemble(p)
-        p.add_argument("--consistency", type=float, default=None, metavar="PX",
+        p.add_argument("--consistency", type=consistency_arg, default=None, metavar="PX[:MAX]",
                        help="keep the input's content coarser than a Gaussian of PX pixels "
-                            "(data consistency: flat tissue keeps its mean HU); default: the "
-                            "model's own, else 0 (off)")
+                            "(data consistency: flat tissue keeps its mean HU), or with :MAX "
+                            "only between PX and MAX px (2:32: faint lesion-size structure "
+                            "is the input's); default: the model's own, else 0 (off)")
         add_noise_factor(p)
         p.add_argument("--max-tile", type=positive_int, default=None, metavar="PX",
                        help="dynamic engines: run images whole up to PX on each side, else in "
@@ -915,7 +933,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strength", type=strength_arg, default=None)
     p.add_argument("--guidance", type=float, default=None)
     add_ensemble(p)
-    p.add_argument("--consistency", type=float, default=None, metavar="PX",
+    p.add_argument("--consistency", type=consistency_arg, default=None, metavar="PX[:MAX]",
                    help="data consistency, as for enhance (default: the model's own)")
     add_noise_factor(p)
     p.add_argument("--seed", type=int, default=0)

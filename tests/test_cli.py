@@ -74,6 +74,9 @@ def test_info(tiny_engine, capsys):
         (["--steps", "0"], "argument --steps: 0 is not a positive integer"),
         (["--strength", "abc"], "argument --strength: invalid strength_arg value: 'abc'"),
         (["--scheduler", "heun"], "invalid choice: 'heun'"),
+        (["--consistency", "32:2"], "argument --consistency: '32:2' is neither PX >= 0 nor PX:MAX"),
+        (["--consistency", "-1"], "'-1' is neither PX >= 0 nor PX:MAX with 0 < PX < MAX"),
+        (["--consistency", "a:b"], "'a:b' is neither PX >= 0 nor PX:MAX"),
     ],
 )
 def test_bad_arguments(tiny_engine, png, tmp_path, capsys, extra, fragment):
@@ -83,6 +86,13 @@ def test_bad_arguments(tiny_engine, png, tmp_path, capsys, extra, fragment):
     assert exit_info.value.code == 2
     assert fragment in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_consistency_takes_a_scale_or_a_band():
+    from scanside.cli import consistency_arg
+
+    assert consistency_arg("8") == 8.0 and consistency_arg("0") == 0.0
+    assert consistency_arg("2:32") == [2.0, 32.0]
 
 
 def test_missing_engine(png, tmp_path, capsys):

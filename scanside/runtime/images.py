@@ -8,6 +8,7 @@ into a colour VAE's channels and its output averaged back, so the caller gets th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -139,9 +140,13 @@ def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
 SATURATED = 0.005
 
 
-def keep_low_frequencies(output: np.ndarray, source: np.ndarray, sigma: float) -> np.ndarray:
+def keep_low_frequencies(output: np.ndarray, source: np.ndarray, sigma: float,
+                         upto: Optional[float] = None) -> np.ndarray:
     """Data consistency: ``output`` with its content coarser than ``sigma`` px replaced by
-    ``source``'s, so large-scale means (HU of a flat organ) stay the input's; [0, 1].
+    ``source``'s, so large-scale means (HU of a flat organ) stay the input's; [0, 1]. With
+    ``upto``, only the content between ``sigma`` and ``upto`` px is replaced (a difference of
+    Gaussians): the output keeps its own coarser content, e.g. a model's correction of the
+    low-dose scan's large-scale bias, while faint structure of lesion size is the input's.
 
     Where the output is at the window's edge the input was clipped to the window, so its local
     mean there is biased inwards (the noise beyond the edge was cut off: air under 40 HU of
@@ -150,7 +155,10 @@ def keep_low_frequencies(output: np.ndarray, source: np.ndarray, sigma: float) -
     more (2 px, run 20)."""
     edge = (output <= SATURATED) | (output >= 1.0 - SATURATED)
     residual = np.where(edge, 0.0, source - output)
-    out = np.where(edge, output, output + gaussian_blur(residual, sigma))
+    band = gaussian_blur(residual, sigma)
+    if upto is not None:
+        band -= gaussian_blur(residual, upto)
+    out = np.where(edge, output, output + band)
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 

@@ -14,7 +14,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Union
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -58,12 +58,25 @@ ENHANCE_DEFAULTS: dict[str, object] = {"prompt": "", "negative_prompt": None, "s
                                        "ensemble": 1, "consistency_px": 0, "noise_factor": 1.0}
 
 
-def check_consistency(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 \
-            or not np.isfinite(value):
-        raise InputError(f"consistency_px: {value!r} is not a number >= 0 (pixels; 0 turns it "
-                         "off, about 8 keeps the input's mean HU of flat tissue)")
-    return float(value)
+Consistency = tuple[float, float]  # (from, to) px; to = inf: everything coarser than from
+ConsistencyPx = Union[float, Sequence[float], None]  # as callers give it: PX or [PX, MAX]
+
+
+def check_consistency(value: object) -> Consistency:
+    """``consistency_px`` as (from, to): a number PX keeps the input's content coarser than PX
+    (0: off), a pair [PX, MAX] only its content between PX and MAX px, the model's own beyond
+    (so the model's large-scale HU correction stays while finer structure is the input's)."""
+    def number(v: object) -> bool:
+        return not isinstance(v, bool) and isinstance(v, (int, float)) and bool(np.isfinite(v))
+
+    if number(value) and value >= 0:
+        return float(value), float("inf")
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(map(number, value)) \
+            and 0 < value[0] < value[1]:
+        return float(value[0]), float(value[1])
+    raise InputError(f"consistency_px: {value!r} is neither a number >= 0 nor a pair [PX, MAX] "
+                     "with 0 < PX < MAX (pixels; 0 turns it off, about 8 keeps the input's mean "
+                     "HU of flat tissue, [2, 32] its lesion-scale contrast)")
 
 
 def check_noise_factor(value: object, manifest: Manifest, engine_dir: Path) -> float:
@@ -424,7 +437,7 @@ class Pipeline:
                 scheduler: Union[str, SchedulerName, None] = None,
                 negative_prompt: Optional[str] = None, noise: Noise = None,
                 progress: bool = False, window: "Optional[Window]" = None,
-                ensemble: Optional[int] = None, consistency_px: Optional[float] = None,
+                ensemble: Optional[int] = None, consistency_px: ConsistencyPx = None,
                 noise_factor: Optional[float] = None):
         """Enhance ``image`` ((H, W) or (H, W, C), [0, 1] floats or uint8/16) -> same layout.
 
@@ -434,7 +447,8 @@ class Pipeline:
         them turned back: a geometric self-ensemble, that many times the work.
         ``consistency_px`` > 0 takes the result's content coarser than a Gaussian of that many
         pixels from the input (data consistency): large-scale means, such as an organ's HU,
-        stay the input's whatever the model does; 0 turns it off.
+        stay the input's whatever the model does; 0 turns it off. A pair [PX, MAX] takes only
+        the content between the two scales from the input (see check_consistency).
         ``noise_factor`` (noise-conditioned models only) multiplies the noise level estimated
         from the image before the model is given it: above 1 removes more, below 1 keeps more.
         Settings left as None take the model's own defaults (see ``sampling_defaults``).
@@ -446,7 +460,7 @@ class Pipeline:
                                    consistency_px=consistency_px, noise_factor=noise_factor)
         prompt, strength, steps = s["prompt"], s["strength"], s["steps"]
         guidance, scheduler, negative_prompt = s["guidance"], s["scheduler"], s["negative_prompt"]
-        ensemble, consistency = s["ensemble"], check_consistency(s["consistency_px"])
+        ensemble, (fine, coarse) = s["ensemble"], check_consistency(s["consistency_px"])
         factor = check_noise_factor(s["noise_factor"], self.manifest, self.engine_dir)
         if isinstance(image, Dataset):
             from scanside.dicom import enhance_dataset
@@ -454,7 +468,8 @@ class Pipeline:
             return enhance_dataset(self, image, window=window, prompt=prompt, strength=strength,
                                    steps=steps, guidance=guidance, seed=seed,
                                    scheduler=scheduler, negative_prompt=negative_prompt,
-                                   noise=noise, ensemble=ensemble, consistency_px=consistency,
+                                   noise=noise, ensemble=ensemble,
+                                   consistency_px=s["consistency_px"],
                                    noise_factor=factor)
         self.check_guidance(guidance)
         prepared = self.prepare(image)
@@ -471,9 +486,10 @@ class Pipeline:
             noise, seed, progress, level), k) for k in views]
         mean = decoded[0] if len(decoded) == 1 else np.mean(decoded, axis=0)
         out = images.finish(mean, prepared.height, prepared.width, prepared.gray)
-        if consistency:
+        if fine:
             source = images.finish(prepared.pixels, prepared.height, prepared.width, prepared.gray)
-            out = images.keep_low_frequencies(out, source, consistency)
+            out = images.keep_low_frequencies(out, source, fine,
+                                              None if np.isinf(coarse) else coarse)
         return out
 
     def enhance_pixels(self, pixels: np.ndarray, plan: Plan, prompt: str, negative_prompt: str,
@@ -544,7 +560,7 @@ class Pipeline:
     def describe(self, *, prompt: Optional[str] = None, strength: Optional[float] = None,
                  steps: Optional[int] = None, guidance: Optional[float] = None, seed: int = 0,
                  scheduler: Union[str, SchedulerName, None] = None,
-                 ensemble: Optional[int] = None, consistency_px: Optional[float] = None,
+                 ensemble: Optional[int] = None, consistency_px: ConsistencyPx = None,
                  noise_factor: Optional[float] = None, **_: object) -> str:
         """Provenance of an enhancement, for DICOM's DerivationDescription."""
         from scanside import __version__
@@ -557,8 +573,10 @@ class Pipeline:
         plan = self.plan(scheduler, steps, strength)
         m = self.manifest
         views = f"; ensemble of {s['ensemble']} views" if s["ensemble"] != 1 else ""
-        if s["consistency_px"]:
-            views += f"; input kept above {s['consistency_px']:g} px (data consistency)"
+        fine, coarse = check_consistency(s["consistency_px"])
+        if fine:
+            views += (f"; input kept above {fine:g} px" if np.isinf(coarse) else
+                      f"; input kept between {fine:g} and {coarse:g} px") + " (data consistency)"
         if m.noise_level:  # the model was told the image's own noise level, or a multiple
             views += (f"; noise level estimated from the image ({m.noise_level['estimator']})"
                       + (f" x {s['noise_factor']:g}" if s["noise_factor"] != 1 else ""))

@@ -105,3 +105,19 @@ def test_data_consistency_does_not_take_the_clipped_inputs_mean_at_the_window_ed
     out = images.keep_low_frequencies(truth + np.float32(0.02) * (truth > 0), source, 2)
     assert out[:, :32].max() == 0.0
     assert abs(out[8:-8, 40:-8].mean() - source[8:-8, 40:-8].mean()) < 0.002
+
+
+def test_data_consistency_in_a_band_keeps_the_outputs_coarse_content():
+    # The model removed a faint 3 px disk (attenuated it, as a low-pass would) and corrected a
+    # large-scale shift. The band 2..24 px hands the disk back and keeps the correction.
+    y, x = np.mgrid[0:96, 0:96]
+    disk = 0.02 * (np.hypot(y - 48, x - 48) <= 3)
+    truth = np.full((96, 96), 0.5)
+    source = (truth + disk + 0.03).astype(np.float32)  # the input: the disk and a shift
+    output = truth.astype(np.float32)  # the model: no disk, no shift
+    band = images.keep_low_frequencies(output, source, 1, 24)
+    plain = images.keep_low_frequencies(output, source, 1)
+    contrast = lambda im: im[45:52, 45:52].mean() - im[20:30, 20:30].mean()  # noqa: E731
+    assert contrast(band) > 0.5 * contrast(source)  # the disk is back
+    assert abs(band[20:30, 20:30].mean() - 0.5) < 0.01  # the model's level, not the shift
+    assert abs(plain[20:30, 20:30].mean() - 0.53) < 0.002  # the plain low-pass takes the shift

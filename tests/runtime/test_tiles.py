@@ -164,6 +164,13 @@ def test_data_consistency_through_the_pipeline(ct_tiny):
     assert "data consistency" in pipe.describe(consistency_px=8)
     with pytest.raises(InputError, match="consistency_px: -1"):
         pipe.enhance(image, consistency_px=-1)
+    # A band keeps the input's lesion-size content only: the model's mean shift stays.
+    band = pipe.enhance(image, strength=0.5, steps=2, seed=0, consistency_px=[2, 16])
+    assert abs(float(band.mean()) - float(plain.mean())) < 1e-3
+    assert "between 2 and 16 px" in pipe.describe(consistency_px=[2, 16])
+    for bad in ([16, 2], [0, 8], [2], (2, float("nan")), True, "8"):
+        with pytest.raises(InputError, match="consistency_px: .* neither a number >= 0 nor a pair"):
+            pipe.enhance(image, consistency_px=bad)
 
 
 def test_a_tiled_call_holds_at_most_call_pixels(ct_tiny, monkeypatch):
