@@ -120,6 +120,9 @@ def ensemble_views(ensemble: int) -> tuple[int, ...]:
     return ENSEMBLE_VIEWS[ensemble]
 
 
+SHORT_KERNEL = 32  # taps: up to this many, shifted sums beat an FFT at 512 px (measured)
+
+
 def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
     """(H, W) or (H, W, C) blurred over H and W by a Gaussian of ``sigma`` px (reflected at
     the edges, 3 sigma wide): numpy only, for the runtime."""
@@ -130,9 +133,31 @@ def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
     for axis in (0, 1):
         pad = [(0, 0)] * out.ndim
         pad[axis] = (radius, radius)
-        padded = np.pad(out, pad, mode="symmetric")
-        out = np.apply_along_axis(lambda v: np.convolve(v, taps, mode="valid"), axis, padded)
+        out = convolve_valid(np.pad(out, pad, mode="symmetric"), taps, axis)
     return out
+
+
+def convolve_valid(x: np.ndarray, taps: np.ndarray, axis: int) -> np.ndarray:
+    """np.convolve(..., mode="valid") of every line of ``x`` along ``axis`` (symmetric
+    ``taps``), on whole arrays: shifted sums for short kernels, one FFT for long ones (a
+    Python loop over the lines took 40-70 ms at 512 px); float32."""
+    n, m = x.shape[axis], len(taps)
+    if m <= SHORT_KERNEL:
+        def shifted(k: int) -> np.ndarray:  # a view: x[..., k : k + n - m + 1, ...]
+            index = [slice(None)] * x.ndim
+            index[axis] = slice(k, k + n - m + 1)
+            return x[tuple(index)]
+
+        out = taps[0] * shifted(0)
+        for k in range(1, m):
+            out += taps[k] * shifted(k)
+        return out.astype(np.float32, copy=False)
+    size = 1 << (n + m - 2).bit_length()  # >= the full linear convolution: no wrap-around
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    spectrum = np.fft.rfft(x, size, axis=axis) * np.fft.rfft(taps, size).reshape(shape)
+    full = np.fft.irfft(spectrum, size, axis=axis)
+    return np.take(full, np.arange(m - 1, n), axis=axis).astype(np.float32)
 
 
 # An output this close to an edge of [0, 1] is at the edge of the window the image was

@@ -94,6 +94,15 @@ def test_data_consistency_keeps_the_inputs_means_and_the_outputs_detail():
     assert blur.sum() == pytest.approx(16.0, rel=1e-4)  # a normalised kernel
 
 
+@pytest.mark.parametrize("sigma", [2.0, 8.0, 32.0])  # shifted sums (13 taps), FFT (49, 193)
+def test_gaussian_blur_is_scipys_reflected_gaussian(sigma):
+    ndimage = pytest.importorskip("scipy.ndimage")
+    image = np.random.default_rng(2).random((70, 90, 2)).astype(np.float32)  # 3 sigma > 70 px
+    want = ndimage.gaussian_filter(image.astype(np.float64), (sigma, sigma, 0), mode="reflect",
+                                   truncate=3.0)
+    np.testing.assert_allclose(images.gaussian_blur(image, sigma), want, atol=1e-5)
+
+
 def test_data_consistency_does_not_take_the_clipped_inputs_mean_at_the_window_edge():
     # Noisy air under a CT window: the input is clipped at 0, so its local mean is ~0.4 of the
     # noise above the edge. The model's air (0) must stay air, and tissue keeps the input's mean.
