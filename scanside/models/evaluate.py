@@ -495,8 +495,9 @@ def table(result: dict[str, Any]) -> str:
         rows.append("lesion contrast kept (median output / reference) and lost, by radius "
                     + " | ".join(f"{b['radius_px'][0]:g}-{b['radius_px'][1]:g} px "
                                  f"({b['lesions']})" for b in bands) + ":")
+        width = max(24, *(len(name) + 1 for name in result["methods"]))
         for name, s in result["methods"].items():
-            rows.append(f"{name:<24}" + " | ".join(
+            rows.append(f"{name:<{width}}" + " | ".join(
                 "-" if b["median_kept"] is None else f"{b['median_kept']:.2f} {percent(b['lost'])}"
                 for b in s.get("lesion_contrast_by_radius", [])))
     floor = result.get("lesion_floor") or {}
