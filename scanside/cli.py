@@ -36,11 +36,11 @@ def consistency_arg(text: str) -> "float | list[float]":
     except ValueError:
         parts = []
     value = parts[0] if len(parts) == 1 else parts
-    try:
-        from scanside.runtime.pipeline import check_consistency
+    from scanside.runtime.pipeline import check_consistency
 
+    try:
         check_consistency(value)
-    except Exception:
+    except InputError:
         raise argparse.ArgumentTypeError(
             f"{text!r} is neither PX >= 0 nor PX:MAX with 0 < PX < MAX; e.g. 8 or 2:32") from None
     return value

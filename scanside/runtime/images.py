@@ -142,22 +142,22 @@ def convolve_valid(x: np.ndarray, taps: np.ndarray, axis: int) -> np.ndarray:
     ``taps``), on whole arrays: shifted sums for short kernels, one FFT for long ones (a
     Python loop over the lines took 40-70 ms at 512 px); float32."""
     n, m = x.shape[axis], len(taps)
-    if m <= SHORT_KERNEL:
-        def shifted(k: int) -> np.ndarray:  # a view: x[..., k : k + n - m + 1, ...]
-            index = [slice(None)] * x.ndim
-            index[axis] = slice(k, k + n - m + 1)
-            return x[tuple(index)]
 
-        out = taps[0] * shifted(0)
+    def lines(a: np.ndarray, start: int) -> np.ndarray:  # a view along axis
+        index = [slice(None)] * a.ndim
+        index[axis] = slice(start, start + n - m + 1)
+        return a[tuple(index)]
+
+    if m <= SHORT_KERNEL:
+        out = taps[0] * lines(x, 0)
         for k in range(1, m):
-            out += taps[k] * shifted(k)
+            out += taps[k] * lines(x, k)
         return out.astype(np.float32, copy=False)
     size = 1 << (n + m - 2).bit_length()  # >= the full linear convolution: no wrap-around
     shape = [1] * x.ndim
     shape[axis] = -1
     spectrum = np.fft.rfft(x, size, axis=axis) * np.fft.rfft(taps, size).reshape(shape)
-    full = np.fft.irfft(spectrum, size, axis=axis)
-    return np.take(full, np.arange(m - 1, n), axis=axis).astype(np.float32)
+    return lines(np.fft.irfft(spectrum, size, axis=axis), m - 1).astype(np.float32)
 
 
 # An output this close to an edge of [0, 1] is at the edge of the window the image was

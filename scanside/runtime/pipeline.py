@@ -58,7 +58,7 @@ ENHANCE_DEFAULTS: dict[str, object] = {"prompt": "", "negative_prompt": None, "s
                                        "ensemble": 1, "consistency_px": 0, "noise_factor": 1.0}
 
 
-Consistency = tuple[float, float]  # (from, to) px; to = inf: everything coarser than from
+Consistency = tuple[float, Optional[float]]  # (from, to) px; to None: all coarser than from
 ConsistencyPx = Union[float, Sequence[float], None]  # as callers give it: PX or [PX, MAX]
 
 
@@ -70,7 +70,7 @@ def check_consistency(value: object) -> Consistency:
         return not isinstance(v, bool) and isinstance(v, (int, float)) and bool(np.isfinite(v))
 
     if number(value) and value >= 0:
-        return float(value), float("inf")
+        return float(value), None
     if isinstance(value, (list, tuple)) and len(value) == 2 and all(map(number, value)) \
             and 0 < value[0] < value[1]:
         return float(value[0]), float(value[1])
@@ -488,8 +488,7 @@ class Pipeline:
         out = images.finish(mean, prepared.height, prepared.width, prepared.gray)
         if fine:
             source = images.finish(prepared.pixels, prepared.height, prepared.width, prepared.gray)
-            out = images.keep_low_frequencies(out, source, fine,
-                                              None if np.isinf(coarse) else coarse)
+            out = images.keep_low_frequencies(out, source, fine, coarse)
         return out
 
     def enhance_pixels(self, pixels: np.ndarray, plan: Plan, prompt: str, negative_prompt: str,
@@ -575,7 +574,7 @@ class Pipeline:
         views = f"; ensemble of {s['ensemble']} views" if s["ensemble"] != 1 else ""
         fine, coarse = check_consistency(s["consistency_px"])
         if fine:
-            views += (f"; input kept above {fine:g} px" if np.isinf(coarse) else
+            views += (f"; input kept above {fine:g} px" if coarse is None else
                       f"; input kept between {fine:g} and {coarse:g} px") + " (data consistency)"
         if m.noise_level:  # the model was told the image's own noise level, or a multiple
             views += (f"; noise level estimated from the image ({m.noise_level['estimator']})"
