@@ -207,7 +207,7 @@ def test_train_default_refuses_an_unknown_source_and_passes_scene_counts(tmp_pat
     assert "--tune-noise-scale 1.4 0.35: give two factors 0 < LO <= HI" in capsys.readouterr().err
 
 
-HEAD_GAIN_DB = 5.0  # measured +6.47 dB (37.19 -> 43.66 dB) on the demo's noise draw
+HEAD_GAIN_DB = 5.0  # measured +6.41 dB (37.19 -> 43.60 dB, run 25) on the demo's noise draw
 
 
 def test_demo_denoises_and_writes_derived_dicom(tmp_path, capsys):
@@ -218,7 +218,7 @@ def test_demo_denoises_and_writes_derived_dicom(tmp_path, capsys):
     code, out, _ = run(capsys, "demo", "--workdir", tmp_path)
     assert code == 0
     low, enhanced = map(float, re.search(r"low-dose ([\d.]+) dB -> enhanced ([\d.]+) dB", out).groups())
-    assert enhanced >= low + 5  # measured +5.6 dB on the phantom (37.23 -> 42.81); see test_default_model
+    assert enhanced >= low + 5  # measured +6.1 dB on the phantom (37.23 -> 43.34); see test_default_model
     written = sorted((tmp_path / "enhanced").rglob("*.dcm"))
     assert len(written) == 3  # the simulated slice, CT_small and the 512 px head, each a series
     for path in written:
