@@ -175,6 +175,13 @@ def enhance_archive(paths: Sequence[Path], out_dir: "str | Path", *,
                 if report.first_output_s is None:
                     report.first_output_s = time.perf_counter() - started
                 account(report, row)
+            # A worker lost mid-write (its node killed) leaves its temporary file, and Ray
+            # retries the slice under another name; every task has returned now and the lock
+            # is still held, so what is left is no live writer's.
+            lost = store.remove_partials() if store is not None else remove_partials(Path(out))
+            if lost:
+                log.warning("removed %d partial file(s) that lost workers left (their slices "
+                            "were retried)", lost)
     report.seconds = time.perf_counter() - started
     if report_json is not None:
         Path(report_json).write_text(json.dumps(asdict(report), indent=1))
