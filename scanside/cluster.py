@@ -23,6 +23,7 @@ import logging
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -145,10 +146,12 @@ def enhance_archive(paths: Sequence[Path], out_dir: "str | Path", *,
                          "every node derives the same UIDs")
     report = ArchiveReport()
     started = time.perf_counter()
+    clear_partials = (store.remove_partials if store is not None
+                      else partial(remove_partials, Path(out)))
     # Other runs are kept out of a local folder (its lock); this run's actors write. A store
     # has no lock: one run per prefix at a time is the user's to keep.
     with nullcontext() if store is not None else folder_lock(Path(out), "--out"):
-        stale = store.remove_partials() if store is not None else remove_partials(Path(out))
+        stale = clear_partials()
         if stale:
             log.warning("removed %d partial file(s) an interrupted run left", stale)
         tasks, failures = plan(paths, fingerprint)
@@ -178,7 +181,7 @@ def enhance_archive(paths: Sequence[Path], out_dir: "str | Path", *,
             # A worker lost mid-write (its node killed) leaves its temporary file, and Ray
             # retries the slice under another name; every task has returned now and the lock
             # is still held, so what is left is no live writer's.
-            lost = store.remove_partials() if store is not None else remove_partials(Path(out))
+            lost = clear_partials()
             if lost:
                 log.warning("removed %d partial file(s) that lost workers left (their slices "
                             "were retried)", lost)
