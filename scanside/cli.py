@@ -622,7 +622,7 @@ def cmd_models_train(args: argparse.Namespace) -> int:
     scenes.update(args.scenes or ())
     settings = Settings(seed=args.seed, recipe=args.recipe,
                         unet_steps=0 if args.init else args.unet_steps,
-                        tune_steps=args.tune_steps, workers=args.workers,
+                        tune_steps=args.tune_steps, tune_lr=args.tune_lr, workers=args.workers,
                         scenes=tuple((k, v) for k, v in scenes.items() if v > 0),
                         noise_weight_power=args.tune_noise_power,
                         lowfreq_weight=args.tune_lowfreq_weight,
@@ -875,6 +875,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="phase 1: plain loss")
     p.add_argument("--tune-steps", type=int, default=Settings.tune_steps,
                    help="phase 2: more steps from phase 1's weights, at a lower learning rate")
+    p.add_argument("--tune-lr", type=positive_float, default=Settings.tune_lr, metavar="LR",
+                   help="phase 2's peak learning rate (default %(default)g; lower it to go on "
+                        "from a trained --init without undoing it)")
     p.add_argument("--tune-noise-power", type=float, default=Settings.noise_weight_power,
                    metavar="P", help="phase 2: each sample's loss / its noise std^P (0: phase "
                                      "1's loss)")

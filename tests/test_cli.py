@@ -192,11 +192,11 @@ def test_train_default_refuses_an_unknown_source_and_passes_scene_counts(tmp_pat
           "natural=0", "--tune-noise-power", "0", "--anatomy-lesions", "2",
           "--tune-scenes", "leaves=100", "--tune-noise-scale", "0.35", "1.4",
           "--scenes", "tissue=100", "--refine-t", "4", "--batch", "32", "--device", "cuda",
-          "--lesion-weight", "400"])
+          "--lesion-weight", "400", "--tune-lr", "5e-5"])
     counts = dict(seen["settings"].scenes)
     assert counts["tissue"] == 100 and seen["settings"].refine_t == 4
     assert seen["settings"].unet_batch == 32 and seen["device"] == "cuda"
-    assert seen["settings"].lesion_weight == 400.0
+    assert seen["settings"].lesion_weight == 400.0 and seen["settings"].tune_lr == 5e-5
     assert seen["settings"].tune_scenes == (("leaves", 100),)
     assert seen["settings"].tune_noise_scale == (0.35, 1.4)
     assert counts["chest"] == 5 and "natural" not in counts and counts["head"] == 64
