@@ -14,6 +14,7 @@ import pytest
 from scanside import Pipeline
 from scanside.cli import main
 from scanside.dicom import enhance_series
+from tests.dicom.conftest import partial_files
 from tests.node.conftest import ct_series
 from tests.test_store import bucket_uri
 
@@ -50,7 +51,7 @@ def test_a_local_cluster_writes_what_one_machine_writes(local_ray, tiny_engine, 
                  str(tiny_engine), "--steps", "2", "--strength", "0.5", "--seed", "1", "--ray"])
     assert code == 0
     assert "0 file(s) written, 10 already done by an earlier run" in capsys.readouterr().out
-    assert not [p for p in (tmp_path / "ray").rglob("*") if p.name.endswith(".partial")]
+    assert not partial_files(tmp_path / "ray")
 
 
 def test_a_partial_file_a_lost_worker_leaves_is_removed_by_the_same_run(local_ray, tiny_engine,
@@ -76,7 +77,7 @@ def test_a_partial_file_a_lost_worker_leaves_is_removed_by_the_same_run(local_ra
     report = cluster.enhance_archive([tmp_path / "in"], tmp_path / "ray", engine=tiny_engine,
                                      workers=1, **SETTINGS)
     assert report.ok and len(report.written) == 3
-    assert not [p for p in (tmp_path / "ray").rglob("*") if p.name.endswith(".partial")]
+    assert not partial_files(tmp_path / "ray")
 
 
 def test_a_cluster_writes_to_s3_what_one_machine_writes(local_ray, s3_endpoint, tiny_engine,

@@ -17,6 +17,7 @@ import pytest
 from scanside import Pipeline
 from scanside.bench.orthanc import free_port
 from scanside.dicom import enhance_series
+from tests.dicom.conftest import partial_files
 from tests.node.conftest import REPO, ct_series
 
 pytestmark = pytest.mark.skipif(not os.environ.get("SCANSIDE_CLUSTER_TESTS"),
@@ -70,4 +71,4 @@ def test_a_worker_node_killed_mid_run(tiny_engine, tmp_path):
     theirs = {p.relative_to(tmp_path / "single"): pydicom.dcmread(p).PixelData
               for p in (tmp_path / "single").rglob("*.dcm")}
     assert ours == theirs  # complete, no duplicate, byte-identical pixels, 3 series
-    assert not [p for p in (tmp_path / "ray").rglob("*") if p.name.endswith(".partial")]
+    assert not partial_files(tmp_path / "ray")

@@ -30,6 +30,11 @@ def pydicom_file(name: str) -> Path:
     return path
 
 
+def partial_files(folder: Path) -> list[Path]:
+    """What an interrupted atomic write would leave under ``folder``: tests assert none is."""
+    return [p for p in Path(folder).rglob("*") if p.name.endswith(".partial")]
+
+
 def require_tools() -> None:
     missing = [t for t in TOOLS if shutil.which(t) is None]
     if missing:

@@ -20,7 +20,7 @@ from scanside.dicom import enhance_series
 from scanside.errors import InputError
 from scanside.files import folder_lock
 
-from .conftest import Identity, ct_phantom, ct_slice
+from .conftest import Identity, ct_phantom, ct_slice, partial_files
 
 REPO = Path(__file__).resolve().parents[2]
 # What may differ between two runs of the same work: when it was done.
@@ -100,7 +100,7 @@ def test_a_batch_killed_with_sigkill_resumes_where_it_stopped(tiny_engine, tmp_p
     assert f"{count - len(finished)} file(s) written, {len(finished)} already done" in stdout
     done = outputs(out)
     assert len(done) == count and len({p.parent for p in done.values()}) == 1  # one series
-    assert not [p for p in out.rglob("*") if p.name.endswith(".partial")]
+    assert not partial_files(out)
     for name, data in before.items():  # finished slices were not redone
         assert done[name].read_bytes() == data
     uids = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in done.values()}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pydicom
 from pydicom.uid import generate_uid
 
-from tests.dicom.conftest import pydicom_file
+from tests.dicom.conftest import partial_files, pydicom_file
 
 from .conftest import (
     STORESCP, ct_series, free_port, require, send_raw, status, storescu, wait_for,
@@ -101,7 +101,7 @@ def test_refused_instances_and_senders(node_factory, recorder, tmp_path):
     assert state["instances"] == {"enhanced": 3}
     refusals = [e["message"] for e in state["last_errors"] if e["kind"] == "refused"]
     assert len(refusals) == 2 and any("declares" in m for m in refusals)
-    assert not [p for p in spool.rglob("*") if p.name.endswith(".partial")]
+    assert not partial_files(spool)
 
 
 def test_a_killed_node_resumes_from_its_journal(node_factory, recorder, tmp_path):

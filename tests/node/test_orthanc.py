@@ -10,6 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.dicom.conftest import partial_files
+
 from .conftest import STORESCU, ct_series, status, storescu, wait_for
 
 STAGES = ("receive", "enhance", "send")
@@ -68,7 +70,7 @@ def test_twenty_kills_lose_nothing_and_duplicate_nothing(node_factory, orthanc, 
     for instance in orthanc.instances():
         tags = orthanc.get(f"/instances/{instance}/simplified-tags")
         assert tags["ImageType"].startswith("DERIVED") and tags["SeriesNumber"] == "1007"
-    assert not [p for p in spool.rglob("*") if p.name.endswith(".partial")]
+    assert not partial_files(spool)
     # Where the kills landed, from what each round's journal gained before its kill: part
     # of the series received, received but not all enhanced, enhanced but not all sent.
     mid_receive = sum(r < 6 for _, (r, e, s) in landed)

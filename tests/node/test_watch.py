@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pydicom
 
+from tests.dicom.conftest import partial_files
+
 from .conftest import REPO, ct_series, status, wait_for
 
 
@@ -92,4 +94,4 @@ def test_watch_killed_at_twenty_points_takes_every_file_once(tiny_engine, tmp_pa
     assert len(outputs) == 20 and len({p.parent for p in outputs}) == 1
     uids = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in outputs}
     assert len(uids) == 20
-    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".partial")]
+    assert not partial_files(tmp_path)
