@@ -54,6 +54,18 @@ def test_ct_deep_adds_blocks_below_full_resolution_only():
     assert round(count(default), 2) == 2.02 and round(count(deep), 2) == 3.11
 
 
+def test_ct_fast_drops_the_full_resolution_blocks_on_the_way_down_only():
+    spec = recipe("ct-fast")
+    fast = build_components(spec, vocab_size=700, seed=0)["unet"].eval()
+    assert [len(b.resnets) for b in fast.down_blocks] == [0, 1, 1, 1]
+    assert [len(b.resnets) for b in fast.up_blocks] == [2, 2, 2, 1]  # full resolution: 0 + 1
+    # Still three halvings: the engine's divisor (and so tiling and padding) is ct-default's.
+    assert sum(b.downsamplers is not None for b in fast.down_blocks) == 3
+    with torch.no_grad():
+        out = fast(torch.randn(1, 8, 40, 48), 1, torch.randn(1, 77, 64)).sample
+    assert out.shape == (1, 4, 40, 48)
+
+
 def test_unknown_recipe_and_used_folder(tmp_path):
     with pytest.raises(InputError, match="recipe 'huge' is unknown"):
         recipe("huge")
