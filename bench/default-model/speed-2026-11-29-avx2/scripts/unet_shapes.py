@@ -1,0 +1,91 @@
+"""Time candidate shapes of the built-in UNet in ONNX Runtime at 512 px, random weights.
+
+    python unet_shapes.py OUT.json
+
+Each recipe's UNet is built from its config, exported as scanside exports it (TorchScript
+tracer, opset 17, dynamic height and width), and run at 1 and 2 intra-op threads on one
+random feed: median of 4 runs after one warm-up. A shape's speed does not depend on its weights.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+import sys
+import time
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from diffusers import UNet2DConditionModel
+
+from scanside.models.recipes import ct_unet, recipe
+
+SIZE = 512
+SHAPES = {
+    "ct-default": recipe("ct-default").unet,
+    "ct-fast: layers_per_block (0, 1, 1, 1)": recipe("ct-fast").unet,
+    "layers_per_block (0, 2, 2, 2)": ct_unet((16, 32, 64, 96), 64, 8, 128, layers_per_block=(0, 2, 2, 2)),
+    "8 channels at full resolution": ct_unet((8, 32, 64, 96), 64, 8, 128),
+    "ct-deep": recipe("ct-deep").unet,
+}
+
+
+class Eps(torch.nn.Module):
+    def __init__(self, unet: UNet2DConditionModel):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample, timestep, states):
+        return self.unet(sample, timestep, states, return_dict=False)[0]
+
+
+def onnx_bytes(config: dict) -> tuple[bytes, int]:
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**config).eval()
+    buf = io.BytesIO()
+    torch.onnx.export(Eps(unet), (torch.randn(1, 8, 128, 128), torch.tensor([1.0]),
+                                  torch.randn(1, 77, 64)), buf,
+                      input_names=["sample", "timestep", "encoder_hidden_states"],
+                      output_names=["out_sample"],
+                      dynamic_axes={"sample": {2: "h", 3: "w"}, "out_sample": {2: "h", 3: "w"}},
+                      opset_version=17, do_constant_folding=True, dynamo=False)
+    return buf.getvalue(), sum(p.numel() for p in unet.parameters())
+
+
+def median_s(model: bytes, threads: int) -> float:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feed = {"sample": rng.standard_normal((1, 8, SIZE, SIZE), dtype=np.float32),
+            "timestep": np.array([1.0], np.float32),
+            "encoder_hidden_states": rng.standard_normal((1, 77, 64), dtype=np.float32)}
+    session.run(None, feed)
+    times = []
+    for _ in range(4):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def main(out: str) -> None:
+    rows = {}
+    for name, config in SHAPES.items():
+        model, params = onnx_bytes(config)
+        rows[name] = {"params_m": round(params / 1e6, 3),
+                      "s_1_thread": median_s(model, 1), "s_2_threads": median_s(model, 2)}
+        print(name, rows[name], flush=True)
+    base = rows["ct-default"]
+    for row in rows.values():
+        row["vs_ct_default_1_thread"] = row["s_1_thread"] / base["s_1_thread"]
+        row["vs_ct_default_2_threads"] = row["s_2_threads"] / base["s_2_threads"]
+    json.dump({"size": SIZE, "cpu": platform.processor() or platform.machine(),
+               "onnxruntime": ort.__version__, "torch": torch.__version__, "shapes": rows},
+              open(out, "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
