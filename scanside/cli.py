@@ -871,7 +871,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default=Settings.recipe,
                    choices=[r.value for r in RecipeName if recipe(r).identity_vae],
                    help="the model's shape (ct-deep: more capacity, 1.6x the UNet time; ct-fast: no "
-                        "full-resolution blocks on the way down, 0.7-0.8x the UNet time)")
+                        "full-resolution blocks on the way down, 0.7-0.9x the UNet time)")
     p.add_argument("--unet-steps", type=positive_int, default=Settings.unet_steps,
                    help="phase 1: plain loss")
     p.add_argument("--tune-steps", type=int, default=Settings.tune_steps,

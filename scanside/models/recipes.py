@@ -159,8 +159,8 @@ RECIPES = {
     # activation and residual passes over 16 channels are ~45 % of the UNet's time on a CPU
     # (bench/README.md). No ResNet block on the way down at full resolution (conv_in goes
     # straight to the stride-2 convolution; the way up keeps one block over the skip):
-    # ONNX Runtime, 512 px, random weights, 2-core Zen 3: 0.72-0.81x ct-default's UNet
-    # time (two runs, 1 and 2 threads). Trained (run 28, phase 1) it removes less noise:
+    # ONNX Runtime, 512 px, random weights, 2-core Zen 3: 0.72-0.88x ct-default's UNet
+    # time (three runs, 1 and 2 threads). Trained (run 28, phase 1) it removes less noise:
     # 0.3-0.7 dB under ct-default on the held-out anatomy, so it is not the default.
     RecipeName.CT_FAST: Recipe(
         ct_unet((16, 32, 64, 96), 64, 8, 128, layers_per_block=(0, 1, 1, 1)),

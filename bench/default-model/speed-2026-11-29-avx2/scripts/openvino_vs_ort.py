@@ -19,15 +19,15 @@ import numpy as np
 import onnxruntime as ort
 import openvino as ov
 
+from scanside.bench.concurrency import unet_feeds
+from scanside.runtime.artifacts import read_manifest
+
 SIZE = 512
 
 
 def main(engine: str, out: str) -> None:
     path = str(Path(engine) / "unet.onnx")
-    rng = np.random.default_rng(0)
-    feed = {"sample": rng.standard_normal((1, 8, SIZE, SIZE), dtype=np.float32),
-            "timestep": np.array([1.0], np.float32),
-            "encoder_hidden_states": rng.standard_normal((1, 77, 64), dtype=np.float32)}
+    feed = unet_feeds(read_manifest(Path(engine)), SIZE, 1)
     core = ov.Core()
     result = {"size": SIZE, "cpu": core.get_property("CPU", "FULL_DEVICE_NAME"),
               "onnxruntime": ort.__version__, "openvino": ov.__version__, "threads": {}}

@@ -13,20 +13,22 @@ import io
 import json
 import platform
 import sys
-import time
 
-import numpy as np
 import onnxruntime as ort
 import torch
 from diffusers import UNet2DConditionModel
 
+from scanside.bench.concurrency import per_image, unet_feeds
 from scanside.models.recipes import ct_unet, recipe
+from scanside.runtime.artifacts import read_manifest
+from scanside.runtime.default import default_engine_dir
 
 SIZE = 512
 SHAPES = {
     "ct-default": recipe("ct-default").unet,
     "ct-fast: layers_per_block (0, 1, 1, 1)": recipe("ct-fast").unet,
-    "layers_per_block (0, 2, 2, 2)": ct_unet((16, 32, 64, 96), 64, 8, 128, layers_per_block=(0, 2, 2, 2)),
+    "layers_per_block (0, 2, 2, 2)": ct_unet((16, 32, 64, 96), 64, 8, 128,
+                                             layers_per_block=(0, 2, 2, 2)),
     "8 channels at full resolution": ct_unet((8, 32, 64, 96), 64, 8, 128),
     "ct-deep": recipe("ct-deep").unet,
 }
@@ -54,29 +56,22 @@ def onnx_bytes(config: dict) -> tuple[bytes, int]:
     return buf.getvalue(), sum(p.numel() for p in unet.parameters())
 
 
-def median_s(model: bytes, threads: int) -> float:
+def median_s(model: bytes, threads: int, feed: dict) -> float:
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
-    feed = {"sample": rng.standard_normal((1, 8, SIZE, SIZE), dtype=np.float32),
-            "timestep": np.array([1.0], np.float32),
-            "encoder_hidden_states": rng.standard_normal((1, 77, 64), dtype=np.float32)}
-    session.run(None, feed)
-    times = []
-    for _ in range(4):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return per_image(lambda: session.run(None, feed), 1, repeat=4)
 
 
 def main(out: str) -> None:
+    # Every shape has the shipped UNet's inputs: its manifest gives the feed.
+    feed = unet_feeds(read_manifest(default_engine_dir()), SIZE, 1)
     rows = {}
     for name, config in SHAPES.items():
         model, params = onnx_bytes(config)
         rows[name] = {"params_m": round(params / 1e6, 3),
-                      "s_1_thread": median_s(model, 1), "s_2_threads": median_s(model, 2)}
+                      "s_1_thread": median_s(model, 1, feed),
+                      "s_2_threads": median_s(model, 2, feed)}
         print(name, rows[name], flush=True)
     base = rows["ct-default"]
     for row in rows.values():

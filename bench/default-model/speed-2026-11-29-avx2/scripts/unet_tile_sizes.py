@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
+
+from scanside.bench.concurrency import per_image, unet_feeds
+from scanside.runtime.artifacts import read_manifest
 
 CALLS = ((64, 1), (128, 1), (128, 16), (192, 1), (256, 1), (256, 4), (512, 1))
 
@@ -26,19 +27,11 @@ def main(engine: str, out: str) -> None:
     options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
     session = ort.InferenceSession(str(Path(engine) / "unet.onnx"), options,
                                    providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
+    manifest = read_manifest(Path(engine))
     rows = []
     for size, batch in CALLS:
-        feed = {"sample": rng.standard_normal((batch, 8, size, size), dtype=np.float32),
-                "timestep": np.array([1.0], np.float32),
-                "encoder_hidden_states": rng.standard_normal((batch, 77, 64), dtype=np.float32)}
-        session.run(None, feed)
-        times = []
-        for _ in range(4):
-            start = time.perf_counter()
-            session.run(None, feed)
-            times.append(time.perf_counter() - start)
-        median = float(np.median(times))
+        feed = unet_feeds(manifest, size, batch)
+        median = per_image(lambda: session.run(None, feed), 1, repeat=4)
         rows.append({"size": size, "batch": batch, "median_s": median,
                      "s_per_512px_image": median * 512 * 512 / (size * size * batch)})
         print(rows[-1], flush=True)
