@@ -578,7 +578,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_models_build(args: argparse.Namespace) -> int:
-    from scanside.models import build
+    from scanside.training import build
 
     build(args.recipe, args.out_dir, seed=args.seed)
     print(f"built {args.recipe} model in {args.out_dir}")
@@ -586,7 +586,7 @@ def cmd_models_build(args: argparse.Namespace) -> int:
 
 
 def cmd_models_build_tiny_vae(args: argparse.Namespace) -> int:
-    from scanside.models.recipes import build_tiny_vae
+    from scanside.training.recipes import build_tiny_vae
 
     build_tiny_vae(args.shape, args.out_dir, seed=args.seed)
     print(f"built a {args.shape}-shaped tiny VAE (random weights) in {args.out_dir}")
@@ -595,7 +595,7 @@ def cmd_models_build_tiny_vae(args: argparse.Namespace) -> int:
 
 def scene_counts(text: str) -> tuple[str, int]:
     """``SOURCE=COUNT`` for train-default --scenes."""
-    from scanside.models.anatomy import Source
+    from scanside.training.anatomy import Source
 
     source, sep, count = text.partition("=")
     sources = ", ".join(s.value for s in Source)
@@ -616,7 +616,7 @@ def tune_noise_scale(values: "list[float] | None") -> "tuple[float, float] | Non
 
 
 def cmd_models_train(args: argparse.Namespace) -> int:
-    from scanside.models.train import Settings, train_default
+    from scanside.training.train import Settings, train_default
 
     scenes = dict(Settings.scenes)
     scenes.update(args.scenes or ())
@@ -638,7 +638,7 @@ def cmd_models_train(args: argparse.Namespace) -> int:
 
 
 def cmd_models_evaluate(args: argparse.Namespace) -> int:
-    from scanside.models.evaluate import evaluate, table
+    from scanside.training.evaluate import evaluate, table
 
     result = evaluate(args.engine_dir, pairs=args.pairs, split=args.split, workers=args.workers,
                       steps=args.steps, strength=args.strength, guidance=args.guidance,
@@ -657,7 +657,7 @@ def cmd_models_evaluate(args: argparse.Namespace) -> int:
 def cmd_models_simulate(args: argparse.Namespace) -> int:
     from scanside.dicom.synthetic import simulated_ct
     from scanside.dicom.write import save
-    from scanside.models import ctsim
+    from scanside.training import ctsim
 
     seeds = ctsim.split_seeds(args.split, args.pairs)
     pairs = ctsim.make_pairs(seeds, args.size, args.workers)
@@ -843,7 +843,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the model, engine and images go (default ./scanside-demo)")
     p.set_defaults(func=cmd_demo)
 
-    from scanside.models.recipes import RecipeName, recipe
+    from scanside.training.recipes import RecipeName, recipe
 
     models = sub.add_parser("models", help="build, train and evaluate models offline")
     msub = models.add_subparsers(dest="models_command", required=True)
@@ -853,7 +853,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_models_build)
 
-    from scanside.models.recipes import TINY_VAE_SHAPES
+    from scanside.training.recipes import TINY_VAE_SHAPES
 
     p = msub.add_parser("build-tiny-vae", help="write a TAESD-shaped AutoencoderTiny with random "
                                                "weights, to benchmark export --tiny-vae")
@@ -862,7 +862,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_models_build_tiny_vae)
 
-    from scanside.models.train import Settings
+    from scanside.training.train import Settings
 
     p = msub.add_parser("train-default", help="train the default low-dose CT model (resumable; "
                                               "needs the export and train extras)")

@@ -82,8 +82,8 @@ def run_demo(workdir: Path) -> Path:
     from scanside.dicom import read_header, read_values
     from scanside.dicom.synthetic import simulated_ct
     from scanside.dicom.write import save
-    from scanside.models.ctsim import Lesion
-    from scanside.models.evaluate import psnr, region_contrast
+    from scanside.training.ctsim import Lesion
+    from scanside.training.evaluate import psnr, region_contrast
 
     workdir.mkdir(parents=True, exist_ok=True)
     pipe = Pipeline.load(engine_dir(workdir))
@@ -148,8 +148,8 @@ def real_slice(pipe, workdir: Path, inputs: Path, out: Path) -> None:
     from scanside.dicom import read_header, read_values
     from scanside.dicom.synthetic import simulated_ct
     from scanside.dicom.write import save
-    from scanside.models import realct
-    from scanside.models.evaluate import psnr
+    from scanside.training import realct
+    from scanside.training.evaluate import psnr
 
     print("\nreal anatomy: pydicom's 693_J2KI.dcm (512 x 512 head CT, never trained on), "
           "simulating a 40 HU low-dose scan of it ...")

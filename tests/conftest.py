@@ -16,7 +16,7 @@ def pytest_configure(config):
 
 
 def build_model(factory, recipe: str, seed: int):
-    from scanside.models import build
+    from scanside.training import build
 
     return build(recipe, factory.mktemp("models") / recipe, seed=seed)
 

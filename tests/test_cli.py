@@ -185,7 +185,7 @@ def test_train_default_refuses_an_unknown_source_and_passes_scene_counts(tmp_pat
     assert exit_info.value.code == 2
     assert "'liver=3': expected SOURCE=COUNT with SOURCE one of" in capsys.readouterr().err
     seen = {}
-    monkeypatch.setattr("scanside.models.train.train_default",
+    monkeypatch.setattr("scanside.training.train.train_default",
                         lambda out, settings, device: seen.update(settings=settings,
                                                                   device=device) or out)
     main(["models", "train-default", str(tmp_path), "--scenes", "chest=5", "--scenes",

@@ -16,8 +16,8 @@ import sys
 
 import numpy as np
 
-from scanside.models import ctsim, realct
-from scanside.models.evaluate import model_enhancer
+from scanside.training import ctsim, realct
+from scanside.training.evaluate import model_enhancer
 
 
 def mean_se(values: list[float]) -> str:

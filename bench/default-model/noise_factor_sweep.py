@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scanside.models import realct
-from scanside.models.evaluate import HU_WINDOW, model_enhancer, psnr
+from scanside.training import realct
+from scanside.training.evaluate import HU_WINDOW, model_enhancer, psnr
 
 
 def channel_weights(engine: Path) -> str:

@@ -16,8 +16,8 @@ import sys
 
 import numpy as np
 
-from scanside.models import anatomy, realct
-from scanside.models.evaluate import model_enhancer, psnr
+from scanside.training import anatomy, realct
+from scanside.training.evaluate import model_enhancer, psnr
 
 SCENES = {"head": 3, "natural": 3}  # per source and side: heads are 270-620 px, ~2 s each
 

@@ -2,7 +2,7 @@
 
 ``default_model/checkpoint`` is its diffusers folder (fp16 safetensors, to re-export at any
 precision); ``default_model/engine`` its fp32 ONNX engine, which the torch-free base install
-runs when no engine directory is given. See scanside/models/train.py for how it was made.
+runs when no engine directory is given. See scanside/training/train.py for how it was made.
 """
 
 from __future__ import annotations

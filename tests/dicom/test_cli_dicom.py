@@ -190,7 +190,7 @@ def test_generate_writes_a_synthetic_secondary_capture(tiny_engine, tmp_path, ca
 def test_simulated_ct_slices_are_valid_ct_images_with_the_simulated_hu(tmp_path, capsys):
     pytest.importorskip("skimage")
     from scanside.dicom import read_header, read_values
-    from scanside.models import ctsim
+    from scanside.training import ctsim
 
     code, out, err = run(capsys, "models", "simulate", tmp_path, "--split", "val", "--pairs",
                          "2", "--size", "32", "--workers", "1")

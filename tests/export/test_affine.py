@@ -11,7 +11,7 @@ import torch
 from scanside import Pipeline
 from scanside.export import affine, export_model
 from scanside.export.onnx import wrap
-from scanside.models import build
+from scanside.training import build
 from scanside.runtime.artifacts import read_manifest
 
 
@@ -25,7 +25,7 @@ class Vae:
 def autoencoder(identity: bool, factor_one: bool = True, seed: int = 0):
     from diffusers import AutoencoderKL
 
-    from scanside.models import identity_vae
+    from scanside.training import identity_vae
 
     torch.manual_seed(seed)
     config = identity_vae.config(32)

@@ -14,7 +14,7 @@ from scanside import Pipeline
 from scanside.errors import InputError
 from scanside.export import export_model
 from scanside.export import tiny_vae
-from scanside.models.recipes import TINY_VAE_SHAPES, build_tiny_vae
+from scanside.training.recipes import TINY_VAE_SHAPES, build_tiny_vae
 from scanside.runtime.artifacts import read_manifest
 
 

@@ -106,7 +106,7 @@ def build_engine(folder: Path) -> Path:
     if (engine / "manifest.json").is_file():
         return engine
     from scanside.export import export_model
-    from scanside.models import build
+    from scanside.training import build
 
     model = build("tiny", folder / "model", seed=0)
     export_model(model, engine)

@@ -11,7 +11,7 @@ import pytest
 from scanside import Pipeline
 from scanside.errors import EngineError
 from scanside.files import folder_hash
-from scanside.models.evaluate import HU_WINDOW, psnr, to_unit
+from scanside.training.evaluate import HU_WINDOW, psnr, to_unit
 from scanside.runtime import default
 from scanside.runtime.artifacts import Manifest, read_manifest
 from scanside.runtime.pipeline import ENHANCE_DEFAULTS
@@ -65,7 +65,7 @@ def test_a_slice_that_needs_padding_is_enhanced_as_well_as_one_that_does_not(pip
     # the two rows and columns beside the padding. Without the dark edge (3 px cut at the
     # bottom and right instead) padding costs nothing (within 0.1 dB, as a 3 px grid shift).
     pytest.importorskip("skimage")  # the scan simulator (train extra)
-    from scanside.models import realct
+    from scanside.training import realct
 
     pair = realct.real_pairs(names=("CT_small.dcm",), noise=(40.0,))[0]
     low, full = pair.low[3:, 3:], pair.full[3:, 3:]
@@ -77,8 +77,8 @@ def test_a_slice_that_needs_padding_is_enhanced_as_well_as_one_that_does_not(pip
 
 def test_it_keeps_most_of_the_lesions_contrast_on_held_out_pairs(pipe):
     pytest.importorskip("skimage")  # the simulator (train extra)
-    from scanside.models import ctsim
-    from scanside.models.evaluate import reference_shows, region_contrast
+    from scanside.training import ctsim
+    from scanside.training.evaluate import reference_shows, region_contrast
 
     ratios = []
     for pair in ctsim.make_pairs(ctsim.split_seeds("test", 20), 128, workers=2):
@@ -97,7 +97,7 @@ def test_reconstruct_is_the_vae_round_trip(pipe):
         unit = to_unit(pair["full"].astype(np.float32))
     again = pipe.reconstruct(unit)
     assert again.shape == unit.shape and again.dtype == np.float32
-    # The built-in model's VAE is the identity (scanside/models/identity_vae.py): the ceiling
+    # The built-in model's VAE is the identity (scanside/training/identity_vae.py): the ceiling
     # of any enhancement is the image itself (a learned VAE reached 5.6 HU RMS on phantoms).
     # Measured through ONNX Runtime: 0.72 HU at most, in air; 0.14 HU in soft tissue (float32
     # rounding of GroupNorm's statistics next to the +-100 constant channels).

@@ -86,7 +86,7 @@ def test_training_checkpoints_are_not_pickles(tmp_path):
     torch = pytest.importorskip("torch")
     from safetensors import safe_open
 
-    from scanside.models.train import Checkpoints
+    from scanside.training.train import Checkpoints
 
     net = torch.nn.Linear(3, 2)
     opt = torch.optim.AdamW(net.parameters())

@@ -69,7 +69,7 @@ torch = pytest.importorskip("torch")
 @pytest.fixture(scope="module")
 def ct_tiny(tmp_path_factory):
     from scanside.export import export_model
-    from scanside.models import build
+    from scanside.training import build
 
     model = build("ct-tiny", tmp_path_factory.mktemp("m") / "ct-tiny", seed=2)
     out = tmp_path_factory.mktemp("e")

@@ -8,8 +8,8 @@ import sys, time, numpy as np, onnxruntime as ort
 from ortrun import session
 from pathlib import Path
 from scanside import Pipeline
-from scanside.models import realct
-from scanside.models.evaluate import to_unit, psnr, HU_WINDOW
+from scanside.training import realct
+from scanside.training.evaluate import to_unit, psnr, HU_WINDOW
 from scanside.runtime.engines import onnxruntime as ortmod
 
 fp32_dir = Path(sys.argv[1]); int8_dir = Path(sys.argv[2])

@@ -19,7 +19,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from scanside.bench.concurrency import per_image, unet_feeds
-from scanside.models.recipes import ct_unet, recipe
+from scanside.training.recipes import ct_unet, recipe
 from scanside.runtime.artifacts import read_manifest
 from scanside.runtime.default import default_engine_dir
 

@@ -7,8 +7,8 @@ import pytest
 
 pytest.importorskip("skimage")
 
-from scanside.models import ctsim  # noqa: E402
-from scanside.models.ctsim import (  # noqa: E402
+from scanside.training import ctsim  # noqa: E402
+from scanside.training.ctsim import (  # noqa: E402
     FULL_DOSE, LESION_CONTRAST, LESION_MARGIN, LOW_DOSE, ellipse, make_pair, make_phantom,
     simulate_scan,
 )
@@ -106,7 +106,7 @@ def test_the_shipped_demo_pair_is_what_the_simulator_makes():
 
 
 def test_lesion_mask_marks_each_lesion_disk_grown_by_the_margin():
-    from scanside.models.ctsim import lesion_mask
+    from scanside.training.ctsim import lesion_mask
 
     phantom = next(p for p in (make_phantom(seed, 128) for seed in range(1, 20))
                    if len(p.lesions) >= 2)

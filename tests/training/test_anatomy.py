@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("scipy")
 pytest.importorskip("skimage")
 
-from scanside.models import anatomy  # noqa: E402
+from scanside.training import anatomy  # noqa: E402
 
 
 @pytest.mark.parametrize("name", anatomy.xcist_chests())

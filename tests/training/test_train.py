@@ -12,8 +12,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("skimage")
 
 from scanside.errors import InputError  # noqa: E402
-from scanside.models import train  # noqa: E402
-from scanside.models.train import Settings, dihedral, train_default  # noqa: E402
+from scanside.training import train  # noqa: E402
+from scanside.training.train import Settings, dihedral, train_default  # noqa: E402
 
 # One scene of each source (a head needs Debian's mricron-data: CI installs it), 32 px patches.
 TINY = Settings(recipe="ct-tiny", scenes=(("head", 1), ("natural", 1), ("phantom", 2)),
@@ -160,7 +160,7 @@ def test_a_device_torch_cannot_use_is_refused_by_name(tmp_path, monkeypatch):
 
 
 def test_batches_start_from_the_low_dose_latent_at_small_timesteps():
-    from scanside.models.train import start_draws
+    from scanside.training.train import start_draws
 
     settings = Settings()
     from_low, t = start_draws(np.random.default_rng(0), 64, settings)
@@ -169,7 +169,7 @@ def test_batches_start_from_the_low_dose_latent_at_small_timesteps():
 
 
 def test_patches_pair_a_reference_with_its_low_dose_and_the_phantoms_lesions():
-    from scanside.models.train import scene_patches
+    from scanside.training.train import scene_patches
 
     settings = Settings(patch=64)
     out = scene_patches(("phantom", 3, settings))  # ctsim phantom of train seed 3
@@ -186,13 +186,13 @@ def test_patches_pair_a_reference_with_its_low_dose_and_the_phantoms_lesions():
 def test_every_training_source_has_a_patch_count():
     # A source without one failed in the data workers with a bare KeyError (the tissue
     # source's first run).
-    from scanside.models import anatomy
+    from scanside.training import anatomy
 
     assert set(dict(Settings().patches)) == {source.value for source in anatomy.Source}
 
 
 def test_a_batch_scales_each_samples_noise_and_turns_both_images_alike():
-    from scanside.models.train import sample
+    from scanside.training.train import sample
 
     rng = np.random.default_rng(0)
     full = rng.standard_normal((6, 16, 16)).astype(np.float32)
@@ -209,7 +209,7 @@ def test_a_batch_scales_each_samples_noise_and_turns_both_images_alike():
 
 
 def test_phase_two_can_scale_the_noise_over_its_own_range():
-    from scanside.models.train import sample
+    from scanside.training.train import sample
 
     rng = np.random.default_rng(0)
     full = rng.standard_normal((6, 16, 16)).astype(np.float32)
@@ -226,7 +226,7 @@ def test_phase_two_can_scale_the_noise_over_its_own_range():
 
 
 def test_learning_rate_is_one_cosine_cycle():
-    from scanside.models.train import cosine_lr, unet_lr
+    from scanside.training.train import cosine_lr, unet_lr
 
     settings = Settings(unet_steps=1000)
     assert all(unet_lr(k, settings) == cosine_lr(k, 1000, settings.unet_lr) for k in range(1000))
@@ -235,7 +235,7 @@ def test_learning_rate_is_one_cosine_cycle():
 
 
 def test_phase_two_runs_its_own_cosine_after_phase_one():
-    from scanside.models.train import cosine_lr, total_steps, unet_lr
+    from scanside.training.train import cosine_lr, total_steps, unet_lr
 
     settings = Settings(unet_steps=1000, tune_steps=500)
     assert total_steps(settings) == 1500
@@ -245,7 +245,7 @@ def test_phase_two_runs_its_own_cosine_after_phase_one():
 
 
 def test_the_shipped_phase_2_keeps_phase_1s_loss():
-    from scanside.models.train import tuned_loss
+    from scanside.training.train import tuned_loss
 
     rng = np.random.default_rng(1)
     pred, target = (torch.from_numpy(rng.standard_normal((3, 4, 16, 16)).astype(np.float32))
@@ -258,7 +258,7 @@ def test_the_shipped_phase_2_keeps_phase_1s_loss():
 
 
 def test_tuned_loss_weighs_samples_by_their_noise_and_punishes_a_mean_shift():
-    from scanside.models.train import noise_std, tuned_loss
+    from scanside.training.train import noise_std, tuned_loss
 
     settings = Settings(noise_weight_power=2.0, lowfreq_weight=16.0)  # runs 6 and 7's options
     rng = np.random.default_rng(0)
@@ -282,7 +282,7 @@ def test_tuned_loss_weighs_samples_by_their_noise_and_punishes_a_mean_shift():
 
 
 def test_lesion_pixels_can_keep_their_weight_whatever_the_noise():
-    from scanside.models.train import tuned_loss
+    from scanside.training.train import tuned_loss
 
     settings = Settings(lesion_noise_weighted=False, noise_weight_power=2.0, lowfreq_weight=0.0,
                         lowfreq_px=2)
@@ -307,7 +307,7 @@ def test_lesion_pixels_can_keep_their_weight_whatever_the_noise():
 def test_anatomy_lesions_reach_the_loss_masks_and_leave_the_doses_alone():
     from scipy import ndimage
 
-    from scanside.models.train import scene_patches
+    from scanside.training.train import scene_patches
 
     plain = scene_patches(("natural", 1, Settings(patch=64)))
     with_lesions = scene_patches(("natural", 1, Settings(patch=64, anatomy_lesions=8.0)))
@@ -320,7 +320,7 @@ def test_anatomy_lesions_reach_the_loss_masks_and_leave_the_doses_alone():
 
 
 def test_phase_two_only_scenes_stay_out_of_phase_one(tmp_path):
-    from scanside.models.train import load_data, sample
+    from scanside.training.train import load_data, sample
 
     settings = Settings(scenes=(("phantom", 1),), tune_scenes=(("leaves", 1),),
                         patches=(("phantom", 1), ("leaves", 2)), patch=32, workers=1)
@@ -337,7 +337,7 @@ def test_phase_two_only_scenes_stay_out_of_phase_one(tmp_path):
 def test_a_run_folder_from_before_a_new_setting_still_resumes():
     from dataclasses import asdict
 
-    from scanside.models.train import same_run
+    from scanside.training.train import same_run
 
     wanted = json.loads(json.dumps(asdict(Settings())))
     old = {k: v for k, v in wanted.items() if k != "tune_scenes"}  # written before it existed
@@ -355,7 +355,7 @@ def test_a_run_folder_from_before_a_new_setting_still_resumes():
 
 
 def test_widening_conv_in_for_the_noise_channel_leaves_the_model_as_it_was():
-    from scanside.models.recipes import build_components, recipe
+    from scanside.training.recipes import build_components, recipe
 
     narrow = build_components(recipe("ct-tiny"), 64, seed=0)["unet"].eval()
     wide = build_components(recipe("ct-tiny-noise"), 64, seed=1)["unet"].eval()
@@ -429,7 +429,7 @@ def test_noise_factor_is_refused_by_a_model_that_reads_the_noise_itself(trained,
 
 
 def test_phase_two_can_put_every_patch_at_one_noise_level():
-    from scanside.models.train import sample
+    from scanside.training.train import sample
 
     rng = np.random.default_rng(0)
     full = rng.standard_normal((6, 16, 16)).astype(np.float32) * 0.1

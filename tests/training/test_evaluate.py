@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("skimage")
 
-from scanside.models import ctsim  # noqa: E402
-from scanside.models.evaluate import (  # noqa: E402
+from scanside.training import ctsim  # noqa: E402
+from scanside.training.evaluate import (  # noqa: E402
     Scores, false_blobs, lesion_floor, psnr, region_contrast, ssim,
 )
 
@@ -137,7 +137,7 @@ def test_evaluate_end_to_end_on_a_tiny_trained_model(tmp_path, capsys):
     pytest.importorskip("torch")
     from scanside.cli import main
     from scanside.export import export_model
-    from scanside.models.train import Settings, train_default
+    from scanside.training.train import Settings, train_default
 
     settings = Settings(recipe="ct-tiny", scenes=(("natural", 1), ("phantom", 1)),
                         patches=(("natural", 1), ("phantom", 1)), patch=32, unet_steps=1,
@@ -169,7 +169,7 @@ def test_evaluate_end_to_end_on_a_tiny_trained_model(tmp_path, capsys):
 
 def test_bm3d_peer_is_given_the_true_noise_level_and_denoises():
     pytest.importorskip("bm3d")
-    from scanside.models.evaluate import bm3d_filter, oracle_noise
+    from scanside.training.evaluate import bm3d_filter, oracle_noise
 
     rng = np.random.default_rng(0)
     ref = np.full((64, 64), 40.0)
@@ -185,8 +185,8 @@ def test_bm3d_factor_is_tuned_per_noise_level_beyond_one_and_a_half():
     exceed the noise std (2-2.5x on real CT). The grid used to stop at 1.5 and one factor, tuned
     on the phantoms at one dose, served every noise level: BM3D was left 1-2 dB weak."""
     pytest.importorskip("bm3d")
-    from scanside.models import realct
-    from scanside.models.evaluate import BM3D_GRID, TunedBM3D, tune_bm3d
+    from scanside.training import realct
+    from scanside.training.evaluate import BM3D_GRID, TunedBM3D, tune_bm3d
 
     yy, xx = np.mgrid[-48:48, -48:48]
     hu = np.where(xx**2 + yy**2 < 44**2, 40.0, -1000.0)

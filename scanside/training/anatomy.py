@@ -208,7 +208,7 @@ def xcist_chest(name: str) -> tuple[tuple[str, ...], np.ndarray]:
     """(material names, (M, H, W) float32 maps) of one XCIST chest zip, each map placed in the
     slab's common 0.25 mm grid as gecatsim's Phantom_Voxelized does: a map's centre lies at
     ((size + 1) / 2 - offset) pixels from the isocentre, and its rows run against y (read the
-    other way, heart and blood, muscle and lung overlap; tests/models/test_anatomy.py)."""
+    other way, heart and blood, muscle and lung overlap; tests/training/test_anatomy.py)."""
     import json
     import zipfile
 

@@ -602,7 +602,7 @@ def write_model(parts: dict, tokenizer_dir: Path, out: Path, settings: Settings,
     model_settings = {"enhance": ENHANCE, **recipe(settings.recipe).model_settings(settings.patch)}
     (staging / SETTINGS_FILE).write_text(json.dumps(model_settings, indent=2) + "\n")
     (staging / "training.json").write_text(json.dumps(
-        {"task": "low-dose CT denoising (synthetic: scanside.models.anatomy, ctsim)", "prompt": PROMPT,
+        {"task": "low-dose CT denoising (synthetic: scanside.training.anatomy, ctsim)", "prompt": PROMPT,
          "settings": asdict(settings), **info, **lineage(settings)}, indent=2) + "\n")
     shutil.rmtree(model_dir, ignore_errors=True)
     os.replace(staging, model_dir)

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("skimage")
 
-from scanside.models import realct  # noqa: E402
+from scanside.training import realct  # noqa: E402
 
 
 def test_flat_regions_are_soft_tissue_away_from_edges():
@@ -41,7 +41,7 @@ def test_a_real_slice_at_the_asked_noise_levels():
 
 
 def test_validation_scenes_are_training_sources_at_seeds_training_never_draws():
-    from scanside.models.train import Settings
+    from scanside.training.train import Settings
 
     drawn = max(count for _, count in Settings().scenes)
     assert realct.VALIDATION_SEED > 100 * drawn  # far above any count a run would use

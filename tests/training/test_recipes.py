@@ -9,8 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from scanside.errors import InputError  # noqa: E402
-from scanside.models import build, recipe  # noqa: E402
-from scanside.models.recipes import build_components  # noqa: E402
+from scanside.training import build, recipe  # noqa: E402
+from scanside.training.recipes import build_components  # noqa: E402
 
 
 def test_tiny_is_a_diffusers_folder(tiny_model):
