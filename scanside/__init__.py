@@ -7,6 +7,6 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
-from .runtime import Pipeline  # noqa: E402
+from .runtime import Pipeline, Sampling  # noqa: E402
 
-__all__ = ["Pipeline", "__version__"]
+__all__ = ["Pipeline", "Sampling", "__version__"]

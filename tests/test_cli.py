@@ -89,7 +89,7 @@ def test_bad_arguments(tiny_engine, png, tmp_path, capsys, extra, fragment):
 
 
 def test_consistency_takes_a_scale_or_a_band():
-    from scanside.cli import consistency_arg
+    from scanside.cli.options import consistency_arg
 
     assert consistency_arg("8") == 8.0 and consistency_arg("0") == 0.0
     assert consistency_arg("2:32") == [2.0, 32.0]

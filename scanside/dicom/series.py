@@ -10,20 +10,20 @@ import hashlib
 import logging
 import os
 import time
-import traceback
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, Optional, Protocol, Sequence
+from typing import IO, TYPE_CHECKING, Any, Callable, Optional, Protocol, Sequence
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from tqdm.auto import tqdm
 
+from scanside.batch import Report, one_file
 from scanside.errors import InputError, OutputError
 from scanside.files import folder_lock, remove_partials
 from scanside.runtime.parallel import in_order
+from scanside.runtime.sampling import Sampling
 
 from . import parse
 from . import preview as previews
@@ -41,54 +41,15 @@ log = logging.getLogger(__name__)
 class Enhancer(Protocol):
     """What enhance_series needs of a pipeline: scanside.Pipeline, or a test's stand-in."""
 
-    def enhance(self, image: np.ndarray, **sampling: Any) -> np.ndarray: ...
+    def enhance(self, image: np.ndarray, sampling: Sampling) -> np.ndarray: ...
 
-    def describe(self, **sampling: Any) -> str: ...
+    def describe(self, sampling: Sampling) -> str: ...
 
-    def fingerprint(self, **sampling: Any) -> str: ...
-
-
-@dataclass
-class Report:
-    written: list[Path] = field(default_factory=list)
-    failures: list[tuple[Path, str]] = field(default_factory=list)
-    skipped: list[Path] = field(default_factory=list)  # finished by an earlier run
-    images: int = 0
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
-    def absorb(self, other: "Report") -> None:
-        """Add ``other``'s files and images (one instance's report, in the batch's order)."""
-        self.written += other.written
-        self.failures += other.failures
-        self.skipped += other.skipped
-        self.images += other.images
-
-
-@contextmanager
-def one_file(path: Path, report: Report) -> Iterator[None]:
-    """A problem of the file at ``path`` goes into ``report`` and the batch goes on; an
-    output that cannot be written, an interrupt or exhausted memory stop it."""
-    try:
-        yield
-    except InputError as exc:
-        report.failures.append((path, str(exc)))
-    except (OutputError, KeyboardInterrupt, MemoryError):
-        raise
-    except Exception as exc:  # noqa: BLE001 - one file's bug must not end the batch
-        # Where it happened, not the message: a message may quote a value.
-        log.info("internal error on %s: %s at\n%s", path, type(exc).__name__,
-                 "".join(traceback.format_tb(exc.__traceback__)))
-        report.failures.append((path, (
-            f"{path}: internal error ({type(exc).__name__}) while enhancing it; please report "
-            "it to scanside with `-v` output")))
+    def fingerprint(self, sampling: Sampling) -> str: ...
 
 
 def enhance_frames(pipeline: Enhancer, ds: Dataset, path: Path, window: Optional[Window],
-                   sampling: dict[str, Any]) -> tuple[np.ndarray, Window, np.ndarray]:
+                   sampling: Sampling) -> tuple[np.ndarray, Window, np.ndarray]:
     """Every frame, decoded, enhanced and stored one at a time -> ((F, H, W) stored values in
     the source's dtype, the last frame's window, the first frame's modality values)."""
     inverted = str(ds.PhotometricInterpretation) == "MONOCHROME1"
@@ -99,7 +60,7 @@ def enhance_frames(pipeline: Enhancer, ds: Dataset, path: Path, window: Optional
         used = choose(ds, values, window)
         unit = used.to_unit(values)
         # MONOCHROME1 displays low values white; the model sees every image as displayed.
-        out = pipeline.enhance(1 - unit if inverted else unit, **sampling)
+        out = pipeline.enhance(1 - unit if inverted else unit, sampling)
         out = 1 - out if inverted else out
         stored = to_stored(used.restore(used.from_unit(out), values), ds, f)
         if result is None:
@@ -108,24 +69,32 @@ def enhance_frames(pipeline: Enhancer, ds: Dataset, path: Path, window: Optional
     return result, used, first
 
 
-def describe(pipeline: Enhancer, window: Window, sampling: dict[str, Any]) -> str:
-    return (f"{pipeline.describe(**sampling)}; window {window.center:g},{window.width:g} "
+def describe(pipeline: Enhancer, window: Window, sampling: Sampling) -> str:
+    return (f"{pipeline.describe(sampling)}; window {window.center:g},{window.width:g} "
             f"({window.source}); values outside the window kept from the source")
 
 
-def run_fingerprint(pipeline: Enhancer, window: Optional[Window], sampling: dict[str, Any]) -> str:
+def run_fingerprint(pipeline: Enhancer, window: Optional[Window], sampling: Sampling) -> str:
     """The pipeline's fingerprint with the window argument: what derived UIDs come from."""
-    base = pipeline.fingerprint(**sampling)
+    base = pipeline.fingerprint(sampling)
     if not base:
         return ""
     chosen = "per file" if window is None else f"{window.center!r},{window.width!r}"
     return hashlib.sha256(f"{base}|window {chosen}".encode()).hexdigest()
 
 
-def enhance_dataset(pipeline: Enhancer, ds: Dataset, *, window: Optional[Window] = None,
-                    series_uid: Optional[str] = None, **sampling: Any) -> Dataset:
+def enhance_dataset(ds: Dataset, pipeline: Enhancer, sampling: Optional[Sampling] = None, *,
+                    window: Optional[Window] = None, series_uid: Optional[str] = None,
+                    **settings: Any) -> Dataset:
     """One in-memory dataset -> its derived, enhanced counterpart (a new instance; the same
-    UIDs each time for the same source, engine and settings)."""
+    UIDs each time for the same source, engine and settings). ``sampling``: see
+    scanside.Sampling (keyword settings as before still work in its place)."""
+    if isinstance(pipeline, Dataset) and not isinstance(ds, Dataset):
+        ds, pipeline = pipeline, ds  # scanside 0.1.0's order: enhance_dataset(pipeline, ds)
+    if not isinstance(ds, Dataset):
+        raise InputError(f"ds: expected a pydicom Dataset, got {type(ds).__name__}; call "
+                         "enhance_dataset(ds, pipeline, sampling)")
+    sampling = Sampling.of(sampling, **settings)
     where = Path("<dataset>")
     with parse.quiet():
         parse.decode_all(ds, where)
@@ -164,7 +133,8 @@ def enhance_series(paths: Sequence[Path], pipeline: Enhancer, out_dir: Path, *,
                    window: Optional[Window] = None, preview: bool = False,
                    progress: bool = True, overwrite: bool = False,
                    on_output: Optional[Callable[[Path], None]] = None,
-                   names: str = "position", workers: int = 1, **sampling: Any) -> Report:
+                   names: str = "position", workers: int = 1,
+                   sampling: Optional[Sampling] = None, **settings: Any) -> Report:
     """Enhance every image series under ``paths`` into new series under ``out_dir``.
 
     Resumable: UIDs and file names are the same on every run with the same inputs, engine and
@@ -178,7 +148,9 @@ def enhance_series(paths: Sequence[Path], pipeline: Enhancer, out_dir: Path, *,
     node where late or out-of-order slices arrive). ``workers``: instances enhanced at once,
     each read, enhanced and written by one worker thread while the others run (see
     scanside.runtime.parallel; load the pipeline with ``threads_per_worker(workers)``);
-    reports, ``on_output`` calls and file names stay in the series' order."""
+    reports, ``on_output`` calls and file names stay in the series' order. ``sampling``: see
+    scanside.Sampling (keyword settings as before still work in its place)."""
+    sampling = Sampling.of(sampling, **settings)
     out_dir = Path(out_dir)
     check_output_dir(out_dir, paths)
     with folder_lock(out_dir, "--out"):
@@ -229,7 +201,7 @@ class Job:
     pipeline: Enhancer
     window: Optional[Window]
     preview: bool
-    sampling: dict[str, Any]
+    sampling: Sampling
     fingerprint: str
     overwrite: bool
 

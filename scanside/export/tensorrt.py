@@ -12,8 +12,8 @@ from pathlib import Path
 from scanside.errors import InputError
 from scanside.runtime.artifacts import Manifest
 from scanside.runtime.engines import Backend
+from scanside.runtime.engines.devices import unfit_backends
 from scanside.runtime.engines.tensorrt import cache_root, ensure_plan, trtexec_command
-from scanside.runtime.pipeline import unfit_backends
 
 SCRIPT_HEADER = """#!/usr/bin/env bash
 # TensorRT plans for {engine} with trtexec, written by `scanside export --trtexec-script`.

@@ -33,6 +33,7 @@ from scanside.dicom.window import Window
 from scanside.dicom.write import write_bytes
 from scanside.errors import InputError, OutputError
 from scanside.files import folder_lock, remove_partials
+from scanside.runtime.sampling import Sampling
 
 from .journal import Journal, Send, open_journal
 
@@ -103,7 +104,7 @@ class NodeSettings:
     series_idle: float = 30.0
     forward_originals: bool = False
     window: Optional[Window] = None
-    sampling: dict[str, Any] = field(default_factory=dict)
+    sampling: Sampling = field(default_factory=Sampling)
     tls_cert: Optional[Path] = None
     tls_key: Optional[Path] = None
     tls_ca: Optional[Path] = None
@@ -270,7 +271,7 @@ class Node:
                                                                              destinations),
                                         names="uid",  # a series may grow, out of order
                                         workers=self.settings.workers,
-                                        **self.settings.sampling)
+                                        sampling=self.settings.sampling)
             except OutputError as exc:  # the spool is full: tried again on the next step
                 journal.event("spool", str(exc))
                 return

@@ -2,5 +2,6 @@
 scanside.export (a test checks it with those imports blocked)."""
 
 from .pipeline import Pipeline
+from .sampling import Sampling
 
-__all__ = ["Pipeline"]
+__all__ = ["Pipeline", "Sampling"]

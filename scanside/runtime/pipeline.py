@@ -14,26 +14,24 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
-from pydicom.dataset import Dataset
 from tqdm.auto import tqdm
 
 from scanside.errors import InputError
 
 from . import images, noise_level, schedulers
-from .artifacts import COMPONENTS, TOKENIZER, Attention, Conditioning, Manifest, read_manifest
+from .artifacts import COMPONENTS, TOKENIZER, Conditioning, Manifest, read_manifest
 from .default import default_engine_dir
 from .engines import Backend, Engine, GpuOptions, open_engine
+from .engines.devices import unfit_backends
+from .sampling import DEFAULTS, Sampling, check_consistency, check_guidance, check_seed  # noqa: F401
 from .schedulers import Plan, SchedulerName
 from .schedulers.lcm import guidance_embedding
 from .tiles import Grid, fitted_tile, run_tiled
 from .timing import NullTimer, StageTimer
 from .tokenizer import ClipTokenizer
-
-if TYPE_CHECKING:
-    from scanside.dicom import Window
 
 log = logging.getLogger(__name__)
 
@@ -49,52 +47,35 @@ DIFFUSERS_NAMES = {
 }
 
 
-# scanside's enhancement settings where neither the caller nor the model's manifest says.
 # The most image pixels (tiles x tile area) one tiled engine call takes: a 1024 px tile alone,
 # or sixteen 256 px tiles. One such call of the built-in model peaks at about 1.3 GB.
 CALL_PIXELS = 1024 * 1024
-ENHANCE_DEFAULTS: dict[str, object] = {"prompt": "", "negative_prompt": None, "strength": 0.3,
-                                       "steps": 20, "guidance": 1.0, "scheduler": None,
-                                       "ensemble": 1, "consistency_px": 0, "noise_factor": 1.0}
+ENHANCE_DEFAULTS = DEFAULTS  # its name before scanside.runtime.sampling owned it
 
 
-Consistency = tuple[float, Optional[float]]  # (from, to) px; to None: all coarser than from
-ConsistencyPx = Union[float, Sequence[float], None]  # as callers give it: PX or [PX, MAX]
-
-
-def check_consistency(value: object) -> Consistency:
-    """``consistency_px`` as (from, to): a number PX keeps the input's content coarser than PX
-    (0: off), a pair [PX, MAX] only its content between PX and MAX px, the model's own beyond
-    (so the model's large-scale HU correction stays while finer structure is the input's)."""
-    def number(v: object) -> bool:
-        return not isinstance(v, bool) and isinstance(v, (int, float)) and bool(np.isfinite(v))
-
-    if number(value) and value >= 0:
-        return float(value), None
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(map(number, value)) \
-            and 0 < value[0] < value[1]:
-        return float(value[0]), float(value[1])
-    raise InputError(f"consistency_px: {value!r} is neither a number >= 0 nor a pair [PX, MAX] "
-                     "with 0 < PX < MAX (pixels; 0 turns it off, about 8 keeps the input's mean "
-                     "HU of flat tissue, [2, 32] its lesion-scale contrast)")
-
-
-def check_noise_factor(value: object, manifest: Manifest, engine_dir: Path) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
-            or not np.isfinite(value):
-        raise InputError(f"noise_factor: {value!r} is not a number > 0 (1 tells the model the "
-                         "noise estimated from the image; 1.5 removes more, 0.7 keeps more texture)")
-    if value != 1 and not manifest.noise_level:
+def check_noise_conditioned(sampling: Sampling, manifest: Manifest, engine_dir: Path) -> None:
+    if sampling.noise_factor not in (None, 1) and not manifest.noise_level:
         raise InputError(f"noise_factor: {engine_dir} is not a noise-conditioned model (it reads "
                          "the noise from the image itself); leave noise_factor at 1")
-    return float(value)
+
+
+def without_call_options(settings: dict[str, Any]) -> dict[str, Any]:
+    """Keyword settings less those of a call rather than of the sampling (callers of describe
+    and fingerprint used to pass enhance's keywords through whole)."""
+    return {k: v for k, v in settings.items() if k not in ("progress", "window")}
+
+
+def not_a_dataset(image: object) -> None:
+    """The runtime takes arrays; DICOM datasets belong to scanside.dicom."""
+    if type(image).__name__ in ("Dataset", "FileDataset"):
+        raise InputError("image: a DICOM dataset; Pipeline.enhance takes pixel arrays now. Use "
+                         "scanside.dicom.enhance_dataset(ds, pipeline, sampling, window=...) for "
+                         "a derived dataset, or pass ds.pixel_array")
 
 
 def seeded_noise(seed: int) -> NoiseSource:
     """Standard normal float32 draws from numpy's PCG64; any int is a seed, 0 included."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InputError(f"seed: {seed!r} is not a non-negative integer; use e.g. seed=0")
-    rng = np.random.default_rng(int(seed))
+    rng = np.random.default_rng(check_seed(seed))
     return lambda shape: rng.standard_normal(shape, dtype=np.float32)
 
 
@@ -115,16 +96,6 @@ def fixed_draw(fixed: Optional[np.ndarray], draw: NoiseSource, shape: tuple[int,
         raise InputError(f"{argument}: shape {fixed.shape} dtype {fixed.dtype}, expected "
                          f"float {shape} for this engine")
     return fixed.astype(np.float32)
-
-
-def unfit_backends(manifest: Manifest, engine_dir: Path) -> dict[Backend, str]:
-    """Backends this engine cannot run on, with why and the fix."""
-    if manifest.attention is Attention.FUSED:
-        return {Backend.TENSORRT: (
-            f"{engine_dir} was exported with --attention fused (ONNX Runtime's "
-            "MultiHeadAttention), which TensorRT's parser does not take; re-export it with "
-            "--attention plain (TensorRT fuses attention itself)")}
-    return {}
 
 
 @dataclass
@@ -367,11 +338,6 @@ class Pipeline:
                 return int(t.shape[1])
         return 0
 
-    def check_guidance(self, guidance: float) -> None:
-        if not isinstance(guidance, (int, float)) or not np.isfinite(guidance) or guidance < 0:
-            raise InputError(f"guidance: {guidance!r} is not a number >= 0; use 1 for none, "
-                             "or 5-8 for classifier-free guidance")
-
     def denoise(self, plan: Plan, latents: np.ndarray, prompt: str, negative_prompt: str,
                 guidance: float, draw: NoiseSource, condition: Optional[np.ndarray],
                 progress: bool, grid: Optional[Grid] = None) -> np.ndarray:
@@ -414,7 +380,7 @@ class Pipeline:
         """Text to image: (H, W, C) float32 in [0, 1]."""
         if self.manifest.conditioning is Conditioning.CONCAT:
             raise InputError("generate: this engine's UNet is image-conditioned; use enhance()")
-        self.check_guidance(guidance)
+        check_guidance(guidance)
         height, width = self.image_size(height, width)
         plan = self.plan(scheduler, steps, 1.0)
         fixed, draw = noise_source(latents, seed, "latents")
@@ -424,68 +390,53 @@ class Pipeline:
             x = self.denoise(plan, x, prompt, negative_prompt or "", guidance, draw, None, progress)
         return images.finish(self.decode(x), height, width, gray=False)
 
-    def sampling_defaults(self, **given: object) -> dict[str, object]:
-        """Enhancement settings: what the caller gave (not None), else the model's own
-        (``enhance_defaults`` in its manifest), else scanside's."""
-        settings = {**ENHANCE_DEFAULTS, **self.manifest.enhance_defaults}
-        settings.update({k: v for k, v in given.items() if v is not None})
-        return settings
+    def resolve(self, sampling: Optional[Sampling] = None) -> Sampling:
+        """``sampling`` with every unset setting taken from this model's own defaults
+        (``enhance_defaults`` in its manifest), else scanside's: what ``enhance`` will use."""
+        resolved = Sampling.of(sampling).resolve(self.manifest.enhance_defaults)
+        check_noise_conditioned(resolved, self.manifest, self.engine_dir)
+        return resolved
 
-    def enhance(self, image: "np.ndarray | Dataset", *, prompt: Optional[str] = None,
-                strength: Optional[float] = None, steps: Optional[int] = None,
-                guidance: Optional[float] = None, seed: int = 0,
-                scheduler: Union[str, SchedulerName, None] = None,
-                negative_prompt: Optional[str] = None, noise: Noise = None,
-                progress: bool = False, window: "Optional[Window]" = None,
-                ensemble: Optional[int] = None, consistency_px: ConsistencyPx = None,
-                noise_factor: Optional[float] = None):
+    def sampling_defaults(self, **given: object) -> dict[str, object]:
+        """The resolved settings as a dict (before ``resolve`` and Sampling existed)."""
+        resolved = self.resolve(Sampling.of(**given))
+        return {name: getattr(resolved, name) for name in DEFAULTS} | (
+            {"seed": resolved.seed} if resolved.seed is not None else {})
+
+    def enhance(self, image: np.ndarray, sampling: Optional[Sampling] = None, *,
+                noise: Noise = None, progress: bool = False, **settings: Any) -> np.ndarray:
         """Enhance ``image`` ((H, W) or (H, W, C), [0, 1] floats or uint8/16) -> same layout.
 
         Plain UNets run img2img (SDEdit): the image's latent is noised to ``strength`` and
-        denoised. Image-conditioned UNets also see the image's latent at every step.
-        ``ensemble`` (1, 2, 4 or 8) enhances that many rotated/mirrored views and averages
-        them turned back: a geometric self-ensemble, that many times the work.
-        ``consistency_px`` > 0 takes the result's content coarser than a Gaussian of that many
-        pixels from the input (data consistency): large-scale means, such as an organ's HU,
-        stay the input's whatever the model does; 0 turns it off. A pair [PX, MAX] takes only
-        the content between the two scales from the input (see check_consistency).
-        ``noise_factor`` (noise-conditioned models only) multiplies the noise level estimated
-        from the image before the model is given it: above 1 removes more, below 1 keeps more.
-        Settings left as None take the model's own defaults (see ``sampling_defaults``).
-        A pydicom Dataset gives a derived Dataset back (see scanside.dicom), in ``window``.
+        denoised. Image-conditioned UNets also see the image's latent at every step. How:
+        ``sampling`` (see scanside.Sampling; unset settings take the model's own). The keyword
+        settings of earlier versions (``strength=0.1``, ...) still work in its place.
+        ``noise``: the start noise (an array of the latent shape) or a function drawing every
+        noise array, instead of the seed's draws. DICOM datasets go through
+        scanside.dicom.enhance_dataset.
         """
-        s = self.sampling_defaults(prompt=prompt, strength=strength, steps=steps,
-                                   guidance=guidance, scheduler=scheduler,
-                                   negative_prompt=negative_prompt, ensemble=ensemble,
-                                   consistency_px=consistency_px, noise_factor=noise_factor)
-        prompt, strength, steps = s["prompt"], s["strength"], s["steps"]
-        guidance, scheduler, negative_prompt = s["guidance"], s["scheduler"], s["negative_prompt"]
-        ensemble, (fine, coarse) = s["ensemble"], check_consistency(s["consistency_px"])
-        factor = check_noise_factor(s["noise_factor"], self.manifest, self.engine_dir)
-        if isinstance(image, Dataset):
-            from scanside.dicom import enhance_dataset
-
-            return enhance_dataset(self, image, window=window, prompt=prompt, strength=strength,
-                                   steps=steps, guidance=guidance, seed=seed,
-                                   scheduler=scheduler, negative_prompt=negative_prompt,
-                                   noise=noise, ensemble=ensemble,
-                                   consistency_px=s["consistency_px"],
-                                   noise_factor=factor)
-        self.check_guidance(guidance)
+        not_a_dataset(image)
+        if settings.get("window") is not None:
+            raise InputError("window: a DICOM setting; Pipeline.enhance takes arrays already in "
+                             "[0, 1]. Use scanside.dicom.enhance_dataset(ds, pipeline, sampling, "
+                             "window=...)")
+        settings.pop("window", None)
+        s = self.resolve(Sampling.of(sampling, **settings))
         prepared = self.prepare(image)
-        views = images.ensemble_views(ensemble)
+        views = images.ensemble_views(s.ensemble)
         m = self.manifest
         if len(views) == 8 and not m.dynamic and m.height != m.width:
             raise InputError(f"ensemble: 8 views include quarter turns, which a static "
                              f"{m.height}x{m.width} engine cannot take; use 4 (mirrors and half "
                              "turns), or export the engine square or --dynamic")
-        plan = self.plan(scheduler, steps, strength)
-        level = self.noise_channel(prepared.pixels, factor)  # one value for every view
+        plan = self.plan(s.scheduler, s.steps, s.strength)
+        level = self.noise_channel(prepared.pixels, s.noise_factor)  # one value for every view
         decoded = [images.undo_dihedral(self.enhance_pixels(
-            images.dihedral(prepared.pixels, k), plan, prompt, negative_prompt or "", guidance,
-            noise, seed, progress, level), k) for k in views]
+            images.dihedral(prepared.pixels, k), plan, s.prompt, s.negative_prompt or "",
+            s.guidance, noise, s.seed_value, progress, level), k) for k in views]
         mean = decoded[0] if len(decoded) == 1 else np.mean(decoded, axis=0)
         out = images.finish(mean, prepared.height, prepared.width, prepared.gray)
+        fine, coarse = s.consistency
         if fine:
             source = images.finish(prepared.pixels, prepared.height, prepared.width, prepared.gray)
             out = images.keep_low_frequencies(out, source, fine, coarse)
@@ -556,58 +507,42 @@ class Pipeline:
         decoded = self.decode(mean * np.float32(self.manifest.vae_scaling_factor), grid)
         return images.finish(decoded, prepared.height, prepared.width, prepared.gray)
 
-    def describe(self, *, prompt: Optional[str] = None, strength: Optional[float] = None,
-                 steps: Optional[int] = None, guidance: Optional[float] = None, seed: int = 0,
-                 scheduler: Union[str, SchedulerName, None] = None,
-                 ensemble: Optional[int] = None, consistency_px: ConsistencyPx = None,
-                 noise_factor: Optional[float] = None, **_: object) -> str:
-        """Provenance of an enhancement, for DICOM's DerivationDescription."""
+    def describe(self, sampling: Optional[Sampling] = None, **settings: Any) -> str:
+        """Provenance of an enhancement with ``sampling``, for DICOM's DerivationDescription."""
         from scanside import __version__
 
-        s = self.sampling_defaults(prompt=prompt, strength=strength, steps=steps,
-                                   guidance=guidance, scheduler=scheduler, ensemble=ensemble,
-                                   consistency_px=consistency_px, noise_factor=noise_factor)
-        prompt, strength, steps = s["prompt"], s["strength"], s["steps"]
-        guidance, scheduler = s["guidance"], s["scheduler"]
-        plan = self.plan(scheduler, steps, strength)
+        s = self.resolve(Sampling.of(sampling, **without_call_options(settings)))
+        plan = self.plan(s.scheduler, s.steps, s.strength)
         m = self.manifest
-        views = f"; ensemble of {s['ensemble']} views" if s["ensemble"] != 1 else ""
-        fine, coarse = check_consistency(s["consistency_px"])
-        if fine:
-            views += (f"; input kept above {fine:g} px" if coarse is None else
-                      f"; input kept between {fine:g} and {coarse:g} px") + " (data consistency)"
+        views = s.views_text()
         if m.noise_level:  # the model was told the image's own noise level, or a multiple
             views += (f"; noise level estimated from the image ({m.noise_level['estimator']})"
-                      + (f" x {s['noise_factor']:g}" if s["noise_factor"] != 1 else ""))
+                      + (f" x {s.noise_factor:g}" if s.noise_factor != 1 else ""))
         if m.tiny_vae:  # a reader of the DICOM should know the pixels went through TAESD
             views += (f"; tiny VAE sha256 {m.tiny_vae['source_hash'][:16]} for "
                       f"{'+'.join(m.tiny_vae['components'])}")
         return (f"scanside {__version__} diffusion enhancement; model sha256 {m.source_hash[:16]}; "
-                f"{m.precision.value}; backend {self.backend.value}; scheduler {plan.algorithm}; "
-                f"steps {steps}; strength {strength:g}; guidance {guidance:g}; seed {seed}{views}; "
-                f"prompt {prompt!r}")
+                f"{m.precision.value}; backend {self.backend.value}; "
+                f"{s.schedule_text(plan.algorithm)}{views}; prompt {s.prompt!r}")
 
-    def fingerprint(self, *, noise: Noise = None, **sampling: object) -> str:
-        """sha256 of everything that decides what ``enhance(**sampling)`` computes: the engine's
-        ONNX files (their manifest hashes), the backend, the tiling budget, the settings as
-        resolved against the model's defaults, and scanside's version. Derived DICOM UIDs come
-        from it. '' when the noise is a caller's function, which cannot be identified."""
+    def fingerprint(self, sampling: Optional[Sampling] = None, *, noise: Noise = None,
+                    **settings: Any) -> str:
+        """sha256 of everything that decides what ``enhance(image, sampling)`` computes: the
+        engine's ONNX files (their manifest hashes), the backend, the tiling budget, the
+        settings as resolved against the model's defaults, and scanside's version. Derived
+        DICOM UIDs come from it. '' when the noise is a caller's function, which cannot be
+        identified."""
         import hashlib
-        import json
 
         from scanside import __version__
 
         if callable(noise):
             return ""
-        given = {k: v for k, v in sampling.items() if k not in ("progress", "window")}
-        settings = self.sampling_defaults(**given)
-        if settings["noise_factor"] == 1:  # only when set: existing UIDs stay as they were
-            del settings["noise_factor"]
-        settings["scheduler"] = self.plan(settings["scheduler"], int(settings["steps"]),
-                                          float(settings["strength"])).algorithm
+        s = self.resolve(Sampling.of(sampling, **without_call_options(settings)))
+        algorithm = self.plan(s.scheduler, s.steps, s.strength).algorithm
         m = self.manifest
         identity = {"scanside": __version__, "backend": self.backend.value,
-                    "max_tile": self.max_tile, "settings": settings,
+                    "max_tile": self.max_tile, "settings": s.identity(algorithm),
                     "components": {name: c.sha256 for name, c in sorted(m.components.items())},
                     "vae_affine": m.vae_affine,
                     "noise": (hashlib.sha256(np.ascontiguousarray(noise)).hexdigest()

@@ -45,6 +45,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from scanside.dicom.window import Window
+from scanside.runtime.sampling import Sampling
 
 from . import ctsim, realct
 
@@ -343,13 +344,13 @@ def to_unit(hu: np.ndarray) -> np.ndarray:
     return HU_WINDOW.to_unit(hu)
 
 
-def model_enhancer(engine_dir: Optional[Path], sampling: dict[str, Any]):
+def model_enhancer(engine_dir: Optional[Path], sampling: Sampling):
     from scanside import Pipeline
 
     pipe = Pipeline.load(engine_dir)
 
     def enhance(hu: np.ndarray) -> np.ndarray:
-        return HU_WINDOW.from_unit(pipe.enhance(to_unit(hu), **sampling))
+        return HU_WINDOW.from_unit(pipe.enhance(to_unit(hu), sampling))
 
     return pipe, enhance
 
@@ -361,10 +362,12 @@ def vae_round_trip(pipe, hu: np.ndarray) -> np.ndarray:
 
 def evaluate(engine_dir: Optional[Path] = None, *, pairs: int = ctsim.TEST_PAIRS,
              split: str = "test", workers: int = 2, echo: Callable[[str], None] = print,
-             skip: frozenset = frozenset(), **sampling: Any) -> dict[str, Any]:
+             skip: frozenset = frozenset(), sampling: Optional[Sampling] = None,
+             **settings: Any) -> dict[str, Any]:
     """Figures for the engine (the embedded default when None) on ``pairs`` pairs of
     ``split``: "test" for the figures, "val" to choose sampling settings without touching
     the test set. ``skip`` leaves out sections by name (SECTIONS)."""
+    sampling = Sampling.of(sampling, **settings)
     unknown = set(skip) - set(SECTIONS)
     if unknown:
         raise ValueError(f"evaluate: unknown section(s) {sorted(unknown)}; choose from {SECTIONS}")
@@ -432,7 +435,7 @@ def evaluate(engine_dir: Optional[Path] = None, *, pairs: int = ctsim.TEST_PAIRS
                          "anatomy": None if anatomy_bm3d is None else anatomy_bm3d.factors},
         "engine": str(pipe.engine_dir), "precision": m.precision.value,
         "model_hash": m.source_hash, "size": size, "split": split, "test_pairs": len(test),
-        "sampling": {k: v for k, v in pipe.sampling_defaults(**sampling).items()},
+        "sampling": pipe.sampling_defaults(**sampling.given()),
         "window_hu": list(WINDOW), "data_range": DATA_RANGE,
         "methods": {name: scores.summary() for name, scores in results.items()},
     }

@@ -11,6 +11,7 @@ import pydicom
 import pytest
 
 from scanside import Pipeline
+from scanside.errors import InputError
 from scanside.cli import main
 
 from .conftest import SENTINELS, ct_phantom, ct_slice, pydicom_file
@@ -112,14 +113,29 @@ def test_bad_window(tiny_engine, ct_series, tmp_path, capsys, value):
     assert not (tmp_path / "o").exists()
 
 
-def test_pipeline_enhance_takes_a_dataset(tiny_engine, ct_series):
+def test_enhance_dataset_derives_a_dataset(tiny_engine, ct_series):
+    from scanside import Sampling
+    from scanside.dicom import enhance_dataset
+
     source = pydicom.dcmread(ct_series[0])
     original = source.PixelData
-    derived = Pipeline.load(tiny_engine).enhance(source, steps=4, strength=0.5)
+    pipe = Pipeline.load(tiny_engine)
+    derived = enhance_dataset(source, pipe, Sampling(steps=4, strength=0.5))
     assert isinstance(derived, pydicom.Dataset)
     assert derived.SOPInstanceUID != source.SOPInstanceUID
     assert derived.ImageType[0] == "DERIVED"
     assert source.PixelData == original  # the caller's dataset is not modified
+    # scanside 0.1.0's argument order and keyword settings give the same derived instance.
+    again = enhance_dataset(pipe, source, steps=4, strength=0.5)
+    assert again.SOPInstanceUID == derived.SOPInstanceUID
+    assert again.PixelData == derived.PixelData
+
+
+def test_pipeline_enhance_names_the_dataset_path(tiny_engine, ct_series):
+    # Pipeline.enhance took a Dataset until the runtime became arrays only.
+    source = pydicom.dcmread(ct_series[0])
+    with pytest.raises(InputError, match=r"scanside\.dicom\.enhance_dataset\(ds, pipeline"):
+        Pipeline.load(tiny_engine).enhance(source, steps=4, strength=0.5)
 
 
 def test_an_image_larger_than_a_static_engine_runs_in_tiles(tiny_engine, tmp_path, capsys):

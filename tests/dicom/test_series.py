@@ -138,7 +138,7 @@ def test_monochrome1_is_shown_to_the_model_as_displayed(radiograph_monochrome1, 
     seen = []
 
     class Spy(Identity):
-        def enhance(self, image, **sampling):
+        def enhance(self, image, sampling):
             seen.append(image)
             return image
 

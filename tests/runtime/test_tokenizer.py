@@ -11,7 +11,7 @@ from scanside.runtime.tokenizer import ClipTokenizer
 
 transformers = pytest.importorskip("transformers")
 
-CLIP_DIR = Path(__file__).resolve().parents[2] / "scanside" / "models" / "data" / "clip-tokenizer"
+CLIP_DIR = Path(__file__).resolve().parents[2] / "scanside" / "training" / "data" / "clip-tokenizer"
 PROMPTS = [
     "a photo of a cat",
     "一张肺部CT扫描图像，显示出明显的肿瘤",  # the fast tokenizer gives other ids here

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from scanside.errors import BackendUnavailable
+
+from scanside.runtime.artifacts import Attention, Manifest
 
 from .base import Backend
 
@@ -25,7 +28,8 @@ ORT_PROVIDERS = {Backend.CPU: "CPUExecutionProvider", Backend.CUDA: "CUDAExecuti
                  Backend.ORT_TENSORRT: "TensorrtExecutionProvider"}
 INSTALL = {
     Backend.CUDA: "pip uninstall -y onnxruntime && pip install 'scanside[gpu]' (onnxruntime-gpu, "
-                  "CUDA 12 and cuDNN 9 on the machine; on a Jetson, the onnxruntime-gpu wheel "
+                  "whose current releases (1.31) are built for CUDA 13 and cuDNN 9, which the "
+                  "machine needs; on a Jetson, the onnxruntime-gpu wheel "
                   "for its JetPack)",
     Backend.ORT_TENSORRT: "pip uninstall -y onnxruntime && pip install 'scanside[gpu]' "
                           "(onnxruntime-gpu with TensorRT 10 libraries on the library path; on a "
@@ -127,3 +131,13 @@ def choose(requested: "str | Backend", unfit: "Optional[dict[Backend, str]]" = N
             return candidate, notes
         notes.append(f"backend auto: not {candidate.value}: {reason}")
     raise AssertionError("the CPU backend is always present")
+
+
+def unfit_backends(manifest: Manifest, engine_dir: Path) -> dict[Backend, str]:
+    """Backends this engine cannot run on, with why and the fix."""
+    if manifest.attention is Attention.FUSED:
+        return {Backend.TENSORRT: (
+            f"{engine_dir} was exported with --attention fused (ONNX Runtime's "
+            "MultiHeadAttention), which TensorRT's parser does not take; re-export it with "
+            "--attention plain (TensorRT fuses attention itself)")}
+    return {}

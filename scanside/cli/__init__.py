@@ -1,0 +1,92 @@
+"""The ``scanside`` command: one module per command group, each owning its parser and handler
+(export, enhance/generate, node: serve/watch/status, info, bench, demo, models).
+
+The only place exceptions become exit codes: 0 success, 1 a failure inside scanside, 2 bad
+input (the message says which and how to fix it), 3 the output could not be written (disk
+full, read-only; what was finished is kept). Library errors name the Python parameter
+("max_tile: ..."); here they are told in the flag's name ("--max-tile: ...").
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Optional, Sequence
+
+from scanside import __version__
+from scanside.errors import ScansideError
+
+from . import bench, demo, enhance, export, info, models, node
+
+log = logging.getLogger("scanside")
+# Packages only the export side needs: their absence is a missing extra, not a bug.
+EXPORT_PACKAGES = {"torch", "diffusers", "transformers", "onnx", "onnxscript", "safetensors"}
+COMMANDS = (export, enhance, node, info, bench, demo, models)  # in the order --help lists them
+# Library parameter -> the flag a command-line user gave it.
+FLAGS = {"out_dir": "--out", "consistency_px": "--consistency", "noise_factor": "--noise-factor",
+         "max_tile": "--max-tile", "vae_tile": "--vae-tile", "negative_prompt": "--negative-prompt",
+         "strength": "--strength", "steps": "--steps", "guidance": "--guidance", "seed": "--seed",
+         "scheduler": "--scheduler", "ensemble": "--ensemble", "prompt": "--prompt",
+         "window": "--window", "spool": "--spool", "engine_dir": "--engine",
+         "calibration": "--calibration", "precision": "--precision",
+         "component_precision": "--component-precision", "attention": "--attention",
+         "tiny_vae": "--tiny-vae", "trt_compat": "--trt-compat", "opset": "--opset"}
+
+
+def __getattr__(name: str) -> object:
+    """scanside.cli was one module until 0.1.0; its helpers now live in the command modules."""
+    from . import options
+
+    for module in (options, *COMMANDS):
+        if hasattr(module, name):
+            raise ImportError(f"scanside.cli.{name} moved to {module.__name__}.{name}; "
+                                 f"import it from there")
+    raise AttributeError(f"module 'scanside.cli' has no attribute {name!r}")
+
+
+def as_flags(message: str) -> str:
+    """A library message that opens with a parameter's name, opened with its flag instead."""
+    name, sep, rest = message.partition(": ")
+    return f"{FLAGS[name]}: {rest}" if sep and name in FLAGS else message
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scanside",
+        description="Diffusion enhancement of medical images on the scanner PC or a Jetson: "
+                    "export Stable Diffusion checkpoints to ONNX, run them without torch, read "
+                    "and write DICOM, benchmark. Not a medical device.")
+    parser.add_argument("--version", action="version", version=f"scanside {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    # pydicom's log records quote element values, which may identify a patient.
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except ScansideError as exc:
+        print(f"scanside {args.command}: error: {as_flags(str(exc))}", file=sys.stderr)
+        return exc.exit_code
+    except ImportError as exc:
+        if exc.name not in EXPORT_PACKAGES:
+            raise
+        print(f"scanside {args.command}: error: {exc.name} is not installed; this command "
+              "needs the export extra: pip install 'scanside[export]'", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; no partial output was kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""`scanside models ...`: build, train, simulate and evaluate models offline (scanside.training)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from scanside.errors import InputError
+
+from .options import add_ensemble, add_noise_factor, consistency_arg, positive_float, positive_int, strength_arg
+
+
+def add_parser(sub: "argparse._SubParsersAction") -> None:
+    """`scanside models` and its subcommands on the subcommand parser ``sub``."""
+    from scanside.training.recipes import RecipeName, recipe
+
+    models = sub.add_parser("models", help="build, train and evaluate models offline")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    p = msub.add_parser("build", help="write a recipe's checkpoint in diffusers' format")
+    p.add_argument("recipe", choices=[r.value for r in RecipeName])
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_models_build)
+
+    from scanside.training.recipes import TINY_VAE_SHAPES
+
+    p = msub.add_parser("build-tiny-vae", help="write a TAESD-shaped AutoencoderTiny with random "
+                                               "weights, to benchmark export --tiny-vae")
+    p.add_argument("shape", choices=sorted(TINY_VAE_SHAPES))
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_models_build_tiny_vae)
+
+    from scanside.training.train import Settings
+
+    p = msub.add_parser("train-default", help="train the default low-dose CT model (resumable; "
+                                              "needs the export and train extras)")
+    p.add_argument("out_dir", type=Path, help="run folder: data, checkpoints, and model/ at the end")
+    p.add_argument("--seed", type=int, default=Settings.seed, help="everything random follows it")
+    p.add_argument("--recipe", default=Settings.recipe,
+                   choices=[r.value for r in RecipeName if recipe(r).identity_vae],
+                   help="the model's shape (ct-deep: more capacity, 1.6x the UNet time; ct-fast: no "
+                        "full-resolution blocks on the way down, 0.7-0.9x the UNet time)")
+    p.add_argument("--unet-steps", type=positive_int, default=Settings.unet_steps,
+                   help="phase 1: plain loss")
+    p.add_argument("--tune-steps", type=int, default=Settings.tune_steps,
+                   help="phase 2: more steps from phase 1's weights, at a lower learning rate")
+    p.add_argument("--tune-lr", type=positive_float, default=Settings.tune_lr, metavar="LR",
+                   help="phase 2's peak learning rate (default %(default)g; lower it to go on "
+                        "from a trained --init without undoing it)")
+    p.add_argument("--tune-noise-power", type=float, default=Settings.noise_weight_power,
+                   metavar="P", help="phase 2: each sample's loss / its noise std^P (0: phase "
+                                     "1's loss)")
+    p.add_argument("--tune-lowfreq-weight", type=float, default=Settings.lowfreq_weight,
+                   metavar="W", help="phase 2: penalty on the error's block means (0: none)")
+    p.add_argument("--tune-noise-scale", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="phase 2: the factor range each patch's noise is scaled by (default "
+                        f"phase 1's {Settings.noise_scale[0]:g} {Settings.noise_scale[1]:g})")
+    p.add_argument("--tune-noise-hu", type=positive_float, default=None, metavar="HU",
+                   help="phase 2 at one noise level: every patch's noise scaled to HU (+-15 %%); "
+                        "a specialist, to measure what knowing the noise level can buy")
+    p.add_argument("--anatomy-lesions", type=float, default=Settings.anatomy_lesions, metavar="N",
+                   help="also draw faint lesions into the anatomy scenes, N per 128x128 px of "
+                        "their flat soft tissue (0: only the phantoms have lesions)")
+    p.add_argument("--scenes", type=scene_counts, action="append", metavar="SOURCE=COUNT",
+                   help="scenes of a training source (head, natural, phantom, chest, leaves, "
+                        "tissue; repeatable; 0 leaves one out)")
+    p.add_argument("--tune-scenes", type=scene_counts, action="append", metavar="SOURCE=COUNT",
+                   help="scenes only phase 2 trains on, after phase 1's (repeatable)")
+    p.add_argument("--refine-t", type=positive_int, default=Settings.refine_t, metavar="T",
+                   help="train on timesteps 1..T (the built-in model enhances at t = 1 only; "
+                        f"default {Settings.refine_t})")
+    p.add_argument("--lesion-weight", type=float, default=Settings.lesion_weight, metavar="W",
+                   help="how much more the loss weighs the phantoms' lesion pixels (default "
+                        f"{Settings.lesion_weight:g}; 0: as any pixel)")
+    p.add_argument("--init", type=Path, metavar="MODEL_DIR",
+                   help="start from a trained model (e.g. scanside/default_model/checkpoint) "
+                        "instead of phase 1: --tune-steps of phase 2 on this run's data")
+    p.add_argument("--batch", type=positive_int, default=Settings.unet_batch,
+                   help=f"patches per UNet step (default {Settings.unet_batch})")
+    p.add_argument("--device", default="cpu", metavar="DEVICE",
+                   help="torch device of the UNet steps: cpu (default) or cuda[:N]; the "
+                        "batches are the same on either, the weights differ by rounding")
+    p.add_argument("--workers", type=positive_int, default=Settings.workers,
+                   help="processes simulating the scans")
+    p.set_defaults(func=cmd_models_train)
+
+    p = msub.add_parser("simulate", help="write simulated low-dose CT slices and their "
+                                         "full-dose references as DICOM (needs the train extra)")
+    p.add_argument("out_dir", type=Path, help="gets low/ and full/ folders")
+    p.add_argument("--split", choices=["train", "val", "test"], default="val")
+    p.add_argument("--pairs", type=positive_int, default=16)
+    p.add_argument("--size", type=positive_int, default=128)
+    p.add_argument("--workers", type=positive_int, default=2)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_models_simulate)
+
+    p = msub.add_parser("evaluate", help="quality figures of a CT engine on the held-out "
+                                         "synthetic test set, against Gaussian and NLM filters")
+    p.add_argument("engine_dir", type=Path, nargs="?", default=None,
+                   help="engine directory (default: the built-in model)")
+    p.add_argument("--pairs", type=positive_int, default=100, help="pairs (default 100)")
+    p.add_argument("--split", choices=["test", "val"], default="test",
+                   help="val: for choosing sampling settings; the figures are on test")
+    p.add_argument("--steps", type=positive_int, default=None)
+    p.add_argument("--strength", type=strength_arg, default=None)
+    p.add_argument("--guidance", type=float, default=None)
+    add_ensemble(p)
+    p.add_argument("--consistency", type=consistency_arg, default=None, metavar="PX[:MAX]",
+                   help="data consistency, as for enhance (default: the model's own)")
+    add_noise_factor(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=positive_int, default=2)
+    p.add_argument("--skip", action="append", choices=["bm3d", "doses", "real", "anatomy"],
+                   help="leave out a section: BM3D (slow), the dose sweep, the real-anatomy "
+                        "slices, the held-out synthetic anatomy (repeatable)")
+    p.add_argument("--json", type=Path, help="write the figures as JSON")
+    p.set_defaults(func=cmd_models_evaluate)
+
+
+def cmd_models_build(args: argparse.Namespace) -> int:
+    from scanside.training import build
+
+    build(args.recipe, args.out_dir, seed=args.seed)
+    print(f"built {args.recipe} model in {args.out_dir}")
+    return 0
+
+
+def cmd_models_build_tiny_vae(args: argparse.Namespace) -> int:
+    from scanside.training.recipes import build_tiny_vae
+
+    build_tiny_vae(args.shape, args.out_dir, seed=args.seed)
+    print(f"built a {args.shape}-shaped tiny VAE (random weights) in {args.out_dir}")
+    return 0
+
+
+def scene_counts(text: str) -> tuple[str, int]:
+    """``SOURCE=COUNT`` for train-default --scenes."""
+    from scanside.training.anatomy import Source
+
+    source, sep, count = text.partition("=")
+    sources = ", ".join(s.value for s in Source)
+    if not sep or source not in {s.value for s in Source} or not count.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected SOURCE=COUNT with SOURCE one of "
+                                         f"{sources}, e.g. chest=24 (0 leaves it out)")
+    return source, int(count)
+
+
+def tune_noise_scale(values: "list[float] | None") -> "tuple[float, float] | None":
+    if values is None:
+        return None
+    lo, hi = values
+    if not 0 < lo <= hi:
+        raise InputError(f"--tune-noise-scale {lo:g} {hi:g}: give two factors 0 < LO <= HI, "
+                         "e.g. --tune-noise-scale 0.35 1.4")
+    return (lo, hi)
+
+
+def cmd_models_train(args: argparse.Namespace) -> int:
+    from scanside.training.train import Settings, train_default
+
+    scenes = dict(Settings.scenes)
+    scenes.update(args.scenes or ())
+    settings = Settings(seed=args.seed, recipe=args.recipe,
+                        unet_steps=0 if args.init else args.unet_steps,
+                        tune_steps=args.tune_steps, tune_lr=args.tune_lr, workers=args.workers,
+                        scenes=tuple((k, v) for k, v in scenes.items() if v > 0),
+                        noise_weight_power=args.tune_noise_power,
+                        lowfreq_weight=args.tune_lowfreq_weight,
+                        anatomy_lesions=args.anatomy_lesions,
+                        tune_scenes=tuple(args.tune_scenes or ()),
+                        tune_noise_scale=tune_noise_scale(args.tune_noise_scale),
+                        tune_noise_hu=args.tune_noise_hu, refine_t=args.refine_t,
+                        unet_batch=args.batch, lesion_weight=args.lesion_weight,
+                        init=None if args.init is None else str(args.init.resolve()))
+    model_dir = train_default(args.out_dir, settings, device=args.device)
+    print(f"trained model: {model_dir}; export it with `scanside export {model_dir} --out ENGINE`")
+    return 0
+
+
+def cmd_models_evaluate(args: argparse.Namespace) -> int:
+    from scanside.training.evaluate import evaluate, table
+
+    result = evaluate(args.engine_dir, pairs=args.pairs, split=args.split, workers=args.workers,
+                      steps=args.steps, strength=args.strength, guidance=args.guidance,
+                      seed=args.seed, ensemble=args.ensemble, consistency_px=args.consistency,
+                      noise_factor=args.noise_factor,
+                      skip=frozenset(args.skip or ()))
+    print(table(result))
+    if args.json:
+        from scanside.bench.report import write_json
+
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_models_simulate(args: argparse.Namespace) -> int:
+    from scanside.dicom.synthetic import simulated_ct
+    from scanside.dicom.write import save
+    from scanside.training import ctsim
+
+    seeds = ctsim.split_seeds(args.split, args.pairs)
+    pairs = ctsim.make_pairs(seeds, args.size, args.workers)
+    for dose in ("low", "full"):
+        (args.out_dir / dose).mkdir(parents=True, exist_ok=True)
+    for seed, pair in zip(seeds, pairs):
+        for dose in ("low", "full"):
+            ds = simulated_ct(getattr(pair, dose), f"scanside simulated {dose}-dose CT",
+                              ctsim.PIXEL_CM * 10)
+            save(ds, args.out_dir / dose / f"{args.split}{seed}.dcm", args.overwrite)
+    print(f"wrote {len(pairs)} simulated low-dose slices to {args.out_dir / 'low'} and their "
+          f"full-dose references to {args.out_dir / 'full'}")
+    return 0
