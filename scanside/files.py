@@ -27,7 +27,7 @@ def refuse_existing(target: Path, overwrite: bool = False) -> None:
     """Check before any work is done that ``target`` may be written."""
     if Path(target).exists() and not overwrite:
         raise InputError(f"{target}: already exists; scanside never writes over a file — "
-                         "choose another output, remove it, or pass --overwrite")
+                         "choose another output, remove it, or pass overwrite=True (--overwrite)")
 
 
 @contextmanager

@@ -57,7 +57,7 @@ def open_uri(uri: str) -> tuple[Any, str, bool]:
     try:
         import pyarrow.fs as pafs
     except ImportError:
-        raise InputError(f"--out {redact(uri)}: writing to a URI needs pyarrow; "
+        raise InputError(f"out_dir {redact(uri)}: writing to a URI needs pyarrow; "
                          "pip install 'scanside[cluster]'") from None
     name = scheme(uri) or ""
     try:
@@ -66,12 +66,12 @@ def open_uri(uri: str) -> tuple[Any, str, bool]:
         try:
             import fsspec
         except ImportError:
-            raise InputError(f"--out {redact(uri)}: pyarrow does not know this filesystem "
+            raise InputError(f"out_dir {redact(uri)}: pyarrow does not know this filesystem "
                              f"({arrow_error}) and fsspec is not installed") from None
         try:
             spec_fs, root = fsspec.core.url_to_fs(uri)
         except Exception as exc:  # noqa: BLE001 - unknown protocol, missing driver package
-            raise InputError(f"--out {redact(uri)}: neither pyarrow nor fsspec can open it "
+            raise InputError(f"out_dir {redact(uri)}: neither pyarrow nor fsspec can open it "
                              f"({type(exc).__name__}: {exc}); install the filesystem's "
                              "package (s3fs, gcsfs, adlfs, ...) or use a local folder") from None
         fs = pafs.PyFileSystem(pafs.FSSpecHandler(spec_fs))
@@ -120,7 +120,7 @@ class Store:
                 out.write(data)
             self.fs.move(partial, target)
         except OSError as exc:
-            raise OutputError(f"--out: cannot write {self.name(key)} ({exc}); check the "
+            raise OutputError(f"out_dir: cannot write {self.name(key)} ({exc}); check the "
                               "credentials, the bucket and the space, then run the same "
                               "command again to resume") from None
 
@@ -149,5 +149,5 @@ class Store:
                 out.write(b"")
             self.fs.delete_file(self.path(key))
         except OSError as exc:
-            raise InputError(f"--out {redact(self.uri)}: cannot be written ({exc}); check that "
+            raise InputError(f"out_dir {redact(self.uri)}: cannot be written ({exc}); check that "
                              "the bucket or folder exists and the credentials allow writing") from None

@@ -262,3 +262,18 @@ def test_export_with_a_tiny_vae_and_info_shows_its_cost(tiny_model, tmp_path, ca
     assert main(["info", str(engine)]) == 0
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("tiny VAE"))
     assert "taesd for vae_decoder: round trip" in line and "dB" in line
+
+
+def test_library_errors_are_told_in_flag_names(tmp_path, capsys):
+    from scanside.cli import as_flags
+
+    assert as_flags("max_tile: 7 is not a multiple of 8") == "--max-tile: 7 is not a multiple of 8"
+    assert as_flags("out_dir s3://***@b/run: cannot be written") == \
+        "--out s3://***@b/run: cannot be written"
+    assert as_flags("/data/a.dcm: not DICOM") == "/data/a.dcm: not DICOM"  # a path stays
+    image = tmp_path / "a.npy"
+    np.save(image, np.zeros((64, 64), np.float32))
+    # check_output_dir (scanside.dicom.series) names out_dir; the command says --out.
+    code = main(["enhance", str(tmp_path / "a.dcm"), "--out", str(tmp_path)])
+    assert code == 2
+    assert "--out: " in capsys.readouterr().err

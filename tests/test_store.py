@@ -48,7 +48,7 @@ def test_s3_write_is_visible_whole_and_reads_back(s3_endpoint):
 
 def test_a_missing_bucket_is_refused_before_any_work_naming_it(s3_endpoint):
     store = Store(bucket_uri(s3_endpoint, create=False))
-    with pytest.raises(InputError, match=r"--out s3://\*\*\*@b[0-9a-f]+/run: cannot be written") as err:
+    with pytest.raises(InputError, match=r"out_dir s3://\*\*\*@b[0-9a-f]+/run: cannot be written") as err:
         store.check_writable()
     assert "endpoint_override" not in str(err.value)
     with pytest.raises(OutputError, match="IM1.dcm"):

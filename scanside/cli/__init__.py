@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -46,9 +47,12 @@ def __getattr__(name: str) -> object:
 
 
 def as_flags(message: str) -> str:
-    """A library message that opens with a parameter's name, opened with its flag instead."""
-    name, sep, rest = message.partition(": ")
-    return f"{FLAGS[name]}: {rest}" if sep and name in FLAGS else message
+    """A library message that opens with a parameter's name ("out_dir: ...", "out_dir URI:
+    ..."), opened with its flag instead."""
+    name = re.match(r"[a-z_]+(?=[: ])", message)
+    if name is None or name.group() not in FLAGS:
+        return message
+    return FLAGS[name.group()] + message[name.end():]
 
 
 def build_parser() -> argparse.ArgumentParser:

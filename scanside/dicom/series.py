@@ -115,17 +115,17 @@ def check_output_dir(out_dir: Path, inputs: Sequence[Path]) -> None:
     for path in map(Path, inputs):
         folder = path.resolve() if path.is_dir() else path.resolve().parent
         if out == folder:
-            raise InputError(f"--out: {out_dir} is the input's own folder; scanside writes "
-                             "derived series elsewhere — choose another --out")
+            raise InputError(f"out_dir: {out_dir} is the input's own folder; scanside writes "
+                             "derived series elsewhere — choose another output folder")
     if out.exists() and not out.is_dir():
-        raise InputError(f"--out: {out_dir} exists and is not a folder; choose a folder")
+        raise InputError(f"out_dir: {out_dir} exists and is not a folder; choose a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".scanside-write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise InputError(f"--out: {out_dir} cannot be written ({exc.strerror}); choose a "
+        raise InputError(f"out_dir: {out_dir} cannot be written ({exc.strerror}); choose a "
                          "writable folder") from None
 
 
@@ -153,7 +153,7 @@ def enhance_series(paths: Sequence[Path], pipeline: Enhancer, out_dir: Path, *,
     sampling = Sampling.of(sampling, **settings)
     out_dir = Path(out_dir)
     check_output_dir(out_dir, paths)
-    with folder_lock(out_dir, "--out"):
+    with folder_lock(out_dir, "out_dir"):
         stale = remove_partials(out_dir)
         if stale:
             log.warning("removed %d partial file(s) an interrupted run left in %s", stale, out_dir)
@@ -210,7 +210,7 @@ class Job:
 
     def finished(self, instance: Instance, target: Path) -> bool:
         """True if an earlier run wrote this instance's result (same SOP Instance UID); a
-        different file in its place is refused unless --overwrite."""
+        different file in its place is refused unless ``overwrite``."""
         if not target.exists():
             return False
         complete = not self.preview or target.with_suffix(".png").exists()
@@ -218,15 +218,15 @@ class Job:
 
     def accept(self, instance: Instance, name: str, found: str, complete: bool = True) -> bool:
         """Whether the existing output ``name`` (SOP Instance UID ``found``) is this run's
-        finished result for ``instance``; refuses another file unless --overwrite."""
+        finished result for ``instance``; refuses another file unless ``overwrite``."""
         ours = bool(self.fingerprint) and found == self.expected_uid(instance)
         if ours and complete:
             return True
         if ours or self.overwrite:
             return False
         raise InputError(f"{name}: already exists and holds another instance, not this run's "
-                         f"result for {instance.path}; remove it, choose another --out, or pass "
-                         "--overwrite")
+                         f"result for {instance.path}; remove it, choose another output folder, or "
+                         "pass overwrite=True (--overwrite)")
 
     def derive(self, instance: Instance, series: str) -> tuple[bytes, Dataset, np.ndarray,
                                                                 Window, int]:
@@ -274,7 +274,7 @@ class Job:
             if self.preview:
                 previews.write(target.with_suffix(".png"), first, derived, used, overwrite=True)
         except OSError as exc:
-            raise OutputError(f"--out: cannot write {target} ({exc.strerror or exc}); the files "
+            raise OutputError(f"out_dir: cannot write {target} ({exc.strerror or exc}); the files "
                               "this run finished before it are kept; free space or fix the "
                               "folder's permissions and run the same command again to "
                               "resume") from None

@@ -36,7 +36,7 @@ class Window:
         return self.center + self.width / 2
 
     @classmethod
-    def parse(cls, text: str, argument: str = "--window") -> "Window":
+    def parse(cls, text: str, argument: str = "window") -> "Window":
         try:
             center, width = (float(v) for v in text.split(","))
         except ValueError:

@@ -137,7 +137,7 @@ class Node:
         self.settings.derived_dir.mkdir(parents=True, exist_ok=True)
         # One node per spool, held for the node's life; then what a kill left half-written
         # in the spool can go (the derived folder's are removed by enhance_series).
-        self.held.enter_context(folder_lock(spool, "--spool"))
+        self.held.enter_context(folder_lock(spool, "spool"))
         stale = remove_partials(spool / "incoming")
         if stale:
             log.warning("removed %d partial file(s) an interrupted run left in the spool", stale)
