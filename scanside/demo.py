@@ -130,7 +130,8 @@ def run_demo(workdir: Path) -> Path:
     print("pydicom's CT_small.dcm (real CT, outside the training distribution):")
     print(f"  DICOM:   {enhanced_small}  (preview {enhanced_small.with_suffix('.png')})")
     real_slice(pipe, workdir, inputs, out)
-    print("the held-out test set's figures: `scanside models evaluate` (see README)")
+    print("the held-out test set's figures: `scanside models evaluate` (see the model card, "
+          "scanside/default_model/README.md)")
     return picture
 
 

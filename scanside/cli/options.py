@@ -89,8 +89,8 @@ def add_sampling(p: argparse.ArgumentParser, guidance: float, strength: bool) ->
 def add_vae_tile(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vae-tile", type=positive_int, default=None, metavar="PX",
                    help="dynamic engines: the VAE encodes and decodes in PX tiles, one per call "
-                        "(bounds its full-resolution memory; outputs differ slightly, see the "
-                        "README); default: as the UNet")
+                        "(bounds its full-resolution memory; outputs differ slightly, see "
+                        "docs/python-api.md); default: as the UNet")
 
 
 def add_backend(p: argparse.ArgumentParser) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from scanside.errors import InputError
+from scanside.runtime.sampling import Sampling
 from scanside.runtime.tokenizer import EOS, ClipTokenizer
 
 REQUIRED = ("model_index.json", "unet/config.json", "vae/config.json",
@@ -112,6 +113,11 @@ def read_enhance_defaults(path: Path) -> dict[str, Any]:
         raise InputError(f"{file}: unknown enhance settings {sorted(unknown)}; allowed: "
                          f"{sorted(ENHANCE_KEYS)}")
     try:
-        return {key: ENHANCE_KEYS[key](value) for key, value in given.items()}
+        settings = {key: ENHANCE_KEYS[key](value) for key, value in given.items()}
     except (TypeError, ValueError) as exc:
         raise InputError(f"{file}: bad enhance setting ({exc})") from None
+    try:
+        Sampling(**settings)  # the checks a caller's settings get, before the engine is built
+    except InputError as exc:
+        raise InputError(f"{file}: enhance.{exc}") from None
+    return settings

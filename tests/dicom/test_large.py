@@ -1,5 +1,5 @@
 """Large and multi-frame images through the tiling of a small engine, frames decoded one at a
-time (their peak memory is measured by `scanside bench --dicom`, see the README)."""
+time (their peak memory is measured by `scanside bench --dicom`, see docs/benchmarks.md)."""
 
 from __future__ import annotations
 

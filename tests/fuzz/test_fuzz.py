@@ -1,5 +1,5 @@
 """The default tier's fuzz sample: ~50 seeded cases (the dedicated run is
-`python -m tests.fuzz --cases 1000`, see the README)."""
+`python -m tests.fuzz --cases 1000`, see docs/dicom.md)."""
 
 from __future__ import annotations
 

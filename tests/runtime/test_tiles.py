@@ -98,7 +98,7 @@ def test_tiled_enhancement_matches_the_whole_image(ct_tiny):
     # Not bit-exact: SD's GroupNorm normalises over the whole extent a call sees, so a tile's
     # statistics differ from the whole image's (measured with these random weights: 48.3 dB
     # for 256 px tiles, 29.1 dB for 64 px ones). The smaller the tile, the larger the gap; the
-    # blend keeps it smooth. The built-in model's figures on a real slice are in the README.
+    # blend keeps it smooth. The built-in model's figures on a real slice are in its model card.
     assert psnr(tiled, whole) > 45
     assert psnr(small, whole) > psnr(image, whole) + 3  # nearer the whole-image result than
     assert np.abs(tiled - image).mean() > 1e-3  # the input is; the model did change it
