@@ -11,7 +11,6 @@ from the call to the last output, slices per second, and the time to the first o
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -99,7 +98,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"{key}: {r['slices']} slices in {r['seconds']:.1f} s "
               f"({r['slices'] / r['seconds']:.2f} slices/s){extra}")
     if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
+        from scanside.runtime.default import default_engine_dir
+
+        from . import report
+
+        report.write_json(result, args.json, engine=args.engine or default_engine_dir())
     return 0
 
 

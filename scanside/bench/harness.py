@@ -1,6 +1,12 @@
-"""``scanside bench``: per-stage latency of one engine directory, by the protocol of
-DESIGN.md — warm up, time each stage separately over N runs, report median/p90/min, peak
-memory, the machine and the versions, and FLOPs against the measured peak."""
+"""``scanside bench``: per-stage latency of one engine directory.
+
+The protocol: speed and memory are measured here, never asserted in timed tests. Warm up
+(``--warmup`` runs, untimed), then time each stage separately over ``--repeat`` runs — text
+encoder, VAE encode, every UNet step, scheduler overhead, VAE decode and, with ``--dicom``,
+DICOM read and write — and report each stage's median, p90 and min, peak memory, the machine,
+backend, precision and library versions, and FLOPs against the peak measured in the same run.
+One run is one pass through the pipeline (one view: see ``one_run``); the JSON records how
+many passes each timed run actually made."""
 
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ import numpy as np
 
 from scanside.errors import InputError
 from scanside.runtime.iospec import size_bindings
+from scanside.runtime.sampling import Sampling
 from scanside.runtime.timing import Recorder
 
 from . import machine, peak
@@ -59,24 +66,38 @@ def test_image(size: int, seed: int) -> np.ndarray:
     return np.clip(image, 0, 1).astype(np.float32)
 
 
-def one_run(pipe, settings: Settings, size: int) -> None:
+def one_run(pipe, settings: Settings, size: int) -> int:
+    """One timed run; returns how many images it enhanced or generated (a multi-frame DICOM
+    file: one per frame)."""
     pipe.forget_prompts()  # the text encoder is a stage: time it every run
     sampling = dict(prompt="low-dose CT, denoise", steps=settings.steps, guidance=settings.guidance,
                     seed=settings.seed, scheduler=settings.scheduler)
     if settings.task is Task.GENERATE and settings.dicom is None:
         pipe.generate(height=size, width=size, **sampling)
-        return
-    # One pass: a model whose own settings ask for a self-ensemble would otherwise repeat every
-    # stage per view, and the peers it is compared with run a single pass.
-    enhance = {**sampling, "strength": settings.strength, "ensemble": 1}
+        return 1
+    # One pass: a model whose manifest asks for a self-ensemble (enhance_defaults.ensemble)
+    # would otherwise repeat every stage once per view, and the peers it is compared with run
+    # a single pass. run_bench counts the passes each run made and records them.
+    enhance = Sampling.of(**sampling, strength=settings.strength, ensemble=1)
     if settings.dicom is not None:
-        dicom_run(pipe, settings, enhance)
-    else:
-        pipe.enhance(test_image(size, settings.seed), **enhance)
+        return dicom_run(pipe, settings, enhance)
+    pipe.enhance(test_image(size, settings.seed), enhance)
+    return 1
 
 
-def dicom_run(pipe, settings: Settings, sampling: dict[str, Any]) -> None:
-    """Enhance one DICOM file, timing its read and its derived write as stages."""
+def passes_per_image(runs: list[dict[str, list[float]]], images: list[int]) -> int:
+    """Denoising passes per image, counted from the timed runs: every pass (one view of one
+    image, or one generated image) runs its loop as one 'loop' stage. The same in every run."""
+    counts = {len(run.get("loop", [])) / max(n, 1) for run, n in zip(runs, images)}
+    if len(counts) != 1 or not float(next(iter(counts))).is_integer():
+        raise RuntimeError(f"scanside bench: the timed runs made different numbers of passes "
+                           f"per image ({sorted(counts)}); the stage figures would mix them")
+    return int(next(iter(counts)))
+
+
+def dicom_run(pipe, settings: Settings, sampling: Sampling) -> int:
+    """Enhance one DICOM file, timing its read and its derived write as stages; returns its
+    number of frames."""
     import tempfile
 
     from scanside.dicom.read import read_header, read_pixels
@@ -90,6 +111,7 @@ def dicom_run(pipe, settings: Settings, sampling: dict[str, Any]) -> None:
         derived = derive(ds, stored, Derivation(describe(pipe, window, sampling), "1.2.3",
                                                 series_number(ds)))
         save(derived, Path(tmp) / "out.dcm")
+    return int(len(stored))
 
 
 def stage_table(runs: list[dict[str, list[float]]]) -> dict[str, dict[str, float]]:
@@ -154,14 +176,15 @@ def run_bench(engine_dir: Path, settings: Settings, progress: bool = True) -> di
     for _ in tqdm(range(settings.warmup), desc="warm-up", disable=not progress):
         one_run(pipe, settings, size)
     recorder.take()
-    runs = []
+    runs, images = [], []
     for _ in tqdm(range(settings.repeat), desc="timed runs", disable=not progress):
         start = time.perf_counter()
-        one_run(pipe, settings, size)
+        images.append(one_run(pipe, settings, size))
         total = time.perf_counter() - start
         run = recorder.take()
         run["total"] = [total]
         runs.append(run)
+    passes = passes_per_image(runs, images)
     peak_rss = machine.peak_rss_bytes()  # before FLOP counting loads the graphs again
     gpu_used = machine.gpu_memory_used_mib()
     device_after = machine.device_memory_in_use() if on_gpu else None
@@ -188,7 +211,10 @@ def run_bench(engine_dir: Path, settings: Settings, progress: bool = True) -> di
         "settings": {"task": settings.task.value, "size": size, "steps": settings.steps,
                      "unet_steps": int(len(runs[0].get("unet", []))),
                      "strength": settings.strength, "guidance": settings.guidance,
-                     "ensemble": 1 if settings.task is Task.ENHANCE else None,
+                     # Measured, not assumed: denoising passes per image in each timed run
+                     # (views of the self-ensemble when enhancing; 1 by design).
+                     "ensemble": passes if settings.task is Task.ENHANCE else None,
+                     "passes_per_image": passes, "images_per_run": images[0],
                      "scheduler": pipe.plan(settings.scheduler, settings.steps,
                                             settings.strength if settings.task is Task.ENHANCE else 1.0).algorithm,
                      "repeat": settings.repeat, "warmup": settings.warmup,

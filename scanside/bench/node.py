@@ -11,7 +11,6 @@ journal (idle wait, enhancement, sending); the node's overhead beyond the idle w
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import subprocess
 import sys
@@ -137,7 +136,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                   f"node peak RSS {result['node_peak_rss_mb']:.0f} MB", flush=True)
             results.append(result)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+        from scanside.runtime.default import default_engine_dir
+
+        from . import report
+
+        report.write_json({"runs": results}, args.json,
+                          engine=args.engine or default_engine_dir())
     return 0
 
 

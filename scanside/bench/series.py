@@ -15,6 +15,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from scanside.runtime.sampling import Sampling
+
 from .harness import test_image
 
 
@@ -41,7 +43,7 @@ def write_series(folder: Path, count: int, size: int, pixel_mm: float = 0.5) -> 
 
 def run_series(engine_dir: Optional[Path], count: int = 100, size: int = 512,
                threads: Optional[int] = None, workers: Optional[int] = None,
-               **sampling: Any) -> dict[str, Any]:
+               sampling: Optional[Sampling] = None, **settings: Any) -> dict[str, Any]:
     """``workers`` slices at once (default: as ``scanside enhance``), each engine call on
     ``threads`` (default: the cores split between the workers)."""
     from scanside import Pipeline
@@ -50,6 +52,7 @@ def run_series(engine_dir: Optional[Path], count: int = 100, size: int = 512,
 
     from . import machine
 
+    sampling = Sampling.of(sampling, **settings)
     workers = workers or default_workers()
     threads = threads or threads_per_worker(workers)
     pipe = Pipeline.load(engine_dir, threads=threads)
@@ -57,10 +60,10 @@ def run_series(engine_dir: Optional[Path], count: int = 100, size: int = 512,
         source = Path(tmp) / "in"
         source.mkdir()
         write_series(source, count, size)
-        pipe.enhance(test_image(size, 1), **sampling)  # warm-up: ORT allocates its arena
+        pipe.enhance(test_image(size, 1), sampling)  # warm-up: ORT allocates its arena
         started = time.perf_counter()
         report = enhance_series([source], pipe, Path(tmp) / "out", progress=False,
-                                workers=workers, **sampling)
+                                workers=workers, sampling=sampling)
         seconds = time.perf_counter() - started
     if report.failures:
         raise RuntimeError(f"bench series: {report.failures[0][0]}: {report.failures[0][1]}")
@@ -68,4 +71,4 @@ def run_series(engine_dir: Optional[Path], count: int = 100, size: int = 512,
             "slices_per_second": count / seconds, "seconds_per_slice": seconds / count,
             "workers": workers, "threads_per_worker": threads,
             "engine": str(pipe.engine_dir), "precision": pipe.manifest.precision.value,
-            "sampling": pipe.sampling_defaults(**sampling), "machine": machine.describe()}
+            "sampling": pipe.sampling_defaults(**sampling.given()), "machine": machine.describe()}

@@ -39,7 +39,7 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--model", type=Path, help="the checkpoint the engine came from (for --peers)")
     p.add_argument("--peers-python", type=Path,
                    help="python of an environment with the peers (default: this one if it has "
-                        "them, else one scanside builds from bench/requirements-peers.txt)")
+                        "them, else one scanside builds from scanside/bench/requirements-peers.txt)")
     p.set_defaults(func=cmd_bench)
 
 

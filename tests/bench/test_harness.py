@@ -117,11 +117,42 @@ def test_cli_tiles_a_size_above_the_engines_and_refuses_peers_without_model(tiny
     assert "--model MODEL_DIR" in capsys.readouterr().err
 
 
-def test_one_run_is_one_pass_even_where_the_model_defaults_to_an_ensemble():
-    # The built-in model's manifest asks for 8 views; a stage breakdown (and the peers it is
-    # compared with) is of one pass, so the bench pins ensemble 1 and says so.
-    from scanside.runtime.default import default_engine_dir
+def test_one_run_is_one_pass_even_where_the_model_defaults_to_an_ensemble(tiny_engine, tmp_path):
+    # A stage breakdown (and the peers it is compared with) is of one pass, so the bench pins
+    # ensemble 1 for a model whose manifest asks for more views. The bench counts the passes
+    # each timed run made; an engine that asks for 8 views shows that the pin is what holds.
+    import shutil
 
-    out = run_bench(default_engine_dir(), Settings(repeat=1, warmup=0, steps=20, strength=0.05),
-                    progress=False)
-    assert out["settings"]["unet_steps"] == 1 and out["settings"]["ensemble"] == 1
+    from scanside import Pipeline
+    from scanside.bench.harness import test_image
+    from scanside.runtime.timing import Recorder
+
+    engine = shutil.copytree(tiny_engine, tmp_path / "engine-8-views")
+    manifest = json.loads((engine / "manifest.json").read_text())
+    manifest["enhance_defaults"] = {**manifest.get("enhance_defaults", {}), "ensemble": 8}
+    (engine / "manifest.json").write_text(json.dumps(manifest))
+
+    # The premise: enhancing with this engine's own settings runs 8 passes.
+    pipe = Pipeline.load(engine)
+    pipe.timer = Recorder()
+    pipe.enhance(test_image(64, 0))
+    assert len(pipe.timer.take()["loop"]) == 8
+
+    settings = Settings(repeat=2, warmup=0, steps=10, strength=0.5)
+    out = run_bench(engine, settings, progress=False)
+    plain = run_bench(tiny_engine, settings, progress=False)
+    assert out["settings"]["ensemble"] == out["settings"]["passes_per_image"] == 1
+    # One pass: as many UNet calls per run as on the same engine without an ensemble default.
+    assert out["settings"]["unet_steps"] == plain["settings"]["unet_steps"] == 6
+    assert out["stages"]["unet_step"]["n"] == 2 * 6
+
+
+def test_passes_are_counted_not_assumed():
+    from scanside.bench.harness import passes_per_image
+
+    one = {"loop": [0.1], "unet": [0.05]}
+    assert passes_per_image([one, one], [1, 1]) == 1
+    assert passes_per_image([{"loop": [0.1] * 8}], [1]) == 8
+    assert passes_per_image([{"loop": [0.1] * 6}], [3]) == 2  # 3 frames, 2 views each
+    with pytest.raises(RuntimeError, match="different numbers of passes"):
+        passes_per_image([one, {"loop": [0.1, 0.1]}], [1, 1])
