@@ -59,6 +59,19 @@ def check_noise_conditioned(sampling: Sampling, manifest: Manifest, engine_dir: 
                          "the noise from the image itself); leave noise_factor at 1")
 
 
+# Names this module had until scanside 0.1.0, and where they went.
+MOVED = {"check_noise_factor": "scanside.runtime.sampling.check_noise_factor (and Pipeline.resolve, "
+                               "which checks the model takes it)",
+         "Consistency": "scanside.runtime.sampling.Consistency",
+         "ConsistencyPx": "scanside.runtime.sampling.ConsistencyPx"}
+
+
+def __getattr__(name: str) -> object:
+    if name in MOVED:
+        raise ImportError(f"scanside.runtime.pipeline.{name} moved to {MOVED[name]}")
+    raise AttributeError(f"module 'scanside.runtime.pipeline' has no attribute {name!r}")
+
+
 def without_call_options(settings: dict[str, Any]) -> dict[str, Any]:
     """Keyword settings less those of a call rather than of the sampling (callers of describe
     and fingerprint used to pass enhance's keywords through whole)."""
@@ -329,6 +342,8 @@ class Pipeline:
             grid, per_call = self.vae_grid(scaled.shape[-2] * f, scaled.shape[-1] * f, grid)
             return self.run("vae_decoder", {"latent": scaled}, grid, "latent", f, 1,
                             per_call)["image"]  # (1, C, H, W)
+
+    check_guidance = staticmethod(check_guidance)  # a method until Sampling owned the check
 
     @property
     def guidance_embedding_dim(self) -> int:

@@ -288,7 +288,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(json.dumps({k: summary[k] for k in ("cases", "seconds", "counts", "max_peak_mb")},
                      indent=1))
     if args.json:
-        args.json.write_text(json.dumps(summary, indent=1))
+        from scanside.bench.report import write_json
+
+        write_json(summary, args.json)  # with its provenance, as every result JSON
         print(f"wrote {args.json}")
     if report.findings():
         print(f"{len(report.findings())} finding(s); their cases are kept in {workdir / 'cases'}")

@@ -70,3 +70,15 @@ def test_object_and_keywords_enhance_alike(tiny_engine):
 def test_window_is_a_dicom_setting(tiny_engine):
     with pytest.raises(InputError, match=r"^window: .*enhance_dataset"):
         Pipeline.load(tiny_engine).enhance(np.zeros((64, 64), np.float32), window=(40, 400))
+
+
+def test_names_that_moved_say_where():
+    with pytest.raises(ImportError, match=r"moved to scanside\.runtime\.sampling\.check_noise_factor"):
+        from scanside.runtime.pipeline import check_noise_factor  # noqa: F401
+    with pytest.raises(ImportError, match=r"renamed scanside\.training"):
+        import scanside.models  # noqa: F401
+    with pytest.raises(ImportError, match=r"moved to scanside\.cli\.options\.consistency_arg"):
+        from scanside.cli import consistency_arg  # noqa: F401
+    from scanside.runtime.pipeline import ENHANCE_DEFAULTS, check_consistency  # still there
+
+    assert ENHANCE_DEFAULTS["strength"] == 0.3 and check_consistency(8) == (8.0, None)
