@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from scanside.errors import InputError
+from scanside.runtime.sampling import Sampling
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class EnhanceActor:
     """One Ray actor: a Pipeline loaded once, then slices one by one (a Ray Data batch)."""
 
     def __init__(self, engine: Optional[str], backend: str, max_tile: Optional[int],
-                 window: Optional[tuple[float, float]], sampling: dict[str, Any],
+                 window: Optional[tuple[float, float]], sampling: "Sampling",
                  fingerprint: str, overwrite: bool, threads: Optional[int], out: str) -> None:
         from scanside import Pipeline
         from scanside.dicom.series import Job, run_fingerprint
@@ -60,6 +61,7 @@ class EnhanceActor:
 
         self.store = Store(out) if is_store(out) else None
         self.out = out
+        self.node = node_name()
 
         pipe = Pipeline.load(engine, backend, max_tile=max_tile, threads=threads)
         chosen = Window(window[0], window[1], "argument") if window else None
@@ -84,6 +86,12 @@ class EnhanceActor:
                                "driver's; install the same on every node")
                 frames.append(0)
                 continue
+            if not Path(path).is_file():  # not "unreadable DICOM": this node has no such file
+                statuses.append("failed")
+                reasons.append(f"{path}: not found on node {self.node}; every node must see the "
+                               "input at the path the driver gave (a shared filesystem)")
+                frames.append(0)
+                continue
             try:
                 if self.store is not None:
                     self.job.run_into(read_header(Path(path)), self.store, key, report)
@@ -97,6 +105,20 @@ class EnhanceActor:
             frames.append(report.images)
         return {"path": list(batch["path"]), "target": names,
                 "status": statuses, "reason": reasons, "frames": frames}
+
+
+def node_name() -> str:
+    """This Ray node, as a message names it: host name and IP address."""
+    import socket
+
+    host = socket.gethostname()
+    try:
+        import ray
+
+        ip = ray.util.get_node_ip_address()
+    except Exception:  # noqa: BLE001 - outside a Ray worker: the host name alone
+        return host
+    return f"{host} ({ip})" if ip != host else host
 
 
 def plan(paths: Sequence[Path], fingerprint: str):
@@ -120,10 +142,13 @@ def enhance_archive(paths: Sequence[Path], out_dir: "str | Path", *,
                     gpus_per_worker: float = 0, backend: str = "cpu",
                     max_tile: Optional[int] = None, window: Optional[Any] = None,
                     overwrite: bool = False, threads: Optional[int] = None,
-                    report_json: Optional[Path] = None, **sampling: Any) -> ArchiveReport:
+                    report_json: Optional[Path] = None, sampling: "Optional[Sampling]" = None,
+                    **settings: Any) -> ArchiveReport:
     """Enhance every image series under ``paths`` into ``out_dir`` on a Ray cluster
     (``address``: a running cluster, "auto", or None for a local one). ``out_dir``: a folder
-    every node sees, or a filesystem URI (a str: ``s3://bucket/prefix`` ...)."""
+    every node sees, or a filesystem URI (a str: ``s3://bucket/prefix`` ...). ``sampling``:
+    see scanside.Sampling (keyword settings as before still work in its place)."""
+    sampling = Sampling.of(sampling, **settings)
     try:
         import ray
     except ImportError:
@@ -133,7 +158,11 @@ def enhance_archive(paths: Sequence[Path], out_dir: "str | Path", *,
     from scanside.files import folder_lock, remove_partials
     from scanside.store import Store, is_store, local_path
 
-    out = str(out_dir) if is_store(out_dir) else local_path(str(out_dir))
+    # Workers run elsewhere (another node, or another working folder): every path they are
+    # given is absolute, as the driver sees it.
+    paths = [Path(p).absolute() for p in paths]
+    engine = Path(engine).absolute() if engine is not None else None
+    out = str(out_dir) if is_store(out_dir) else str(Path(local_path(str(out_dir))).absolute())
     store = Store(out) if is_store(out) else None
     if store is not None:
         store.check_writable()  # a wrong bucket or credentials stop here, before any work
@@ -150,7 +179,7 @@ def enhance_archive(paths: Sequence[Path], out_dir: "str | Path", *,
                       else partial(remove_partials, Path(out)))
     # Other runs are kept out of a local folder (its lock); this run's actors write. A store
     # has no lock: one run per prefix at a time is the user's to keep.
-    with nullcontext() if store is not None else folder_lock(Path(out), "--out"):
+    with nullcontext() if store is not None else folder_lock(Path(out), "out_dir"):
         stale = clear_partials()
         if stale:
             log.warning("removed %d partial file(s) an interrupted run left", stale)
@@ -158,8 +187,10 @@ def enhance_archive(paths: Sequence[Path], out_dir: "str | Path", *,
         report.failures += failures
         if tasks:
             if not ray.is_initialized():
-                ray.init(address=address, log_to_driver=False,
-                         runtime_env={"env_vars": {"OMP_NUM_THREADS": str(int(cpus_per_worker) or 1)}})
+                from scanside.cluster_auth import connect
+
+                connect(ray, address, log_to_driver=False,
+                        runtime_env={"env_vars": {"OMP_NUM_THREADS": str(int(cpus_per_worker) or 1)}})
             window_args = (window.center, window.width) if window is not None else None
             gpus = {"num_gpus": gpus_per_worker} if gpus_per_worker else {}
             # Ray Data restarts a dead actor and retries its tasks by default (max_restarts

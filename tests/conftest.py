@@ -1,18 +1,31 @@
-"""Shared fixtures: tiny models built from configs and exported once per test session, and
-an S3 endpoint on loopback."""
+"""Shared fixtures: tiny models built from configs and exported once per test session, an S3
+endpoint on loopback, and a home of the session's own for Ray."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped where there is none)")
+    config.addinivalue_line("markers", "slow: trains, exports an engine of its own (int8 "
+                            "and other variants), enhances large images or with the built-in "
+                            "model, kills processes, starts Orthanc, a node or Ray, or fuzzes; "
+                            "`pytest -m \"not slow\"` is the quick tier (under 2 minutes on 2 "
+                            "cores), plain `pytest` runs everything")
+    from tests import system_tools
+
+    system_tools.required()  # SCANSIDE_REQUIRE_SYSTEM_TOOLS: read once, a bad value stops here
 
 
 def build_model(factory, recipe: str, seed: int):
@@ -21,11 +34,14 @@ def build_model(factory, recipe: str, seed: int):
     return build(recipe, factory.mktemp("models") / recipe, seed=seed)
 
 
+EXPORTED: dict = {}  # engine folder -> the Manifest export_model returned for it
+
+
 def export_engine(factory, model, name: str):
     from scanside.export import export_model
 
     out = factory.mktemp("engines") / name
-    export_model(model, out)
+    EXPORTED[out] = export_model(model, out)
     return out
 
 
@@ -76,3 +92,95 @@ def s3_endpoint():
     yield url
     proc.terminate()
     proc.wait(10)
+
+
+# Where Ray looks for (and a new local cluster writes) its token, and what sets its mode.
+RAY_AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS")
+
+
+@pytest.fixture(scope="session")
+def ray_home(tmp_path_factory):
+    """HOME for every test that starts Ray (ask for this fixture): Ray 2.5x writes a token to
+    ~/.ray/auth_token for each local cluster, and `ray start` and drivers read it; never the
+    user's. The user's own Ray settings (token, mode, address) are left out too."""
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(home))
+        mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        for name in RAY_AUTH_VARIABLES:
+            mp.delenv(name, raising=False)
+        yield home
+
+
+def ray_has_token_auth() -> bool:
+    """Whether this Ray has token authentication (Ray 2.5x; the cluster extra allows older)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("ray._private.authentication") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def ray_env(home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a Ray process (or a scanside driver) whose home is ``home``."""
+    env = {k: v for k, v in os.environ.items() if k not in RAY_AUTH_VARIABLES}
+    return {**env, "HOME": str(home), "RAY_USAGE_STATS_ENABLED": "0", **extra}
+
+
+class RayNode:
+    """`ray start ARGS --block` in a process group of its own; ``stop`` ends it and all it
+    started. Never `ray stop`: that stops every Ray on the machine, a user's own included."""
+
+    def __init__(self, *args: str, home: Path, timeout: float = 120, **env: str) -> None:
+        self.lines: list[str] = []
+        started = threading.Event()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ray.scripts.scripts", "start", *args, "--block",
+             "--disable-usage-stats"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, env=ray_env(home, **env), start_new_session=True)
+
+        def read() -> None:  # also keeps the pipe drained while the node runs
+            for line in self.proc.stdout:
+                self.lines.append(line)
+                if "Ray runtime started" in line:
+                    started.set()
+            started.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        if not started.wait(timeout) or self.proc.poll() is not None:
+            self.stop()
+            raise AssertionError("ray start failed:\n" + "".join(self.lines[-40:]))
+
+    @property
+    def token_auth(self) -> bool:
+        return any("Token authentication is enabled" in line for line in self.lines)
+
+    def stop(self) -> None:
+        """SIGKILL to every process of the node's session (its workers are process groups of
+        their own in it): a test cluster has nothing to keep, and Ray's graceful stop takes
+        half a minute once a job has run."""
+        for pid in self.session():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self.proc.wait()
+
+    def session(self) -> list[int]:
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if os.getsid(int(entry)) == self.proc.pid:
+                        pids.append(int(entry))
+                except OSError:
+                    pass
+        return pids
+
+
+def ray_temp_dir() -> str:
+    """A short temporary folder for a `ray start` cluster's sessions (its socket paths must
+    stay under 108 bytes; pytest's tmp_path may not) and out of /tmp/ray, so that `auto`
+    elsewhere never finds a test's cluster."""
+    return tempfile.mkdtemp(prefix="ray-", dir="/tmp")

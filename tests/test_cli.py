@@ -210,6 +210,7 @@ def test_train_default_refuses_an_unknown_source_and_passes_scene_counts(tmp_pat
 HEAD_GAIN_DB = 5.0  # measured +6.41 dB (37.19 -> 43.60 dB, run 25) on the demo's noise draw
 
 
+@pytest.mark.slow
 def test_demo_denoises_and_writes_derived_dicom(tmp_path, capsys):
     import re
 
@@ -253,6 +254,7 @@ def test_enhance_ensemble_reaches_the_dicom_provenance(tmp_path, capsys):
     assert exit_info.value.code == 2 and "--ensemble" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_export_with_a_tiny_vae_and_info_shows_its_cost(tiny_model, tmp_path, capsys):
     taesd, engine = tmp_path / "taesd", tmp_path / "engine"
     assert main(["models", "build-tiny-vae", "tiny", str(taesd), "--seed", "1"]) == 0

@@ -17,7 +17,8 @@ LAYERS = [
     {"scanside.batch"},
     {"scanside.dicom"},
     {"scanside.export"},
-    {"scanside.node", "scanside.cluster", "scanside.bench", "scanside.training", "scanside.demo"},
+    {"scanside.node", "scanside.cluster", "scanside.cluster_auth", "scanside.bench",
+     "scanside.training", "scanside.demo"},
     {"scanside.cli", "scanside.__main__"},
 ]
 

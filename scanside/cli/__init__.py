@@ -32,7 +32,8 @@ FLAGS = {"out_dir": "--out", "consistency_px": "--consistency", "noise_factor": 
          "window": "--window", "spool": "--spool", "engine_dir": "--engine",
          "calibration": "--calibration", "precision": "--precision",
          "component_precision": "--component-precision", "attention": "--attention",
-         "tiny_vae": "--tiny-vae", "trt_compat": "--trt-compat", "opset": "--opset"}
+         "tiny_vae": "--tiny-vae", "trt_compat": "--trt-compat", "opset": "--opset",
+         "address": "--ray"}
 
 
 def __getattr__(name: str) -> object:

@@ -12,7 +12,7 @@ three sources of slices in Hounsfield units (each a ``Scene``, scanned by ctsim'
 - ``natural``: scikit-image's bundled photographs (not its retina images, which are medical,
   nor its Shepp-Logan phantom, which is kept for testing), mapped to soft-tissue or full CT
   ranges inside a body outline: edges, textures and shapes no phantom has (natural images
-  carry over to CT denoising; see ../shared/research/ldct-generalisation.md).
+  carry over to CT denoising: FBP-DTSGD, arXiv 2403.03551).
 - ``phantom``: ctsim's own phantoms with their lesions, so the lesion-weighted loss still has
   lesions to weigh.
 - ``chest``: XCIST's two voxelized XCAT adult chests (``data/xcist``, BSD-3-clause): lungs with
@@ -74,6 +74,17 @@ class MissingData(RuntimeError):
     """An offline data package the training data needs is not installed."""
 
 
+def head_template_files() -> tuple[Path, Path]:
+    """The Colin27 files head scenes are made from: the T1 head and its brain mask."""
+    return COLIN27 / "ch2.nii.gz", COLIN27 / "ch2bet.nii.gz"
+
+
+def head_template_present() -> bool:
+    """Whether Debian's ``mricron-data`` (the Colin27 template) is installed: without it
+    ``head`` scenes raise MissingData."""
+    return all(f.is_file() for f in head_template_files())
+
+
 @lru_cache(maxsize=1)
 def colin27() -> tuple[np.ndarray, np.ndarray]:
     """(T1 head, brain mask), (181, 217, 181) at 1 mm, axial slices along the last axis."""
@@ -81,8 +92,8 @@ def colin27() -> tuple[np.ndarray, np.ndarray]:
         import nibabel
     except ImportError as exc:
         raise MissingData("head slices need nibabel: pip install 'scanside[train]'") from exc
-    files = COLIN27 / "ch2.nii.gz", COLIN27 / "ch2bet.nii.gz"
-    if not all(f.is_file() for f in files):
+    files = head_template_files()
+    if not head_template_present():
         raise MissingData(f"{files[0]}: not found; head slices need Debian's Colin27 template "
                           "(apt-get install mricron-data)")
     t1, brain = (np.asarray(nibabel.load(f).dataobj, dtype=np.float32) for f in files)

@@ -158,6 +158,7 @@ def test_the_built_in_model_takes_real_sizes(name, shape, tmp_path, capsys):
     assert pydicom.dcmread(written).pixel_array.shape == shape
 
 
+@pytest.mark.slow
 def test_a_2k_radiograph_runs_in_tiles_with_the_built_in_model(tmp_path, capsys):
     from pydicom.uid import ComputedRadiographyImageStorage, generate_uid
 

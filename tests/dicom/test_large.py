@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pydicom
+import pytest
 from pydicom.uid import MRImageStorage, generate_uid
 
 from scanside import Pipeline
@@ -16,6 +17,7 @@ from .conftest import Identity, base_dataset, enhanced_ct, radiograph, write
 SAMPLING = dict(steps=2, strength=0.5)
 
 
+@pytest.mark.slow
 def test_a_2k_monochrome1_15_bit_radiograph_in_tiles(tiny_engine, tmp_path):
     source = radiograph(tmp_path / "in" / "cr.dcm", size=2048, bits=15)
     report = enhance_series([source], Pipeline.load(tiny_engine), tmp_path / "out",
@@ -31,6 +33,7 @@ def test_a_2k_monochrome1_15_bit_radiograph_in_tiles(tiny_engine, tmp_path):
     assert pixels.std() > 0
 
 
+@pytest.mark.slow
 def test_a_1024_mr(tiny_engine, tmp_path):
     ds = base_dataset(MRImageStorage, "MR", generate_uid(), "1.2.3.9")
     ds.ImageType = ["ORIGINAL", "PRIMARY", "M"]

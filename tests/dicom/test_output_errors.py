@@ -65,6 +65,7 @@ def run_in_small_fs(tmp_path: Path, size: str, engine: Path, between: str = "") 
     return code, result.stdout, result.stderr, files, out
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_with_a_clear_error_and_no_partial_file(tiny_engine, tmp_path):
     # 128 px int16 slices are ~33 kB each: a 200 kB filesystem takes a few, then is full.
     code, stdout, stderr, files, out = run_in_small_fs(tmp_path, "200k", tiny_engine)
@@ -75,6 +76,7 @@ def test_a_full_disk_stops_with_a_clear_error_and_no_partial_file(tiny_engine, t
     assert "Traceback" not in stderr
 
 
+@pytest.mark.slow
 def test_a_folder_turning_read_only_mid_run(tiny_engine, tmp_path):
     code, stdout, stderr, files, out = run_in_small_fs(
         tmp_path, "8m", tiny_engine, between=f"mount -o remount,ro {tmp_path / 'out'}")

@@ -77,6 +77,7 @@ def enhance_cli(inputs: Path, out: Path, engine: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
+@pytest.mark.slow
 def test_a_batch_killed_with_sigkill_resumes_where_it_stopped(tiny_engine, tmp_path):
     count = 40
     series(tmp_path / "in", count)

@@ -188,6 +188,7 @@ def timeless(path: Path) -> pydicom.Dataset:
     return ds
 
 
+@pytest.mark.slow
 def test_workers_write_the_same_files_in_the_same_order(all_kinds, concat_engine, tmp_path):
     """Several slices at once through one Pipeline (concurrent ONNX Runtime runs): every
     output element and pixel, the report's order and a bad file's failure as with one worker."""

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-import pytest
 
 RECORD = Path(__file__).parent / "data" / "unchanged.json"
 PIXELS = Path(__file__).parent / "data" / "unchanged.npz"

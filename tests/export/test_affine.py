@@ -70,6 +70,7 @@ def ct_tiny_engine(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_the_pipeline_runs_the_map_not_the_graphs_and_agrees_with_them(ct_tiny_engine):
     manifest = read_manifest(ct_tiny_engine)
     assert manifest.vae_affine is not None
@@ -88,6 +89,7 @@ def test_the_pipeline_runs_the_map_not_the_graphs_and_agrees_with_them(ct_tiny_e
     assert fast.fingerprint() != graphs.fingerprint()  # derived UIDs tell them apart
 
 
+@pytest.mark.slow
 def test_the_bench_sets_no_graph_flops_beside_an_affine_vae(ct_tiny_engine):
     """The VAE's graph FLOPs divided by the affine map's time read 500 % of the peak."""
     from scanside.bench.harness import flops_per_stage
@@ -96,6 +98,7 @@ def test_the_bench_sets_no_graph_flops_beside_an_affine_vae(ct_tiny_engine):
     assert set(flops) == {"text", "unet_step"} and flops["unet_step"] > 0
 
 
+@pytest.mark.slow
 def test_int8_keeps_an_affine_vae_in_fp32_and_does_not_crash(tmp_path):
     """ONNX Runtime's quantiser crashed on the identity VAE's shared zero weights
     ("Expected ... conv2.weight to be an initializer"); graphs that never run are not reduced."""

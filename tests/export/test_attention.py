@@ -34,6 +34,7 @@ def attention_layers(model_dir, component: str) -> int:
     return sum(isinstance(m, DiffusersAttention) for m in module.modules())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("component", ["unet", "vae_encoder", "vae_decoder"])
 def test_every_attention_is_one_fused_node_and_no_score_softmax_is_left(
         fused_engine, tiny_model, tiny_engine, component):
@@ -47,6 +48,7 @@ def test_every_attention_is_one_fused_node_and_no_score_softmax_is_left(
     assert not any(n.op_type == "Softmax" for n in fused.node)
 
 
+@pytest.mark.slow
 def test_the_fused_engine_enhances_as_the_plain_one(fused_engine, tiny_engine):
     assert read_manifest(fused_engine).attention is Attention.FUSED
     assert read_manifest(tiny_engine).attention is Attention.PLAIN
@@ -59,6 +61,7 @@ def test_the_fused_engine_enhances_as_the_plain_one(fused_engine, tiny_engine):
     assert np.abs(generated[0] - generated[1]).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_tensorrt_refuses_a_fused_engine_and_auto_passes_it_over(fused_engine):
     with pytest.raises(BackendUnavailable, match="--attention plain"):
         Pipeline.load(fused_engine, "tensorrt")
@@ -100,6 +103,7 @@ def test_a_masked_attention_keeps_diffusers_processor():
     assert torch.allclose(attn(x), reference, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_fused_node_counts_the_flops_of_the_products_it_replaced(fused_engine, tiny_engine):
     from scanside.bench.flops import count_flops
 

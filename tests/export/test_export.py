@@ -36,6 +36,7 @@ def test_static_shapes_with_dynamic_batch(tiny_engine):
     assert [d.dim_value for d in sample[1:]] == [4, 8, 8]
 
 
+@pytest.mark.slow
 def test_dynamic_export_runs_other_sizes(tiny_model, tmp_path):
     from scanside import Pipeline
 

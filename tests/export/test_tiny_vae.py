@@ -30,6 +30,7 @@ def tiny_vae_engine(tiny_model, taesd, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_the_tiny_vae_replaces_both_vae_graphs_and_the_manifest_says_so(
         tiny_vae_engine, tiny_engine, taesd):
     m, plain = read_manifest(tiny_vae_engine), read_manifest(tiny_engine)
@@ -48,6 +49,7 @@ def test_the_tiny_vae_replaces_both_vae_graphs_and_the_manifest_says_so(
     assert on_disk["tiny_vae"]["source_hash"] == m.tiny_vae["source_hash"]
 
 
+@pytest.mark.slow
 def test_the_engine_decodes_as_taesd_does_on_the_checkpoints_scaled_latents(tiny_vae_engine, taesd):
     from diffusers import AutoencoderTiny
 
@@ -68,6 +70,7 @@ def test_the_engine_decodes_as_taesd_does_on_the_checkpoints_scaled_latents(tiny
     assert np.abs(mean * scaling - taesd_latents.numpy()).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_an_engine_with_a_tiny_vae_enhances_and_says_so_in_its_provenance(tiny_vae_engine):
     pipe = Pipeline.load(tiny_vae_engine)
     image = np.random.default_rng(2).random((64, 64)).astype(np.float32)
@@ -76,6 +79,7 @@ def test_an_engine_with_a_tiny_vae_enhances_and_says_so_in_its_provenance(tiny_v
     assert "tiny VAE sha256" in pipe.describe(prompt="x", strength=0.3, steps=4)
 
 
+@pytest.mark.slow
 def test_decoder_only_keeps_the_checkpoints_encoder(tiny_model, taesd, tiny_engine, tmp_path):
     out = tmp_path / "engine"
     m = export_model(tiny_model, out, tiny_vae=taesd, tiny_vae_parts="decoder")

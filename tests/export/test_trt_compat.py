@@ -59,6 +59,7 @@ def test_only_the_supported_compat_versions_are_taken():
         check_compat("8.2")
 
 
+@pytest.mark.slow
 def test_export_for_tensorrt_8_5_has_no_layernorm_and_passes_parity(tiny_model, tiny_engine,
                                                                     tmp_path):
     from scanside.export import export_model

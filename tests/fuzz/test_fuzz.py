@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from .run import GOOD, run_fuzz
 
 
+@pytest.mark.slow
 def test_a_seeded_sample_ends_written_or_refused(tiny_engine, tmp_path):
     report = run_fuzz(50, seed=2026, workdir=tmp_path, engine=tiny_engine, timeout=60, jobs=2,
                       echo=lambda line: None)

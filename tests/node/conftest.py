@@ -18,6 +18,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from scanside.bench.orthanc import free_port
+from tests import system_tools
 from tests.dicom.conftest import ct_phantom, ct_slice
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,13 +26,9 @@ STORESCU, STORESCP = Path("/usr/bin/storescu"), Path("/usr/bin/storescp")  # dcm
 
 
 def require(tool: Path, package: str) -> None:
-    """Skip where ``tool`` is missing; fail instead in CI (SCANSIDE_REQUIRE_DICOM_TOOLS)."""
-    if tool.exists():
-        return
-    message = f"{tool} is not installed (apt-get install {package})"
-    if os.environ.get("SCANSIDE_REQUIRE_DICOM_TOOLS"):
-        pytest.fail(message)
-    pytest.skip(message)
+    """Skip where Debian's ``package`` (which holds ``tool``) is missing; fail instead in CI
+    (tests.system_tools)."""
+    system_tools.require(package)
 
 
 def wait_for(check, timeout: float, what: str):

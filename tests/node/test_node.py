@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pydicom
+import pytest
 from pydicom.uid import generate_uid
 
 from tests.dicom.conftest import partial_files, pydicom_file
@@ -23,6 +24,7 @@ REAL_FILES = {"CT_small.dcm": (), "MR_small.dcm": (), "MR_small_RLE.dcm": ("-xr"
               "693_J2KI.dcm": ("-xw",)}
 
 
+@pytest.mark.slow
 def test_a_100_slice_series_and_real_files_reach_three_destinations(node_factory, recorder,
                                                                      orthanc, tmp_path):
     """dcmtk's storescu sends a 100-slice CT series and pydicom's real CT and MR files; the
@@ -104,6 +106,7 @@ def test_refused_instances_and_senders(node_factory, recorder, tmp_path):
     assert not partial_files(spool)
 
 
+@pytest.mark.slow
 def test_a_killed_node_resumes_from_its_journal(node_factory, recorder, tmp_path):
     """SIGKILL after every slice was acknowledged and before the series was complete: on
     restart the node enhances and sends it; each derived instance reaches the PACS once."""

@@ -10,6 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.dicom.conftest import partial_files
 
 from .conftest import STORESCU, ct_series, status, storescu, wait_for
@@ -32,6 +34,7 @@ def journal_counts(spool: Path) -> tuple[int, int, int]:
     return received, enhanced, sent
 
 
+@pytest.mark.slow
 def test_twenty_kills_lose_nothing_and_duplicate_nothing(node_factory, orthanc, tmp_path):
     rng = random.Random(2026)
     spool = tmp_path / "spool"

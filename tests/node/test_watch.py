@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pydicom
+import pytest
 
 from tests.dicom.conftest import partial_files
 
@@ -27,6 +28,7 @@ def watch(tiny_engine: Path, tmp_path: Path, index: int) -> subprocess.Popen:
         stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
+@pytest.mark.slow
 def test_dropped_files_are_taken_when_complete_and_once(tiny_engine, tmp_path):
     sources = ct_series(tmp_path / "made", 6)
     drop = tmp_path / "drop"
@@ -68,6 +70,7 @@ def test_dropped_files_are_taken_when_complete_and_once(tiny_engine, tmp_path):
     assert not [e for e in state["last_errors"] if e["kind"] == "refused"]
 
 
+@pytest.mark.slow
 def test_watch_killed_at_twenty_points_takes_every_file_once(tiny_engine, tmp_path):
     """Files keep arriving while the watcher is SIGKILLed at 20 seeded moments and restarted:
     every file ends as one derived instance of one series, none twice, no partial file."""

@@ -75,6 +75,7 @@ def test_a_slice_that_needs_padding_is_enhanced_as_well_as_one_that_does_not(pip
     assert psnr(full, padded) >= psnr(full, whole) - 1.0
 
 
+@pytest.mark.slow
 def test_it_keeps_most_of_the_lesions_contrast_on_held_out_pairs(pipe):
     pytest.importorskip("skimage")  # the simulator (train extra)
     from scanside.training import ctsim

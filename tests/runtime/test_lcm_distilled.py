@@ -67,12 +67,14 @@ def test_the_guidance_embedding_is_diffusers(lcm_model):
         assert guidance_embedding(w, dim).shape == (1, dim)
 
 
+@pytest.mark.slow
 def test_the_unet_takes_the_embedding_as_an_input(lcm_engine):
     spec = Pipeline.load(lcm_engine).manifest.components["unet"].spec
     assert [t.name for t in spec.inputs][-1] == "timestep_cond"
     assert Pipeline.load(lcm_engine).guidance_embedding_dim == EMBEDDING
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("guidance", [1.0, 8.5])
 def test_generate_matches_diffusers_latent_consistency(lcm_model, lcm_engine, guidance):
     pipe = theirs(lcm_model, "LatentConsistencyModelPipeline")
@@ -84,6 +86,7 @@ def test_generate_matches_diffusers_latent_consistency(lcm_model, lcm_engine, gu
     assert diff <= TOLERANCE, f"guidance {guidance}: max abs diff {diff:.2e}"
 
 
+@pytest.mark.slow
 def test_enhance_matches_diffusers_latent_consistency_img2img(lcm_model, lcm_engine):
     image = np.random.default_rng(1).random((64, 64, 3)).astype(np.float32)
     pipe = theirs(lcm_model, "LatentConsistencyModelImg2ImgPipeline")
@@ -96,6 +99,7 @@ def test_enhance_matches_diffusers_latent_consistency_img2img(lcm_model, lcm_eng
     assert diff <= TOLERANCE, f"max abs diff {diff:.2e}"
 
 
+@pytest.mark.slow
 def test_guidance_changes_the_picture_through_the_embedding(lcm_engine):
     ours = Pipeline.load(lcm_engine)
     a = ours.generate(PROMPT, steps=2, guidance=1.0, seed=0)
@@ -103,6 +107,7 @@ def test_guidance_changes_the_picture_through_the_embedding(lcm_engine):
     assert np.abs(a - b).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_too_many_steps_for_the_strength_is_refused_with_the_limit(lcm_engine):
     from scanside.errors import InputError
 
@@ -115,6 +120,7 @@ def test_too_many_steps_for_the_strength_is_refused_with_the_limit(lcm_engine):
     assert out.shape == image.shape
 
 
+@pytest.mark.slow
 def test_tensorrt_profiles_cover_the_embedding_input(lcm_engine):
     """GPU-free: the TensorRT optimisation profile (and trtexec's shapes) name timestep_cond
     with the UNet batch range, so a plan built for this engine takes the embedding."""

@@ -82,6 +82,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(1.0 / np.mean((a - b) ** 2)))
 
 
+@pytest.mark.slow
 def test_tiled_enhancement_matches_the_whole_image(ct_tiny):
     from scanside import Pipeline
 
@@ -104,6 +105,7 @@ def test_tiled_enhancement_matches_the_whole_image(ct_tiny):
     assert np.abs(tiled - image).mean() > 1e-3  # the input is; the model did change it
 
 
+@pytest.mark.slow
 def test_max_tile_tiles_an_image_of_the_dynamic_engines_own_export_size(ct_tiny):
     # A dynamic engine exported at 256 px ran a 256 px image whole whatever max_tile said.
     from scanside import Pipeline
@@ -118,6 +120,7 @@ def test_max_tile_tiles_an_image_of_the_dynamic_engines_own_export_size(ct_tiny)
     assert 0 < np.abs(tiled - whole).max()
 
 
+@pytest.mark.slow
 def test_a_bad_max_tile_is_refused_with_the_allowed_sizes(ct_tiny):
     from scanside import Pipeline
 
@@ -127,6 +130,7 @@ def test_a_bad_max_tile_is_refused_with_the_allowed_sizes(ct_tiny):
         Pipeline.load(ct_tiny[1], max_tile=2048)
 
 
+@pytest.mark.slow
 def test_guided_tiles_pair_each_tile_with_its_prompt_half(ct_tiny, monkeypatch):
     # With guidance the UNet gets (uncond, text) halves: each tile's row must carry the
     # embedding of its own half, or the guided result mixes prompts.
@@ -152,6 +156,7 @@ def test_guided_tiles_pair_each_tile_with_its_prompt_half(ct_tiny, monkeypatch):
     assert sum(np.array_equal(r, text[0]) for r in rows) == len(rows) // 2
 
 
+@pytest.mark.slow
 def test_data_consistency_through_the_pipeline(ct_tiny):
     from scanside import Pipeline
 
@@ -173,6 +178,7 @@ def test_data_consistency_through_the_pipeline(ct_tiny):
             pipe.enhance(image, consistency_px=bad)
 
 
+@pytest.mark.slow
 def test_a_tiled_call_holds_at_most_call_pixels(ct_tiny, monkeypatch):
     # The built-in model on a 2048 px radiograph put eight 1024 px tiles into one UNet call
     # (the profile's batch) and peaked at 12.4 GB; a call now takes at most CALL_PIXELS.
@@ -208,6 +214,7 @@ def tiny_dynamic(tiny_model, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_vae_tiles_go_one_per_call_and_stay_close_to_the_whole_image(tiny_dynamic, monkeypatch):
     # vae_tile bounds the VAE's full-resolution activations (SD 1.5's peak memory at 512 px)
     # while the UNet still runs the image whole.
@@ -246,6 +253,7 @@ def test_vae_tiles_go_one_per_call_and_stay_close_to_the_whole_image(tiny_dynami
     assert pipe.fingerprint(strength=0.5) != Pipeline.load(tiny_dynamic).fingerprint(strength=0.5)
 
 
+@pytest.mark.slow
 def test_a_bad_vae_tile_is_refused(ct_tiny, tiny_dynamic):
     from scanside import Pipeline
 

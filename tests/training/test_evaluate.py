@@ -133,6 +133,7 @@ def test_contrast_kept_is_reported_by_lesion_size():
     assert bands[2]["median_kept"] == pytest.approx(1.0) and bands[2]["lost"] == 0
 
 
+@pytest.mark.slow
 def test_evaluate_end_to_end_on_a_tiny_trained_model(tmp_path, capsys):
     pytest.importorskip("torch")
     from scanside.cli import main
@@ -180,6 +181,7 @@ def test_bm3d_peer_is_given_the_true_noise_level_and_denoises():
     assert psnr(ref, out) > psnr(ref, low) + 6
 
 
+@pytest.mark.slow
 def test_bm3d_factor_is_tuned_per_noise_level_beyond_one_and_a_half():
     """CT noise after filtered back projection is correlated, so BM3D's white-noise sigma must
     exceed the noise std (2-2.5x on real CT). The grid used to stop at 1.5 and one factor, tuned

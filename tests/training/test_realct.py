@@ -40,6 +40,7 @@ def test_a_real_slice_at_the_asked_noise_levels():
     assert (full < -900).any() and (np.abs(full - 40) < 60).mean() > 0.2 and (full > 300).any()
 
 
+@pytest.mark.slow
 def test_validation_scenes_are_training_sources_at_seeds_training_never_draws():
     from scanside.training.train import Settings
 

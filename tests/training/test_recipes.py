@@ -76,6 +76,7 @@ def test_unknown_recipe_and_used_folder(tmp_path):
     assert (tmp_path / "x" / "f").read_text() == "keep"
 
 
+@pytest.mark.slow
 def test_a_noise_conditioned_recipe_builds_a_model_export_can_read(tmp_path):
     from scanside.export import export_model
     from scanside.runtime import noise_level

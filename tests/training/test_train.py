@@ -14,6 +14,7 @@ pytest.importorskip("skimage")
 from scanside.errors import InputError  # noqa: E402
 from scanside.training import train  # noqa: E402
 from scanside.training.train import Settings, dihedral, train_default  # noqa: E402
+from tests.system_tools import require  # noqa: E402
 
 # One scene of each source (a head needs Debian's mricron-data: CI installs it), 32 px patches.
 TINY = Settings(recipe="ct-tiny", scenes=(("head", 1), ("natural", 1), ("phantom", 2)),
@@ -24,6 +25,7 @@ UNET = "unet/diffusion_pytorch_model.safetensors"
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    require("mricron-data")  # TINY's head scene; skips (or fails in CI) every test using it
     out = tmp_path_factory.mktemp("run")
     lines: list[str] = []
     return train_default(out, TINY, echo=lines.append), lines
@@ -39,6 +41,7 @@ def with_scenes(run_dir, trained):
     return run_dir
 
 
+@pytest.mark.slow
 def test_writes_an_fp16_diffusers_folder_with_its_settings(trained):
     from diffusers import StableDiffusionPipeline
     from safetensors import safe_open
@@ -57,6 +60,7 @@ def test_writes_an_fp16_diffusers_folder_with_its_settings(trained):
     assert any("lesion pixels x200" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_export_carries_the_model_settings_into_the_manifest(trained, tmp_path):
     from scanside.export import export_model
 
@@ -66,6 +70,7 @@ def test_export_carries_the_model_settings_into_the_manifest(trained, tmp_path):
     assert manifest.conditioning.value == "concat" and manifest.image_channels == 1
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights_and_resume_is_exact(trained, tmp_path, monkeypatch):
     model_dir, _ = trained
     saves = {"n": 0}
@@ -89,6 +94,7 @@ def test_same_seed_same_weights_and_resume_is_exact(trained, tmp_path, monkeypat
     assert (resumed / UNET).read_bytes() == (model_dir / UNET).read_bytes()
 
 
+@pytest.mark.slow
 def test_other_settings_in_the_same_folder_are_refused(trained):
     model_dir, _ = trained
     other = Settings(**{**TINY.__dict__, "tune_steps": 5})
@@ -96,6 +102,7 @@ def test_other_settings_in_the_same_folder_are_refused(trained):
         train_default(model_dir.parent, other, echo=lambda _: None)
 
 
+@pytest.mark.slow
 def test_a_run_from_a_trained_model_skips_phase_one_and_starts_at_its_weights(trained, tmp_path):
     from safetensors.torch import load_file
 
@@ -128,6 +135,7 @@ def test_dihedral_gives_eight_distinct_invertible_views():
     assert all(sorted(v.ravel()) == sorted(image.ravel()) for v in views)
 
 
+@pytest.mark.slow
 def test_batches_are_made_ahead_in_step_order_and_equal_made_inline(trained):
     """prefetched hands batches over in step order whatever thread finishes first, and a
     prefetched batch is the batch drawn inline: the draws depend on the step alone."""
@@ -304,6 +312,7 @@ def test_lesion_pixels_can_keep_their_weight_whatever_the_noise():
     assert quiet_w > 0.75 * float(tuned_loss(error, target, w, std, weighted))
 
 
+@pytest.mark.slow
 def test_anatomy_lesions_reach_the_loss_masks_and_leave_the_doses_alone():
     from scipy import ndimage
 
@@ -319,6 +328,7 @@ def test_anatomy_lesions_reach_the_loss_masks_and_leave_the_doses_alone():
     assert abs(noise(with_lesions) / noise(plain) - 1) < 0.05
 
 
+@pytest.mark.slow
 def test_phase_two_only_scenes_stay_out_of_phase_one(tmp_path):
     from scanside.training.train import load_data, sample
 
@@ -369,6 +379,7 @@ def test_widening_conv_in_for_the_noise_channel_leaves_the_model_as_it_was():
     assert torch.equal(got, want)
 
 
+@pytest.mark.slow
 def test_a_noise_conditioned_model_exports_and_enhances_with_its_noise_channel(trained, tmp_path):
     from scanside.export import export_model
     from scanside.runtime import Pipeline, noise_level
@@ -414,6 +425,7 @@ def test_a_noise_conditioned_model_exports_and_enhances_with_its_noise_channel(t
     assert len(seen) == 8 and set(seen) == {pipe.noise_channel(prepared.pixels, 2.0)}
 
 
+@pytest.mark.slow
 def test_noise_factor_is_refused_by_a_model_that_reads_the_noise_itself(trained, tmp_path):
     from scanside.export import export_model
     from scanside.runtime import Pipeline
