@@ -4,16 +4,16 @@ endpoint on loopback, and a home of the session's own for Ray."""
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import pytest
+
+from scanside.bench import raynode
 
 
 def pytest_configure(config):
@@ -128,55 +128,11 @@ def ray_env(home: Path, **extra: str) -> dict[str, str]:
     return {**env, "HOME": str(home), "RAY_USAGE_STATS_ENABLED": "0", **extra}
 
 
-class RayNode:
-    """`ray start ARGS --block` in a process group of its own; ``stop`` ends it and all it
-    started. Never `ray stop`: that stops every Ray on the machine, a user's own included."""
+class RayNode(raynode.RayNode):
+    """scanside.bench.raynode.RayNode with ``home`` as its HOME (see ray_env)."""
 
     def __init__(self, *args: str, home: Path, timeout: float = 120, **env: str) -> None:
-        self.lines: list[str] = []
-        started = threading.Event()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ray.scripts.scripts", "start", *args, "--block",
-             "--disable-usage-stats"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, env=ray_env(home, **env), start_new_session=True)
-
-        def read() -> None:  # also keeps the pipe drained while the node runs
-            for line in self.proc.stdout:
-                self.lines.append(line)
-                if "Ray runtime started" in line:
-                    started.set()
-            started.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        if not started.wait(timeout) or self.proc.poll() is not None:
-            self.stop()
-            raise AssertionError("ray start failed:\n" + "".join(self.lines[-40:]))
-
-    @property
-    def token_auth(self) -> bool:
-        return any("Token authentication is enabled" in line for line in self.lines)
-
-    def stop(self) -> None:
-        """SIGKILL to every process of the node's session (its workers are process groups of
-        their own in it): a test cluster has nothing to keep, and Ray's graceful stop takes
-        half a minute once a job has run."""
-        for pid in self.session():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        self.proc.wait()
-
-    def session(self) -> list[int]:
-        pids = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    if os.getsid(int(entry)) == self.proc.pid:
-                        pids.append(int(entry))
-                except OSError:
-                    pass
-        return pids
+        super().__init__(*args, env=ray_env(home, **env), timeout=timeout)
 
 
 def ray_temp_dir() -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,8 +19,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .orthanc import free_port
+from .raynode import RayNode
 from .series import write_series
 
+# A private loopback cluster: no token to share between its nodes and the driver.
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
@@ -62,20 +63,23 @@ def run(count: int, size: int, engine: Optional[Path], workers: int) -> dict[str
         results["ray_one_node"] = timed_ray(source, Path(tmp) / "one", engine, None, workers)
         ray.shutdown()
         port = free_port()
-        cli = [sys.executable, "-m", "ray.scripts.scripts"]
+        # The benchmark's own two nodes, in a session folder of their own (out of /tmp/ray,
+        # where `--ray auto` looks) and stopped by ending their sessions: never `ray stop`,
+        # which stops every Ray on the machine.
         env = {**os.environ, **RAY_ENV}
-        subprocess.run([*cli, "start", "--head", "--node-ip-address", "127.0.0.1", "--port",
-                        str(port), "--num-cpus", "1", "--include-dashboard", "false"],
-                       check=True, capture_output=True, env=env)
+        sessions = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: socket paths < 108 B
+        nodes = [RayNode("--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                         "--num-cpus", "1", "--include-dashboard", "false", "--temp-dir",
+                         sessions, env=env)]
         try:
-            subprocess.run([*cli, "start", "--address", f"127.0.0.1:{port}",
-                            "--node-ip-address", "127.0.0.1", "--num-cpus", str(workers - 1)],
-                           check=True, capture_output=True, env=env)
+            nodes.append(RayNode("--address", f"127.0.0.1:{port}", "--node-ip-address",
+                                 "127.0.0.1", "--num-cpus", str(workers - 1), env=env))
             results["ray_two_nodes"] = timed_ray(source, Path(tmp) / "two", engine,
                                                  f"127.0.0.1:{port}", workers)
         finally:
             ray.shutdown()
-            subprocess.run([*cli, "stop", "--force"], capture_output=True, env=env)
+            for node in reversed(nodes):
+                node.stop()
     base = results["local"]["seconds"]
     for key in ("ray_one_node", "ray_two_nodes"):
         results[key]["overhead"] = results[key]["seconds"] / base - 1
