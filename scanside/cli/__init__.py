@@ -33,7 +33,7 @@ FLAGS = {"out_dir": "--out", "consistency_px": "--consistency", "noise_factor": 
          "calibration": "--calibration", "precision": "--precision",
          "component_precision": "--component-precision", "attention": "--attention",
          "tiny_vae": "--tiny-vae", "trt_compat": "--trt-compat", "opset": "--opset",
-         "address": "--ray"}
+         "tiny_vae_parts": "--tiny-vae-parts", "device": "--device", "address": "--ray"}
 
 
 def __getattr__(name: str) -> object:

@@ -179,13 +179,14 @@ def cmd_models_train(args: argparse.Namespace) -> int:
 
 
 def cmd_models_evaluate(args: argparse.Namespace) -> int:
+    from scanside.runtime.sampling import Sampling
     from scanside.training.evaluate import evaluate, table
 
+    sampling = Sampling(steps=args.steps, strength=args.strength, guidance=args.guidance,
+                        seed=args.seed, ensemble=args.ensemble, consistency_px=args.consistency,
+                        noise_factor=args.noise_factor)
     result = evaluate(args.engine_dir, pairs=args.pairs, split=args.split, workers=args.workers,
-                      steps=args.steps, strength=args.strength, guidance=args.guidance,
-                      seed=args.seed, ensemble=args.ensemble, consistency_px=args.consistency,
-                      noise_factor=args.noise_factor,
-                      skip=frozenset(args.skip or ()))
+                      sampling=sampling, skip=frozenset(args.skip or ()))
     print(table(result))
     if args.json:
         from scanside.bench.report import write_json

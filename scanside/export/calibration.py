@@ -88,12 +88,12 @@ def gather(path: Optional[Path], synthetic_ok: bool, height: int, width: int, ch
             "in the manifest)")
     if path is not None:
         if not path.exists():
-            raise InputError(f"--calibration: {path} does not exist; give a folder of PNG or DICOM images")
+            raise InputError(f"calibration: {path} does not exist; give a folder of PNG or DICOM images")
         found, source = read_folder(path), str(path)
     else:
         found, source = synthetic(limit, max(height, width)), "synthetic phantoms"
     if len(found) < 2:
-        raise InputError(f"--calibration: {path} holds {len(found)} usable image(s); give at "
+        raise InputError(f"calibration: {path} holds {len(found)} usable image(s); give at "
                          "least 2 (one is held out to measure the final image's accuracy)")
     found = [center_fit(im, height, width) for im in found[:limit]]
     prepared = [images.prepare(im, channels, (height, width), factor, "calibration image").pixels

@@ -132,7 +132,7 @@ def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional
     precisions = resolve_precisions(precision, component_precision or {})
     ckpt.check_folder(model_dir)
     if opset < 17:
-        raise InputError(f"--opset: {opset} is below 17, the first with LayerNormalization; use 17+")
+        raise InputError(f"opset: {opset} is below 17, the first with LayerNormalization; use 17+")
     parts = parse_tiny_vae_parts(tiny_vae_parts)
     checkpoint = ckpt.load(model_dir)
     shape = ModelShape.from_configs(checkpoint.configs)
@@ -230,7 +230,7 @@ def parse_tiny_vae_parts(value: "tiny.TinyVaeParts | str") -> "tiny.TinyVaeParts
     try:
         return tiny.TinyVaeParts(value)
     except ValueError:
-        raise InputError(f"--tiny-vae-parts: {value!r}; choose both (encoder and decoder) or "
+        raise InputError(f"tiny_vae_parts: {value!r}; choose both (encoder and decoder) or "
                          "decoder") from None
 
 
@@ -254,7 +254,7 @@ def parse_attention(value: "Attention | str") -> Attention:
     try:
         return Attention(value)
     except ValueError:
-        raise InputError(f"--attention: {value!r}; choose plain (every backend) or fused (ONNX "
+        raise InputError(f"attention: {value!r}; choose plain (every backend) or fused (ONNX "
                          "Runtime only)") from None
 
 
@@ -269,7 +269,7 @@ def resolve_precisions(default: "Precision | str",
 
     unknown = sorted(set(overrides) - set(COMPONENTS))
     if unknown:
-        raise InputError(f"--component-precision: unknown component(s) {unknown}; choose from "
+        raise InputError(f"component_precision: unknown component(s) {unknown}; choose from "
                          f"{list(COMPONENTS)}")
     base = parse(default, "--precision")
     return {name: parse(overrides.get(name, base), f"--component-precision {name}")

@@ -47,17 +47,17 @@ def load(path: Path) -> Any:
 
     path = Path(path)
     if not (path / "config.json").is_file():
-        raise InputError(f"--tiny-vae {path}: no config.json; give a diffusers AutoencoderTiny "
+        raise InputError(f"tiny_vae {path}: no config.json; give a diffusers AutoencoderTiny "
                          "folder (TAESD saved with save_pretrained)")
     if not any(path.glob("*.safetensors")):
-        raise InputError(f"--tiny-vae {path}: no .safetensors weights; scanside reads weights "
+        raise InputError(f"tiny_vae {path}: no .safetensors weights; scanside reads weights "
                          "only from safetensors (convert with save_pretrained(safe_serialization"
                          "=True))")
     try:
         return AutoencoderTiny.from_pretrained(path, use_safetensors=True,
                                                low_cpu_mem_usage=False).eval()
     except (OSError, ValueError, TypeError) as exc:
-        raise InputError(f"--tiny-vae {path}: not an AutoencoderTiny folder ({exc}); give a "
+        raise InputError(f"tiny_vae {path}: not an AutoencoderTiny folder ({exc}); give a "
                          "TAESD folder in diffusers' format") from None
 
 
@@ -68,14 +68,14 @@ def check_fits(tiny: Any, shape: "ModelShape", path: Path) -> None:
     want = (shape.image_channels, shape.latent_channels)
     have = (int(cfg.in_channels), int(cfg.latent_channels))
     if have != want:
-        raise InputError(f"--tiny-vae {path}: {have[0]} image and {have[1]} latent channels, the "
+        raise InputError(f"tiny_vae {path}: {have[0]} image and {have[1]} latent channels, the "
                          f"checkpoint's VAE has {want[0]} and {want[1]}; use the TAESD made for "
                          "this model family (taesd: SD 1.x/2.x, taesdxl: SDXL)")
     factor = shape.vae_factor
     with torch.inference_mode():
         latent = tiny.encoder(torch.zeros(1, have[0], 8 * factor, 8 * factor))
     if tuple(latent.shape[-2:]) != (8, 8):
-        raise InputError(f"--tiny-vae {path}: its encoder scales by "
+        raise InputError(f"tiny_vae {path}: its encoder scales by "
                          f"{8 * factor // latent.shape[-1]}, the checkpoint's VAE by {factor}; "
                          "use the TAESD made for this model family")
 

@@ -24,7 +24,7 @@ COMPAT = ("8.5",)
 
 def check_compat(value: "str | None") -> None:
     if value is not None and value not in COMPAT:
-        raise InputError(f"--trt-compat: {value!r} is not supported; choose one of {COMPAT} "
+        raise InputError(f"trt_compat: {value!r} is not supported; choose one of {COMPAT} "
                          "(TensorRT 8.6 and newer parse the graphs as exported)")
 
 

@@ -471,10 +471,10 @@ def use_device(name: str):
     except RuntimeError:
         device = None
     if device is None or device.type not in ("cpu", "cuda"):
-        raise InputError(f"--device {name}: expected cpu or cuda[:N]")
+        raise InputError(f"device {name}: expected cpu or cuda[:N]")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise InputError(f"--device {name}: this torch sees no CUDA GPU; train with "
+            raise InputError(f"device {name}: this torch sees no CUDA GPU; train with "
                              "--device cpu, or install a CUDA build of torch")
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False

@@ -105,7 +105,7 @@ def test_wrong_tiny_vae_folders_are_refused_before_any_work(tiny_model, tmp_path
     AutoencoderTiny(latent_channels=16, **TINY_VAE_SHAPES["tiny"]).save_pretrained(other)
     with pytest.raises(InputError, match="16 latent channels"):
         export_model(tiny_model, out, tiny_vae=other)
-    with pytest.raises(InputError, match="--tiny-vae-parts"):
+    with pytest.raises(InputError, match="tiny_vae_parts"):
         export_model(tiny_model, out, tiny_vae=other, tiny_vae_parts="encoder")
     assert not out.exists()
 

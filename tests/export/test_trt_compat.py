@@ -55,7 +55,7 @@ def test_a_layernorm_of_unknown_rank_is_refused_not_guessed():
 def test_only_the_supported_compat_versions_are_taken():
     check_compat(None)
     check_compat("8.5")
-    with pytest.raises(InputError, match="--trt-compat: '8.2' is not supported"):
+    with pytest.raises(InputError, match="trt_compat: '8.2' is not supported"):
         check_compat("8.2")
 
 

@@ -159,10 +159,10 @@ def test_batches_are_made_ahead_in_step_order_and_equal_made_inline(trained):
 
 def test_a_device_torch_cannot_use_is_refused_by_name(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(InputError, match="--device cuda: this torch sees no CUDA GPU"):
+    with pytest.raises(InputError, match="device cuda: this torch sees no CUDA GPU"):
         train_default(tmp_path, TINY, echo=lambda _: None, device="cuda")
     for name in ("mps", "gpu"):  # one torch knows but cannot train here, one it does not
-        with pytest.raises(InputError, match=f"--device {name}: expected cpu or cuda"):
+        with pytest.raises(InputError, match=f"device {name}: expected cpu or cuda"):
             train_default(tmp_path, TINY, echo=lambda _: None, device=name)
     assert not (tmp_path / "train").exists()  # refused before anything is written
 
