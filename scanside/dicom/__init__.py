@@ -1,8 +1,8 @@
 """DICOM in and out with pydicom: real value scales in, derived series out.
 
     collect(paths)                      validate headers, group and order series
-    enhance_series(paths, pipeline, out_dir, window=..., **sampling)   the batch, with a report
-    enhance_dataset(pipeline, ds, ...)  one in-memory dataset -> derived dataset
+    enhance_series(paths, pipeline, out_dir, window=..., sampling=...)   the batch, with a report
+    enhance_dataset(ds, pipeline, sampling, window=...)  one in-memory dataset -> derived dataset
     Window                              the value window to the model's [0, 1]
 """
 
