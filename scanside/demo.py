@@ -87,11 +87,11 @@ def run_demo(workdir: Path) -> Path:
 
     workdir.mkdir(parents=True, exist_ok=True)
     pipe = Pipeline.load(engine_dir(workdir))
-    settings = pipe.sampling_defaults()
+    own = pipe.resolve()  # the model's own settings, which the demo uses
     print(f"model: scanside's built-in low-dose CT model ({pipe.manifest.precision.value} engine "
-          f"{pipe.engine_dir}); prompt {settings['prompt']!r}, {settings['steps']} steps, "
-          f"strength {settings['strength']:g}, guidance {settings['guidance']:g}, "
-          + ("one view" if settings["ensemble"] == 1 else f"ensemble of {settings['ensemble']} views"))
+          f"{pipe.engine_dir}); prompt {own.prompt!r}, {own.steps} steps, "
+          f"strength {own.strength:g}, guidance {own.guidance:g}, "
+          + ("one view" if own.ensemble == 1 else f"ensemble of {own.ensemble} views"))
     pair = load_pair()
     inputs, out = workdir / "input", workdir / "enhanced"
     shutil.rmtree(out, ignore_errors=True)  # the demo's own output from an earlier run
