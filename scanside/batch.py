@@ -71,15 +71,16 @@ def image_target(source: Path, out: Path, single: bool) -> Path:
 
 def enhance_images(paths: list[Path], pipeline, out: Path, sampling: Optional[Sampling] = None,
                    *, overwrite: bool = False, workers: int = 1,
-                   progress: Optional[bool] = None,
+                   progress: Optional[bool] = None, single: Optional[bool] = None,
                    on_output: Optional[Callable[[Path], None]] = None) -> Report:
     """Enhance PNG/NPY images, ``workers`` at once, each into ``image_target``; the same
     bit depth as its source (PNG) or float32 (NPY). ``out``: a folder, or for one image a
-    .png/.npy file. Nothing is written over an input or, without ``overwrite``, a file.
+    .png/.npy file, where ``single`` (default: one path) says the batch is one image. Nothing
+    is written over an input or, without ``overwrite``, a file.
     ``on_output(path)`` is called for each written file, in the inputs' order."""
     out = Path(out)
     sampling = Sampling.of(sampling)
-    single = len(paths) == 1
+    single = len(paths) == 1 if single is None else single
     if paths and not (single and out.suffix.lower() in (".png", ".npy")):
         out.mkdir(parents=True, exist_ok=True)
     show = workers == 1 if progress is None else progress

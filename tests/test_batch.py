@@ -31,6 +31,7 @@ def test_a_bad_file_does_not_stop_the_batch(tmp_path):
                             on_output=written.append)
     assert [p.name for p in report.written] == ["good_enhanced.png"] == [p.name for p in written]
     assert [p for p, _ in report.failures] == [bad] and str(bad) in report.failures[0][1]
+    assert "internal error" not in report.failures[0][1]  # the input's fault, said so
     assert report.images == 1 and model.seen == [Sampling(steps=3)]
     assert np.asarray(Image.open(written[0]))[0, 0] == 55
     assert (bad.read_bytes(), good.read_bytes()) == before

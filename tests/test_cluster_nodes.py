@@ -1,4 +1,4 @@
-"""The full cluster test (CI runs it as its own command, README "Ray"): a head node and a
+"""The full cluster test (CI runs it as its own command; docs/cluster.md): a head node and a
 second worker node process on this machine, loopback only, started with plain `ray start` and
 Ray's default authentication (a token in ~/.ray/auth_token, as any local Ray run leaves one,
 turns it on; the session's own HOME, never the user's); a few hundred slices in several

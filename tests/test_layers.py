@@ -42,6 +42,15 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def is_module(name: str) -> bool:
+    """Whether the dotted ``name`` is a module or package of the source tree."""
+    parts = name.split(".")
+    if parts[0] != "scanside":
+        return False
+    path = PACKAGE.joinpath(*parts[1:])
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
 def imports(path: Path) -> set[str]:
     """scanside modules ``path`` imports, relative imports resolved."""
     own = module_name(path).split(".")
@@ -54,8 +63,8 @@ def imports(path: Path) -> set[str]:
             base = package[: len(package) - node.level + 1] if node.level else []
             target = ".".join(base + ([node.module] if node.module else []))
             found.add(target)
-            if not node.module:  # from . import x: x may be a module
-                found |= {f"{target}.{a.name}" for a in node.names}
+            # from scanside import dicom, from . import x: a name may be a module
+            found |= {f"{target}.{a.name}" for a in node.names if is_module(f"{target}.{a.name}")}
     return {name for name in found if name.split(".")[0] == "scanside"}
 
 
@@ -81,13 +90,19 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     fake = tmp_path / "scanside"
     (fake / "runtime").mkdir(parents=True)
     bad = fake / "runtime" / "bad.py"
-    bad.write_text("from scanside.dicom import Window\n"
+    bad.write_text("from scanside.dicom import Window\nfrom scanside import export\n"
                    "def f():\n    from ..cli import options\n    from . import images\n")
+    for module in ("dicom", "cli", "export"):
+        (fake / module).mkdir()
+        (fake / module / "__init__.py").write_text("")
+    (fake / "cli" / "options.py").write_text("")
+    (fake / "runtime" / "images.py").write_text("")
     globals()["PACKAGE"] = fake
     try:
         found = imports(bad)
     finally:
         globals()["PACKAGE"] = Path(scanside.__file__).parent
-    assert {"scanside.dicom", "scanside.cli", "scanside.runtime.images"} <= found
+    assert {"scanside.dicom", "scanside.export", "scanside.cli.options",
+            "scanside.runtime.images"} <= found
     assert layer("scanside.dicom") > layer("scanside.runtime.bad")
     assert layer("scanside.cli") > layer("scanside.runtime.bad")

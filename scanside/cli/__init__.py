@@ -36,14 +36,24 @@ FLAGS = {"out_dir": "--out", "consistency_px": "--consistency", "noise_factor": 
          "tiny_vae_parts": "--tiny-vae-parts", "device": "--device", "address": "--ray"}
 
 
+# Names of scanside/cli.py (until 0.1.0) that are not the command modules' own functions.
+MOVED = {"enhance_images": "scanside.batch.enhance_images (paths, pipeline, out, sampling)",
+         "output_for": "scanside.batch.image_target",
+         "sampling_of": "scanside.cli.options.sampling_of (it returns a scanside.Sampling now)"}
+
+
 def __getattr__(name: str) -> object:
-    """scanside.cli was one module until 0.1.0; its helpers now live in the command modules."""
+    """scanside.cli was one module until 0.1.0; its helpers now live in the command modules.
+    An ImportError, so that `from scanside.cli import NAME` shows where NAME went."""
     from . import options
 
+    where = MOVED.get(name)
     for module in (options, *COMMANDS):
-        if hasattr(module, name):
-            raise ImportError(f"scanside.cli.{name} moved to {module.__name__}.{name}; "
-                                 f"import it from there")
+        found = getattr(module, name, None)
+        if where is None and getattr(found, "__module__", None) == module.__name__:
+            where = f"{module.__name__}.{name}"
+    if where is not None:
+        raise ImportError(f"scanside.cli.{name} moved to {where}; import it from there")
     raise AttributeError(f"module 'scanside.cli' has no attribute {name!r}")
 
 

@@ -107,7 +107,8 @@ def cmd_enhance(args: argparse.Namespace) -> int:
     report = Report()
     if images:
         report.absorb(enhance_images(images, pipe, args.out, sampling, overwrite=args.overwrite,
-                                     workers=workers, on_output=lambda p: print(f"wrote {p}")))
+                                     workers=workers, single=len(args.inputs) == 1,
+                                     on_output=lambda p: print(f"wrote {p}")))
     if dicoms:
         from scanside.dicom import enhance_series
 

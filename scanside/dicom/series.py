@@ -49,7 +49,7 @@ class Enhancer(Protocol):
 
 
 def enhance_frames(pipeline: Enhancer, ds: Dataset, path: Path, window: Optional[Window],
-                   sampling: Sampling) -> tuple[np.ndarray, Window, np.ndarray]:
+                   sampling: Sampling, noise: Any = None) -> tuple[np.ndarray, Window, np.ndarray]:
     """Every frame, decoded, enhanced and stored one at a time -> ((F, H, W) stored values in
     the source's dtype, the last frame's window, the first frame's modality values)."""
     inverted = str(ds.PhotometricInterpretation) == "MONOCHROME1"
@@ -60,7 +60,9 @@ def enhance_frames(pipeline: Enhancer, ds: Dataset, path: Path, window: Optional
         used = choose(ds, values, window)
         unit = used.to_unit(values)
         # MONOCHROME1 displays low values white; the model sees every image as displayed.
-        out = pipeline.enhance(1 - unit if inverted else unit, sampling)
+        shown = 1 - unit if inverted else unit
+        out = (pipeline.enhance(shown, sampling) if noise is None
+               else pipeline.enhance(shown, sampling, noise=noise))
         out = 1 - out if inverted else out
         stored = to_stored(used.restore(used.from_unit(out), values), ds, f)
         if result is None:
@@ -74,9 +76,12 @@ def describe(pipeline: Enhancer, window: Window, sampling: Sampling) -> str:
             f"({window.source}); values outside the window kept from the source")
 
 
-def run_fingerprint(pipeline: Enhancer, window: Optional[Window], sampling: Sampling) -> str:
-    """The pipeline's fingerprint with the window argument: what derived UIDs come from."""
-    base = pipeline.fingerprint(sampling)
+def run_fingerprint(pipeline: Enhancer, window: Optional[Window], sampling: Sampling,
+                    noise: Any = None) -> str:
+    """The pipeline's fingerprint with the window argument: what derived UIDs come from.
+    ``noise``: a caller's noise (see Pipeline.enhance), part of the fingerprint."""
+    base = (pipeline.fingerprint(sampling) if noise is None
+            else pipeline.fingerprint(sampling, noise=noise))
     if not base:
         return ""
     chosen = "per file" if window is None else f"{window.center!r},{window.width!r}"
@@ -85,10 +90,12 @@ def run_fingerprint(pipeline: Enhancer, window: Optional[Window], sampling: Samp
 
 def enhance_dataset(ds: Dataset, pipeline: Enhancer, sampling: Optional[Sampling] = None, *,
                     window: Optional[Window] = None, series_uid: Optional[str] = None,
-                    **settings: Any) -> Dataset:
+                    noise: Any = None, **settings: Any) -> Dataset:
     """One in-memory dataset -> its derived, enhanced counterpart (a new instance; the same
     UIDs each time for the same source, engine and settings). ``sampling``: see
-    scanside.Sampling (keyword settings as before still work in its place)."""
+    scanside.Sampling (keyword settings as before still work in its place); ``noise``: as for
+    Pipeline.enhance."""
+    settings.pop("progress", None)  # accepted as before; a single dataset shows no progress
     if isinstance(pipeline, Dataset) and not isinstance(ds, Dataset):
         ds, pipeline = pipeline, ds  # scanside 0.1.0's order: enhance_dataset(pipeline, ds)
     if not isinstance(ds, Dataset):
@@ -102,8 +109,8 @@ def enhance_dataset(ds: Dataset, pipeline: Enhancer, sampling: Optional[Sampling
     if "PixelData" not in ds:
         raise InputError(f"{where}: no pixel data; only images can be enhanced")
     parse.check_pixel_length(ds, where)
-    result, used, _ = enhance_frames(pipeline, ds, where, window, sampling)
-    fingerprint = run_fingerprint(pipeline, window, sampling)
+    result, used, _ = enhance_frames(pipeline, ds, where, window, sampling, noise)
+    fingerprint = run_fingerprint(pipeline, window, sampling, noise)
     uid = series_uid or derived_series_uid(str(ds.get("SeriesInstanceUID", "")), fingerprint)
     return derive(ds, result, Derivation(describe(pipeline, used, sampling), uid,
                                          series_number(ds), fingerprint=fingerprint))
@@ -134,7 +141,8 @@ def enhance_series(paths: Sequence[Path], pipeline: Enhancer, out_dir: Path, *,
                    progress: bool = True, overwrite: bool = False,
                    on_output: Optional[Callable[[Path], None]] = None,
                    names: str = "position", workers: int = 1,
-                   sampling: Optional[Sampling] = None, **settings: Any) -> Report:
+                   sampling: Optional[Sampling] = None, noise: Any = None,
+                   **settings: Any) -> Report:
     """Enhance every image series under ``paths`` into new series under ``out_dir``.
 
     Resumable: UIDs and file names are the same on every run with the same inputs, engine and
@@ -149,7 +157,8 @@ def enhance_series(paths: Sequence[Path], pipeline: Enhancer, out_dir: Path, *,
     each read, enhanced and written by one worker thread while the others run (see
     scanside.runtime.parallel; load the pipeline with ``threads_per_worker(workers)``);
     reports, ``on_output`` calls and file names stay in the series' order. ``sampling``: see
-    scanside.Sampling (keyword settings as before still work in its place)."""
+    scanside.Sampling (keyword settings as before still work in its place); ``noise``: as for
+    Pipeline.enhance, the same for every frame."""
     sampling = Sampling.of(sampling, **settings)
     out_dir = Path(out_dir)
     check_output_dir(out_dir, paths)
@@ -159,8 +168,8 @@ def enhance_series(paths: Sequence[Path], pipeline: Enhancer, out_dir: Path, *,
             log.warning("removed %d partial file(s) an interrupted run left in %s", stale, out_dir)
         collected = collect(paths)
         report = Report(failures=list(collected.failures))
-        fingerprint = run_fingerprint(pipeline, window, sampling)
-        job = Job(pipeline, window, preview, sampling, fingerprint, overwrite)
+        fingerprint = run_fingerprint(pipeline, window, sampling, noise)
+        job = Job(pipeline, window, preview, sampling, fingerprint, overwrite, noise)
         started = time.perf_counter()
         by_uid = names == "uid" and bool(fingerprint)
         try:
@@ -204,6 +213,7 @@ class Job:
     sampling: Sampling
     fingerprint: str
     overwrite: bool
+    noise: Any = None  # a caller's noise (Pipeline.enhance); None: the seed's draws
 
     def expected_uid(self, instance: Instance) -> str:
         return derived_uid("instance", str(instance.header.SOPInstanceUID), self.fingerprint)
@@ -234,7 +244,7 @@ class Job:
         ``instance`` enhanced into the derived series ``series``."""
         ds = read_pixels(instance)
         result, used, first = enhance_frames(self.pipeline, ds, instance.path, self.window,
-                                             self.sampling)
+                                             self.sampling, self.noise)
         derived = derive(ds, result, Derivation(describe(self.pipeline, used, self.sampling),
                                                 series, series_number(ds),
                                                 fingerprint=self.fingerprint))

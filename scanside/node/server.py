@@ -111,6 +111,11 @@ class NodeSettings:
     derived: Optional[Path] = None  # where derived series go (default SPOOL/derived)
     workers: int = 1  # slices enhanced at once (scanside.runtime.parallel)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.sampling, dict):  # the settings' form before scanside.Sampling
+            self.sampling = Sampling.of(**self.sampling)
+        Sampling.of(self.sampling)  # a wrong type fails here, not at the first series
+
     @property
     def derived_dir(self) -> Path:
         return self.derived or self.spool / "derived"

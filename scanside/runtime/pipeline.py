@@ -408,7 +408,13 @@ class Pipeline:
     def resolve(self, sampling: Optional[Sampling] = None) -> Sampling:
         """``sampling`` with every unset setting taken from this model's own defaults
         (``enhance_defaults`` in its manifest), else scanside's: what ``enhance`` will use."""
-        resolved = Sampling.of(sampling).resolve(self.manifest.enhance_defaults)
+        try:
+            resolved = Sampling.of(sampling).resolve(self.manifest.enhance_defaults)
+        except InputError as exc:
+            if "enhance_defaults" not in str(exc):
+                raise
+            raise InputError(f"{self.engine_dir / 'manifest.json'}: {exc}; re-export the "
+                             "engine with this scanside") from None
         check_noise_conditioned(resolved, self.manifest, self.engine_dir)
         return resolved
 

@@ -69,7 +69,8 @@ def check_seed(seed: object) -> int:
 
 
 def check_ensemble(ensemble: object) -> None:
-    if isinstance(ensemble, bool) or ensemble not in ENSEMBLE_VIEWS:
+    if not isinstance(ensemble, (int, np.integer)) or isinstance(ensemble, bool) \
+            or ensemble not in ENSEMBLE_VIEWS:
         allowed = ", ".join(map(str, ENSEMBLE_VIEWS))
         raise InputError(f"ensemble: {ensemble!r} is not one of {allowed} (the number of "
                          "rotated/mirrored views averaged; 1 turns it off)")

@@ -208,3 +208,19 @@ def test_workers_write_the_same_files_in_the_same_order(all_kinds, concat_engine
     assert runs[3][0] == runs[1][0] and len(runs[1][0]) == len(all_kinds)
     assert runs[3][1] == runs[1][1] and [p for p, _ in runs[1][1]] == [bad]
     assert runs[3][2] == runs[1][2]
+
+
+def test_a_callers_noise_reaches_every_frame_and_the_uids(tiny_engine, ct_series, tmp_path):
+    from scanside import Pipeline
+
+    pipe = Pipeline.load(tiny_engine)
+    shape = (1, 4, 8, 8)  # the tiny engine's latent for a 64 px slice
+    noise = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
+    seeded = enhance_series(ct_series[:1], pipe, tmp_path / "a", progress=False, steps=4,
+                            strength=0.5)
+    given = enhance_series(ct_series[:1], pipe, tmp_path / "b", progress=False, steps=4,
+                           strength=0.5, noise=noise)
+    assert seeded.ok and given.ok
+    a, b = (pydicom.dcmread(r.written[0]) for r in (seeded, given))
+    assert a.SOPInstanceUID != b.SOPInstanceUID  # the noise is part of the fingerprint
+    assert a.PixelData != b.PixelData

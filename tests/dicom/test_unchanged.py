@@ -8,6 +8,10 @@ was made on. ONNX Runtime's float kernels differ between instruction sets (AVX2,
 on another host class the pixels may differ by rounding: there they must agree to one stored
 unit, and the attributes (derived UIDs included) still exactly.
 
+The derived UIDs and descriptions of more settings than the two runs use are kept in a table
+(identities.json, made from this code after its values were checked equal to scanside
+0.1.0's, commit 258a66f, setting by setting).
+
 Re-record only on purpose, when an output is meant to change (and say so in CHANGELOG.md):
     python -m tests.dicom.test_unchanged record
 """
@@ -22,7 +26,20 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
+from scanside import Sampling
+
 RECORD = Path(__file__).parent / "data" / "unchanged.json"
+IDENTITIES = Path(__file__).parent / "data" / "identities.json"
+# Settings whose derived UIDs and DerivationDescription must stay as they were: the keyword
+# form of scanside 0.1.0 (values as a caller or the CLI gave them).
+SETTINGS = {"none": {}, "seed 0": {"seed": 0}, "seed 3": {"seed": 3},
+            "steps, strength": {"steps": 8, "strength": 0.2}, "ensemble 4": {"ensemble": 4},
+            "consistency 8": {"consistency_px": 8}, "consistency 8.0": {"consistency_px": 8.0},
+            "consistency band": {"consistency_px": [2.0, 32.0]},
+            "noise factor 1": {"noise_factor": 1.0}, "guidance 1": {"guidance": 1},
+            "guidance 1.0": {"guidance": 1.0}, "euler": {"scheduler": "euler"},
+            "prompts": {"prompt": "a CT", "negative_prompt": "noise"},
+            "cli defaults": {"seed": 0, "prompt": None, "strength": None}}
 PIXELS = Path(__file__).parent / "data" / "unchanged.npz"
 CREATION_TIMES = {"InstanceCreationDate", "InstanceCreationTime", "ContributionDateTime"}
 SLICES = 20
@@ -112,6 +129,28 @@ def read(path: Path) -> tuple[dict, np.ndarray]:
             np.frombuffer(ds.PixelData, np.uint8))
 
 
+def identities() -> dict[str, dict[str, str]]:
+    """The built-in model's fingerprint (what derived UIDs come from, with the window) and
+    description for each of SETTINGS."""
+    from scanside import Pipeline
+    from scanside.dicom import Window
+    from scanside.dicom.series import run_fingerprint
+
+    pipe = Pipeline.load()
+    window = Window.parse("40,400")
+    out = {}
+    for name, settings in SETTINGS.items():
+        sampling = Sampling.of(**settings)
+        out[name] = {"fingerprint": run_fingerprint(pipe, None, sampling),
+                     "with window": run_fingerprint(pipe, window, sampling),
+                     "describe": pipe.describe(sampling)}
+    return out
+
+
+def test_fingerprints_and_descriptions_are_unchanged():
+    assert identities() == json.loads(IDENTITIES.read_text())
+
+
 def record() -> None:
     import tempfile
 
@@ -127,6 +166,7 @@ def record() -> None:
                   for name, (attrs, pixels) in read_back.items()},
     }, indent=1, sort_keys=True) + "\n")
     np.savez_compressed(PIXELS, **{name: pixels for name, (_, pixels) in read_back.items()})
+    IDENTITIES.write_text(json.dumps(identities(), indent=1, sort_keys=True) + "\n")
     print(f"recorded {len(read_back)} files on {host_class()} -> {RECORD}")
 
 
@@ -152,6 +192,9 @@ def test_outputs_are_unchanged(tmp_path):
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] != ["record"]:
+    if sys.argv[1:] == ["record-identities"]:  # the table alone, checked against 0.1.0 by hand
+        IDENTITIES.write_text(json.dumps(identities(), indent=1, sort_keys=True) + "\n")
+    elif sys.argv[1:] == ["record"]:
+        record()
+    else:
         sys.exit(__doc__)
-    record()

@@ -82,3 +82,17 @@ def test_names_that_moved_say_where():
     from scanside.runtime.pipeline import ENHANCE_DEFAULTS, check_consistency  # still there
 
     assert ENHANCE_DEFAULTS["strength"] == 0.3 and check_consistency(8) == (8.0, None)
+
+
+def test_a_float_count_of_views_is_refused_when_made():
+    with pytest.raises(InputError, match="^ensemble: 2.0"):
+        Sampling(ensemble=2.0)
+
+
+def test_node_settings_take_the_old_dict_or_a_sampling(tmp_path):
+    from scanside.node import NodeSettings
+
+    assert NodeSettings(spool=tmp_path, forward=[], sampling={"strength": 0.1}).sampling == \
+        Sampling(strength=0.1)
+    with pytest.raises(InputError, match="^strength: "):  # at construction, not at a series
+        NodeSettings(spool=tmp_path, forward=[], sampling={"strength": 2})
