@@ -28,8 +28,10 @@ def connect(ray: Any, address: Optional[str], **init: Any) -> None:
     a driver with it on (``auto`` where a token file exists) serves no worker of a cluster
     without it. So the driver asks the cluster first, once (an answer takes milliseconds),
     and matches it: authentication off for a cluster without it, on with this machine's token
-    for one with it. RAY_AUTH_MODE, where the user sets it, is kept. A token the cluster
-    refuses, none here, or no cluster answering is an InputError that says why and the fix."""
+    for one with it. RAY_AUTH_MODE=token or disabled, where the user sets it, is kept (another
+    value counts as unset). The mode chosen stays in this process's environment: Ray reads it
+    there for as long as the process is connected. A token the cluster refuses, none here, or
+    no cluster answering is an InputError that says why and the fix."""
     if address is None:
         ray.init(**init)
         return
