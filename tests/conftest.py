@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -135,8 +134,4 @@ class RayNode(raynode.RayNode):
         super().__init__(*args, env=ray_env(home, **env), timeout=timeout)
 
 
-def ray_temp_dir() -> str:
-    """A short temporary folder for a `ray start` cluster's sessions (its socket paths must
-    stay under 108 bytes; pytest's tmp_path may not) and out of /tmp/ray, so that `auto`
-    elsewhere never finds a test's cluster."""
-    return tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+ray_temp_dir = raynode.temp_dir  # a `ray start` cluster's sessions folder of its own

@@ -65,6 +65,21 @@ def test_a_local_cluster_writes_what_one_machine_writes(local_ray, tiny_engine, 
     assert not partial_files(tmp_path / "ray")
 
 
+def after_planning(monkeypatch, step) -> None:
+    """Run ``step(tasks)`` once the driver has planned the run (scanside.cluster.plan), before
+    any worker starts: something that happens mid-run, at a known point."""
+    from scanside import cluster
+
+    real_plan = cluster.plan
+
+    def plan_then_step(paths, fingerprint):
+        tasks, failures = real_plan(paths, fingerprint)
+        step(tasks)
+        return tasks, failures
+
+    monkeypatch.setattr(cluster, "plan", plan_then_step)
+
+
 @pytest.mark.slow
 def test_a_partial_file_a_lost_worker_leaves_is_removed_by_the_same_run(local_ray, tiny_engine,
                                                                          tmp_path, monkeypatch):
@@ -76,16 +91,13 @@ def test_a_partial_file_a_lost_worker_leaves_is_removed_by_the_same_run(local_ra
     from scanside import cluster
 
     ct_series(tmp_path / "in" / "a", 3)
-    real_plan = cluster.plan
 
-    def plan_then_lose_a_write(paths, fingerprint):
-        tasks, failures = real_plan(paths, fingerprint)
+    def lose_a_write(tasks):
         lost = tmp_path / "ray" / Path(tasks[0]["target"]).parent / ".IM00001.dcm.x1y2z3.partial"
         lost.parent.mkdir(parents=True, exist_ok=True)
         lost.write_bytes(b"half a DICOM file")
-        return tasks, failures
 
-    monkeypatch.setattr(cluster, "plan", plan_then_lose_a_write)
+    after_planning(monkeypatch, lose_a_write)
     report = cluster.enhance_archive([tmp_path / "in"], tmp_path / "ray", engine=tiny_engine,
                                      workers=1, **SETTINGS)
     assert report.ok and len(report.written) == 3
@@ -162,14 +174,8 @@ def test_a_file_a_node_cannot_see_is_reported_not_found_on_that_node(local_ray, 
     from scanside import cluster
 
     ct_series(tmp_path / "in" / "a", 2)
-    real_plan = cluster.plan
-
-    def plan_then_lose_a_file(paths, fingerprint):
-        tasks, failures = real_plan(paths, fingerprint)
-        Path(tasks[0]["path"]).unlink()  # what a node without the shared folder sees
-        return tasks, failures
-
-    monkeypatch.setattr(cluster, "plan", plan_then_lose_a_file)
+    # What a node without the shared folder sees: the file is gone once the driver planned.
+    after_planning(monkeypatch, lambda tasks: Path(tasks[0]["path"]).unlink())
     report = cluster.enhance_archive([tmp_path / "in"], tmp_path / "ray", engine=tiny_engine,
                                      workers=1, **SETTINGS)
     [(path, reason)] = report.failures

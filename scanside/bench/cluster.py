@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .orthanc import free_port
-from .raynode import RayNode
+from .raynode import RayNode, temp_dir
 from .series import write_series
 
 # A private loopback cluster: no token to share between its nodes and the driver.
@@ -67,7 +67,7 @@ def run(count: int, size: int, engine: Optional[Path], workers: int) -> dict[str
         # where `--ray auto` looks) and stopped by ending their sessions: never `ray stop`,
         # which stops every Ray on the machine.
         env = {**os.environ, **RAY_ENV}
-        sessions = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: socket paths < 108 B
+        sessions = temp_dir()
         nodes = [RayNode("--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
                          "--num-cpus", "1", "--include-dashboard", "false", "--temp-dir",
                          sessions, env=env)]

@@ -8,7 +8,14 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
+
+
+def temp_dir() -> str:
+    """A short folder for a node's sessions (`ray start --temp-dir`): Ray's socket paths must
+    stay under 108 bytes, and out of /tmp/ray no `--ray auto` elsewhere finds this cluster."""
+    return tempfile.mkdtemp(prefix="ray-", dir="/tmp")
 
 
 class RayNode:

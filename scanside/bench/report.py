@@ -8,6 +8,7 @@ changes, else the package version), on what (CPU model, host class, GPU), on whi
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -133,9 +134,11 @@ def provenance(result: "dict[str, Any] | None" = None, *, engine: "Path | str | 
     }
 
 
+@functools.lru_cache(maxsize=1)
 def checkout_root() -> Optional[Path]:
     """The git checkout this scanside package is imported from, or None (an installed wheel,
-    a copy without .git, or no git)."""
+    a copy without .git, or no git). Asked of git once per process: one result JSON names
+    many paths."""
     package = Path(__file__).resolve().parents[1]  # .../scanside
     try:
         top = _git(package.parent, "rev-parse", "--show-toplevel")

@@ -437,11 +437,10 @@ class Pipeline:
         scanside.dicom.enhance_dataset.
         """
         not_a_dataset(image)
-        if settings.get("window") is not None:
+        if settings.pop("window", None) is not None:
             raise InputError("window: a DICOM setting; Pipeline.enhance takes arrays already in "
                              "[0, 1]. Use scanside.dicom.enhance_dataset(ds, pipeline, sampling, "
                              "window=...)")
-        settings.pop("window", None)
         s = self.resolve(Sampling.of(sampling, **settings))
         prepared = self.prepare(image)
         views = images.ensemble_views(s.ensemble)
