@@ -19,8 +19,9 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from scanside.runtime.artifacts import read_manifest
+    from scanside.runtime.artifacts import engine_folder, read_manifest
 
+    args.engine_dir = engine_folder(args.engine_dir)
     manifest = read_manifest(args.engine_dir, verify=args.verify)
     if args.json:
         print(json.dumps(manifest.to_json(), indent=2))
@@ -47,6 +48,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         ranges = sorted({c.weight_range for c in m.components.values() if c.weight_range})
         print(f"tuned on    {m.tuned_on.get('host_class')} ({m.tuned_on.get('cpu')}): int8 "
               f"choices timed there; weights {'/'.join(ranges)} (s7: 7 bits, for x86 without VNNI)")
+    if m.provenance:
+        print(f"provenance  {m.provenance.get('statement', m.provenance)}")
     print_accuracy(m)
     print("built with  " + ", ".join(f"{k} {v}" for k, v in m.versions.items()))
     if args.verify:

@@ -211,6 +211,7 @@ def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional
         scheduler_config=checkpoint.scheduler_config, components=components,
         versions=library_versions(), enhance_defaults=ckpt.read_enhance_defaults(model_dir),
         attention=attention, vae_affine=vae_affine, tiny_vae=tiny_record,
+        provenance=ckpt.read_settings(model_dir, "provenance"),
     )
     (staging / TOKENIZER).write_text(json.dumps(checkpoint.tokenizer.to_json(), ensure_ascii=False),
                                      encoding="utf-8")

@@ -122,6 +122,10 @@ class Manifest:
     # A noise-conditioned UNet: its last input channel is the image's estimated noise level
     # ({"estimator": ..., "scale": ...}, runtime/noise_level.py), after the image's latent.
     noise_level: Optional[Mapping[str, Any]] = None
+    # Where the model's weights came from, when that limits where it may go: a model adapted
+    # on a site's own scans (training/adapt.py) is derived from patient images and stays on
+    # site ({"derived_from_patient_images": true, "statement": ...}, from scanside.json).
+    provenance: Optional[Mapping[str, Any]] = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -144,6 +148,7 @@ class Manifest:
             "vae_affine": self.vae_affine,
             "tuned_on": self.tuned_on,
             "tiny_vae": self.tiny_vae,
+            "provenance": self.provenance,
         }
 
     @classmethod
@@ -166,6 +171,7 @@ class Manifest:
             vae_affine=data.get("vae_affine"),
             tuned_on=data.get("tuned_on"),
             tiny_vae=data.get("tiny_vae"),
+            provenance=data.get("provenance"),
             noise_level=(None if cond.get("noise_level") is None else
                          noise_level.check_spec(cond["noise_level"], "conditioning")),
         )
@@ -193,9 +199,22 @@ def component_files(engine_dir: Path, component: Component) -> list[Path]:
     return onnx_files(engine_dir / component.file)
 
 
+ENGINE_SUBDIR = "engine"  # a model folder (the built-in one, an adapted one) keeps its engine here
+
+
+def engine_folder(path: "str | Path") -> Path:
+    """``path`` itself when it holds a manifest; its ``engine/`` when ``path`` is a model
+    folder (a checkpoint and card beside the engine, as ``scanside models adapt`` writes)."""
+    path = Path(path)
+    if not (path / MANIFEST).is_file() and (path / ENGINE_SUBDIR / MANIFEST).is_file():
+        return path / ENGINE_SUBDIR
+    return path
+
+
 def read_manifest(engine_dir: "str | Path", verify: bool = False) -> Manifest:
-    """Read and check ENGINE_DIR/manifest.json; with ``verify``, re-hash every component."""
-    engine_dir = Path(engine_dir)
+    """Read and check ENGINE_DIR/manifest.json (or MODEL_DIR/engine/manifest.json); with
+    ``verify``, re-hash every component."""
+    engine_dir = engine_folder(engine_dir)
     path = engine_dir / MANIFEST
     if not engine_dir.is_dir():
         raise EngineError(f"{engine_dir}: no such engine directory; create one with "

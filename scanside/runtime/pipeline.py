@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from scanside.errors import InputError
 
 from . import images, noise_level, schedulers
-from .artifacts import COMPONENTS, TOKENIZER, Conditioning, Manifest, read_manifest
+from .artifacts import COMPONENTS, TOKENIZER, Conditioning, Manifest, engine_folder, read_manifest
 from .default import default_engine_dir
 from .engines import Backend, Engine, GpuOptions, open_engine
 from .engines.devices import unfit_backends
@@ -147,7 +147,7 @@ class Pipeline:
         graphs and the low-memory mode of the GPU backends."""
         from scanside.runtime.engines.devices import choose
 
-        engine_dir = default_engine_dir() if engine_dir is None else Path(engine_dir)
+        engine_dir = default_engine_dir() if engine_dir is None else engine_folder(engine_dir)
         manifest = read_manifest(engine_dir, verify=verify)
         backend, notes = choose(backend, unfit_backends(manifest, engine_dir))
         for note in notes:

@@ -458,13 +458,24 @@ def add_lesions(scene: Scene, rng: np.random.Generator, per_area: float) -> Scen
     soft tissue, about ``per_area`` per LESION_AREA pixels of it, and their Lesion records.
 
     The phantoms' lesions are the only ones the lesion-weighted loss otherwise sees, always on
-    ctsim's flat ellipses; in anatomy the model meets a faint disk on real tissue texture. A
-    lesion goes where the mean HU over it and its measurement ring is soft tissue (-200..200)
-    and the HU there vary by less than FLAT_HU (not across an organ edge), clear of others."""
+    ctsim's flat ellipses; in anatomy the model meets a faint disk on real tissue texture."""
+    radius = (LESION_MM[0] / scene.pixel_mm, LESION_MM[1] / scene.pixel_mm)
+    hu, lesions = draw_lesions(scene.hu, rng, per_area, radius, ctsim.LESION_CONTRAST)
+    return Scene(hu, scene.pixel_mm, scene.source, scene.lesions + lesions)
+
+
+def draw_lesions(image: np.ndarray, rng: np.random.Generator, per_area: float,
+                 radius_px: tuple[float, float], contrast_hu: tuple[float, float]
+                 ) -> tuple[np.ndarray, tuple[ctsim.Lesion, ...]]:
+    """A copy of the HU ``image`` with faint disks (radius and |contrast| uniform in the given
+    ranges, either sign) in its flat soft tissue, about ``per_area`` per LESION_AREA pixels of
+    it, and their Lesion records. A lesion goes where the mean HU over it and its measurement
+    ring is soft tissue (-200..200) and the HU there vary by less than FLAT_HU (not across an
+    organ edge), clear of the others."""
     from scipy import ndimage
 
-    hu = scene.hu.astype(np.float64)
-    r_max = LESION_MM[1] / scene.pixel_mm
+    hu = image.astype(np.float64)
+    r_max = radius_px[1]
     window = int(2 * (r_max + ctsim.LESION_MARGIN)) + 1
     mean = ndimage.uniform_filter(hu, window)
     std = np.sqrt(np.maximum(ndimage.uniform_filter(hu * hu, window) - mean * mean, 0.0))
@@ -472,24 +483,24 @@ def add_lesions(scene: Scene, rng: np.random.Generator, per_area: float) -> Scen
     edge = int(np.ceil(r_max + ctsim.LESION_MARGIN))
     flat[:edge], flat[-edge:], flat[:, :edge], flat[:, -edge:] = False, False, False, False
     count = int(rng.poisson(per_area * flat.sum() / LESION_AREA))
-    lesions, out, taken = list(scene.lesions), scene.hu.copy(), np.zeros(hu.shape, bool)
+    lesions, out, taken = [], image.copy(), np.zeros(hu.shape, bool)
     candidates = np.flatnonzero(flat)
     for _ in range(count):
         for _attempt in range(50):
             if not len(candidates):
                 break
             y, x = np.unravel_index(candidates[rng.integers(len(candidates))], hu.shape)
-            radius = float(rng.uniform(*LESION_MM)) / scene.pixel_mm
+            radius = float(rng.uniform(*radius_px))
             around = ctsim.ellipse(hu.shape, y, x, radius + ctsim.LESION_MARGIN,
                                    radius + ctsim.LESION_MARGIN)
             if taken[around].any():
                 continue
-            contrast = float(rng.choice([-1, 1]) * rng.uniform(*ctsim.LESION_CONTRAST))
+            contrast = float(rng.choice([-1, 1]) * rng.uniform(*contrast_hu))
             out[ctsim.ellipse(hu.shape, y, x, radius, radius)] += contrast
             taken |= around
             lesions.append(ctsim.Lesion(float(y), float(x), radius, contrast))
             break
-    return Scene(out, scene.pixel_mm, scene.source, tuple(lesions))
+    return out, tuple(lesions)
 
 
 MAKERS = {Source.HEAD: head_scene, Source.NATURAL: natural_scene, Source.PHANTOM: phantom_scene,

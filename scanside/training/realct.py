@@ -126,9 +126,12 @@ def flat_regions(reference: np.ndarray) -> np.ndarray:
     return ndimage.binary_erosion(flat, iterations=2)
 
 
-def hu_bias(output: np.ndarray, reference: np.ndarray) -> float:
-    """Mean (output - reference) over the reference's flat regions, HU."""
+def hu_bias(output: np.ndarray, reference: np.ndarray,
+            exclude: "np.ndarray | None" = None) -> float:
+    """Mean (output - reference) over the reference's flat regions (less ``exclude``), HU."""
     mask = flat_regions(reference)
+    if exclude is not None:
+        mask &= ~exclude
     return float((output - reference)[mask].mean()) if mask.any() else float("nan")
 
 

@@ -279,15 +279,23 @@ def scene_patches(job: tuple[str, int, Settings]) -> dict[str, np.ndarray]:
         # Their own generator: patches and doses stay those of a run without lesions.
         scene = anatomy.add_lesions(scene, np.random.default_rng(key + [LESION_STREAM]),
                                     settings.anatomy_lesions)
-    rng = np.random.default_rng(key)
-    proj = ctsim.project(scene.hu, scene.pixel_mm / 10)
+    return scan_patches(scene.hu, scene.pixel_mm, scene.lesions, np.random.default_rng(key),
+                        settings, dict(settings.patches)[scene.source.value], settings.doses)
+
+
+def scan_patches(hu: np.ndarray, pixel_mm: float, lesions: "tuple[ctsim.Lesion, ...]",
+                 rng: np.random.Generator, settings: Settings, per_dose: int,
+                 doses: int) -> dict[str, np.ndarray]:
+    """A square HU slice through the scan chain: a near-noiseless reference and ``doses`` low
+    doses (soft-tissue noise log-uniform in settings.noise_hu), ``per_dose`` patches of each
+    (one when the slice is no larger than a patch), with the lesions' masks."""
+    proj = ctsim.project(hu, pixel_mm / 10)
     full = ctsim.reconstruct(proj, REFERENCE_PHOTONS, int(rng.integers(2**31)))
     measured = ctsim.pilot_noise(proj, full, int(rng.integers(2**31)))
-    lesions = ctsim.lesion_mask(ctsim.Phantom(scene.hu, scene.lesions), settings.lesion_grow)
-    per_dose = dict(settings.patches)[scene.source.value]
-    size, p = scene.hu.shape[0], settings.patch
+    lesion_mask = ctsim.lesion_mask(ctsim.Phantom(hu, lesions), settings.lesion_grow)
+    size, p = hu.shape[0], settings.patch
     out: dict[str, list] = {"low": [], "full": [], "lesions": []}
-    for _ in range(settings.doses):
+    for _ in range(doses):
         sigma = float(np.exp(rng.uniform(*np.log(settings.noise_hu))))
         low = ctsim.reconstruct(proj, ctsim.photons_for(ctsim.PILOT, measured, sigma),
                                 int(rng.integers(2**31)))
@@ -298,7 +306,7 @@ def scene_patches(job: tuple[str, int, Settings]) -> dict[str, np.ndarray]:
                     break
             for name, image in (("low", low), ("full", full)):
                 out[name].append(ctsim.to_model_range(image[y : y + p, x : x + p]))
-            out["lesions"].append(lesions[y : y + p, x : x + p])
+            out["lesions"].append(lesion_mask[y : y + p, x : x + p])
     return {name: np.stack(v) for name, v in out.items()}
 
 
@@ -491,8 +499,10 @@ def device_name(device) -> str:
 
 
 def train_unet(unet, vae, scheduler, data: dict, embeddings, scaling: float, settings: Settings,
-               ckpt: Checkpoints, echo: Callable[[str], None], device: Any = "cpu"):
-    """Returns the EMA copy of the UNet (the weights that ship), on ``device``."""
+               ckpt: Checkpoints, echo: Callable[[str], None], device: Any = "cpu",
+               validation: "Validation | None" = None):
+    """Returns the EMA copy of the UNet (the weights that ship), on ``device``; with a
+    ``validation``, it sees the EMA at every checkpoint and picks the weights returned."""
     import copy
 
     import torch
@@ -509,13 +519,13 @@ def train_unet(unet, vae, scheduler, data: dict, embeddings, scaling: float, set
         opt.load_state_dict(state["optimizer"])  # its state follows the parameters' device
         start = state["step"]
     total = total_steps(settings)
+    alphas = torch.from_numpy(np.asarray(scheduler.alphas_cumprod, dtype=np.float32)).to(device)
+    empty, task = (e.to(device) for e in embeddings)
     if start >= total:
-        return ema
+        return ema if validation is None else validation.best(ema)
     echo(f"unet: {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M parameters, "
          f"steps {start}..{total} (lesion pixels x{settings.lesion_weight:g}; phase 2 from "
          f"step {settings.unet_steps}; batch {settings.unet_batch} on {device_name(torch.device(device))})")
-    alphas = torch.from_numpy(np.asarray(scheduler.alphas_cumprod, dtype=np.float32)).to(device)
-    empty, task = (e.to(device) for e in embeddings)
     latent = tuple(encode(vae, data["full"][:1]).shape[1:])
     on = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
     unet.train()
@@ -566,7 +576,46 @@ def train_unet(unet, vae, scheduler, data: dict, embeddings, scaling: float, set
         if (step + 1) % settings.checkpoint_every == 0 or step + 1 == total:
             ckpt.save("unet", {"step": step + 1, "model": unet.state_dict(),
                                "ema": ema.state_dict(), "optimizer": opt.state_dict()})
-    return ema
+            if validation is not None:
+                validation(step + 1, Enhancer(ema, vae, scaling, alphas, task))
+    return ema if validation is None else validation.best(ema)
+
+
+class Enhancer:
+    """The runtime's enhancement of the built-in recipe, in torch, for validation during
+    training: the image-conditioned img2img start at timestep ``t`` (strength 0.05 of 20 DDIM
+    steps runs t = 1 only, the model's own setting), one v-prediction, the clean estimate.
+    Guidance 1: the conditional pass alone."""
+
+    def __init__(self, unet, vae, scaling: float, alphas, task, t: int = 1) -> None:
+        self.unet, self.vae, self.scaling, self.alphas, self.task, self.t = \
+            unet, vae, scaling, alphas, task, t
+
+    def __call__(self, image: np.ndarray, seed: int = 0) -> np.ndarray:
+        """(H, W) in the model's [-1, 1] range (sides multiples of 8) -> the same."""
+        import torch
+
+        with torch.no_grad():
+            cond = encode(self.vae, image[None])
+            a = self.alphas[self.t]
+            noise = torch.from_numpy(np.random.default_rng(seed).standard_normal(
+                cond.shape, dtype=np.float32)).to(cond.device)
+            xt = a.sqrt() * cond * self.scaling + (1 - a).sqrt() * noise
+            t = torch.full((1,), self.t, device=cond.device)
+            v = self.unet(torch.cat([xt, cond], dim=1), t, self.task).sample
+            x0 = a.sqrt() * xt - (1 - a).sqrt() * v
+            return self.vae.decode(x0 / self.scaling).sample[0, 0].cpu().numpy()
+
+
+class Validation:
+    """What ``train_unet`` calls at each checkpoint (see training/adapt.py): ``__call__(step,
+    enhancer)`` scores the EMA weights and keeps the best; ``best(ema)`` loads them."""
+
+    def __call__(self, step: int, enhancer: Enhancer) -> None:
+        raise NotImplementedError
+
+    def best(self, ema):
+        raise NotImplementedError
 
 
 # -- the whole run ------------------------------------------------------------------------
@@ -583,27 +632,30 @@ def prompt_embeddings(text_encoder, tokenizer_dir: Path):
 
 
 def write_model(parts: dict, tokenizer_dir: Path, out: Path, settings: Settings,
-                info: dict[str, Any]) -> Path:
-    """The trained model in diffusers' folder format, fp16 safetensors, published atomically."""
+                info: dict[str, Any], folder: str = "model",
+                extra_settings: "dict[str, Any] | None" = None) -> Path:
+    """The trained model in diffusers' folder format, fp16 safetensors, published atomically
+    as OUT/``folder``; ``extra_settings``: more sections for its scanside.json."""
     import torch
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
     from scanside.export.checkpoint import SETTINGS_FILE
 
-    model_dir = out / "model"
-    staging = out / "model.partial"
+    model_dir = out / folder
+    staging = out / f"{folder}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     pipe = StableDiffusionPipeline(**parts, tokenizer=CLIPTokenizer.from_pretrained(tokenizer_dir),
                                    safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.to(torch.float16).save_pretrained(staging, safe_serialization=True)
     # A noise level is estimated at run time as training did: per patch.
-    model_settings = {"enhance": ENHANCE, **recipe(settings.recipe).model_settings(settings.patch)}
+    model_settings = {"enhance": ENHANCE, **recipe(settings.recipe).model_settings(settings.patch),
+                      **(extra_settings or {})}
     (staging / SETTINGS_FILE).write_text(json.dumps(model_settings, indent=2) + "\n")
-    (staging / "training.json").write_text(json.dumps(
-        {"task": "low-dose CT denoising (synthetic: scanside.training.anatomy, ctsim)", "prompt": PROMPT,
-         "settings": asdict(settings), **info, **lineage(settings)}, indent=2) + "\n")
+    record = {"task": "low-dose CT denoising (synthetic: scanside.training.anatomy, ctsim)",
+              "prompt": PROMPT, "settings": asdict(settings), **info, **lineage(settings)}
+    (staging / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     shutil.rmtree(model_dir, ignore_errors=True)
     os.replace(staging, model_dir)
     return model_dir
@@ -686,10 +738,18 @@ def used_patches(settings: dict) -> dict:
 
 
 def train_default(out: "str | Path", settings: Settings = Settings(),
-                  echo: Callable[[str], None] = print, device: str = "cpu") -> Path:
+                  echo: Callable[[str], None] = print, device: str = "cpu", *,
+                  data: "Callable[[], dict] | None" = None,
+                  validation: "Validation | None" = None, folder: str = "model",
+                  extra_settings: "dict[str, Any] | None" = None,
+                  info: "dict[str, Any] | None" = None) -> Path:
     """Train (or resume) the default model in ``out`` on torch ``device`` (cpu, cuda[:N]);
-    returns the diffusers model folder. The batches are the same on any device (numpy draws
-    them); the weights differ between devices only by their floating-point rounding."""
+    returns the diffusers model folder (OUT/``folder``). The batches are the same on any
+    device (numpy draws them); the weights differ between devices only by their rounding.
+
+    ``data``: makes the training patches instead of the anatomy scenes (a site's own slices,
+    training/adapt.py); ``validation``: picks the checkpoint; ``extra_settings`` and ``info``:
+    more for the model's scanside.json and training.json."""
     import torch
 
     out = Path(out)
@@ -709,7 +769,7 @@ def train_default(out: "str | Path", settings: Settings = Settings(),
         raise InputError(f"{out}: holds a run with other settings ({settings_file}); resume it "
                          "with the same options or choose a new OUT_DIR")
     settings_file.write_text(json.dumps(asdict(settings), indent=2) + "\n")
-    data = load_data(out, settings, echo)
+    data = load_data(out, settings, echo) if data is None else data()
     tokenizer_dir = out / "train" / "tokenizer"
     vocab_size = write_tokenizer(tokenizer_dir, spec.real_vocab)
     parts = build_components(spec, vocab_size, settings.seed)
@@ -725,12 +785,13 @@ def train_default(out: "str | Path", settings: Settings = Settings(),
     vae.register_to_config(scaling_factor=scaling)
     embeddings = prompt_embeddings(parts["text_encoder"], tokenizer_dir)
     parts["unet"] = train_unet(unet, vae, parts["scheduler"], data, embeddings, scaling,
-                               settings, ckpt, echo, where).to("cpu")
+                               settings, ckpt, echo, where, validation).to("cpu")
     parts["vae"] = vae.to("cpu")
     minutes = (time.perf_counter() - started) / 60
     model_dir = write_model(parts, tokenizer_dir, out, settings,
                             {"vae_scaling_factor": scaling,
                              "last_session_minutes": round(minutes, 1),
-                             "last_session_device": device_name(where)})
+                             "last_session_device": device_name(where), **(info or {})},
+                            folder, extra_settings)
     echo(f"done: {model_dir} ({minutes:.1f} min in this run)")
     return model_dir
