@@ -95,13 +95,29 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_models_simulate)
 
-    p = msub.add_parser("evaluate", help="quality figures of a CT engine on the held-out "
-                                         "synthetic test set, against Gaussian and NLM filters")
+    p = msub.add_parser("evaluate", help="quality figures of a CT engine: on the held-out synthetic "
+                                         "test set, or (--on) on a site's own CT series")
     p.add_argument("engine_dir", type=Path, nargs="?", default=None,
-                   help="engine directory (default: the built-in model)")
-    p.add_argument("--pairs", type=positive_int, default=100, help="pairs (default 100)")
-    p.add_argument("--split", choices=["test", "val"], default="test",
-                   help="val: for choosing sampling settings; the figures are on test")
+                   help="engine or model directory (default: the built-in model)")
+    site = p.add_argument_group("a site's own scans (--on)")
+    site.add_argument("--on", nargs="+", type=Path, metavar="SCANS",
+                      help="routine-dose CT: DICOM files or folders, NIfTI volumes (HU); each "
+                           "slice goes through the scan chain at its own pixel size")
+    site.add_argument("--noise", nargs="+", type=positive_float, metavar="HU",
+                      help="soft-tissue noise levels to simulate (default 20 40 80)")
+    site.add_argument("--compare", action="append", type=Path, default=[], metavar="ENGINE",
+                      help="another engine or model folder to measure beside it (repeatable)")
+    site.add_argument("--lesions", type=non_negative_float, default=None, metavar="N",
+                      help="faint disks drawn into each slice before the scan, N per 128x128 px "
+                           "of flat soft tissue (default 1; 0: none)")
+    site.add_argument("--max-slices", type=positive_int, default=None, metavar="N",
+                      help="evaluate at most N slices, spread over every series (default 50)")
+    site.add_argument("--out", type=Path, metavar="DIR",
+                      help="write evaluation.json, evaluation.txt and a PNG panel per noise level")
+    synthetic = p.add_argument_group("the synthetic test set (without --on)")
+    synthetic.add_argument("--pairs", type=positive_int, default=None, help="pairs (default 100)")
+    synthetic.add_argument("--split", choices=["test", "val"], default=None,
+                           help="val: for choosing sampling settings; the figures are on test")
     p.add_argument("--steps", type=positive_int, default=None)
     p.add_argument("--strength", type=strength_arg, default=None)
     p.add_argument("--guidance", type=float, default=None)
@@ -113,9 +129,40 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--workers", type=positive_int, default=2)
     p.add_argument("--skip", action="append", choices=["bm3d", "doses", "real", "anatomy"],
                    help="leave out a section: BM3D (slow), the dose sweep, the real-anatomy "
-                        "slices, the held-out synthetic anatomy (repeatable)")
+                        "slices, the held-out synthetic anatomy (repeatable; with --on only "
+                        "bm3d applies)")
     p.add_argument("--json", type=Path, help="write the figures as JSON")
     p.set_defaults(func=cmd_models_evaluate)
+
+    p = msub.add_parser("adapt", help="fine-tune the built-in model on a site's own routine-dose "
+                                      "CT; writes a model folder with its engine and card (needs "
+                                      "the export and train extras)")
+    p.add_argument("scans", nargs="+", type=Path, metavar="SCANS",
+                   help="routine-dose CT: DICOM files or folders, NIfTI volumes (HU)")
+    p.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR",
+                   help="the model folder (resumable: run the same command again to go on)")
+    p.add_argument("--from", dest="base", type=Path, metavar="MODEL_DIR",
+                   help="start from this model (default: the built-in one)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="training steps (default: chosen from the amount of data, and printed)")
+    p.add_argument("--seed", type=int, default=0, help="the split, the data and every batch follow it")
+    p.add_argument("--device", default="cpu", metavar="DEVICE", help="cpu (default) or cuda[:N]")
+    p.add_argument("--holdout", type=float, default=None, metavar="FRACTION",
+                   help="share of the series held out to choose the checkpoint and fill the "
+                        "card (default 0.2; 0: none)")
+    p.add_argument("--max-slices", type=positive_int, default=None, metavar="N",
+                   help="read at most N slices, spread over every series (default: all)")
+    p.add_argument("--skip", action="append", choices=["bm3d"],
+                   help="leave BM3D out of the card's evaluation")
+    p.add_argument("--workers", type=positive_int, default=2, help="processes simulating the scans")
+    p.set_defaults(func=cmd_models_adapt)
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative; give 0 or more")
+    return value
 
 
 def cmd_models_build(args: argparse.Namespace) -> int:
@@ -180,19 +227,69 @@ def cmd_models_train(args: argparse.Namespace) -> int:
 
 def cmd_models_evaluate(args: argparse.Namespace) -> int:
     from scanside.runtime.sampling import Sampling
-    from scanside.training.evaluate import evaluate, table
 
     sampling = Sampling(steps=args.steps, strength=args.strength, guidance=args.guidance,
                         seed=args.seed, ensemble=args.ensemble, consistency_px=args.consistency,
                         noise_factor=args.noise_factor)
-    result = evaluate(args.engine_dir, pairs=args.pairs, split=args.split, workers=args.workers,
-                      sampling=sampling, skip=frozenset(args.skip or ()))
+    if args.on:
+        return evaluate_on_site(args, sampling)
+    site_only = [flag for flag, value in (("--noise", args.noise), ("--compare", args.compare),
+                                          ("--lesions", args.lesions), ("--out", args.out),
+                                          ("--max-slices", args.max_slices)) if value]
+    if site_only:
+        raise InputError(f"{', '.join(site_only)}: for a site's own scans; add --on SCANS")
+    from scanside.training.evaluate import evaluate, table
+
+    result = evaluate(args.engine_dir, pairs=args.pairs or 100, split=args.split or "test",
+                      workers=args.workers, sampling=sampling, skip=frozenset(args.skip or ()))
     print(table(result))
     if args.json:
         from scanside.bench.report import write_json
 
         write_json(result, args.json)
         print(f"wrote {args.json}")
+    return 0
+
+
+SITE_MAX_SLICES = 50  # evaluate --on's default: 50 slices x 3 levels with BM3D in ~15 min
+
+
+def evaluate_on_site(args: argparse.Namespace, sampling) -> int:
+    from scanside.training import site, siteeval
+
+    wrong = [flag for flag, value in (("--pairs", args.pairs), ("--split", args.split)) if value]
+    wrong += [f"--skip {s}" for s in args.skip or () if s != "bm3d"]
+    if wrong:
+        raise InputError(f"{', '.join(wrong)}: for the synthetic test set, not with --on")
+    scans = site.read_scans(args.on, args.max_slices or SITE_MAX_SLICES)
+    panels = args.out
+    result = siteeval.evaluate_site(
+        scans, args.engine_dir, compare=args.compare, noise=tuple(args.noise or siteeval.NOISE_HU),
+        lesions=siteeval.LESIONS_PER_AREA if args.lesions is None else args.lesions,
+        bm3d="bm3d" not in (args.skip or ()), sampling=sampling, seed=args.seed,
+        workers=args.workers, panels=panels)
+    print(siteeval.table(result))
+    if args.out:
+        siteeval.write_report(result, args.out)
+        print(f"wrote {args.out / 'evaluation.json'}, evaluation.txt and "
+              f"{len(result.get('panels', []))} panel(s)")
+    if args.json:
+        from scanside.bench.report import write_json
+
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_models_adapt(args: argparse.Namespace) -> int:
+    from scanside.training import adapt, site
+
+    scans = site.read_scans(args.scans, args.max_slices)
+    adapt.adapt(scans, args.out, base=args.base, steps=args.steps, seed=args.seed,
+                device=args.device, holdout=adapt.HOLDOUT if args.holdout is None else args.holdout,
+                workers=args.workers, bm3d="bm3d" not in (args.skip or ()))
+    print(f"use it: scanside enhance SCANS --engine {args.out} --out OUT; it is derived from "
+          "patient images: keep it on site")
     return 0
 
 

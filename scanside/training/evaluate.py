@@ -213,10 +213,10 @@ class Scores:
     def summary(self) -> dict[str, Any]:
         out = {"psnr_db": float(np.mean(self.psnr)), "ssim": float(np.mean(self.ssim)),
                "false_blobs_per_image": self.blobs / max(1, self.images)}
-        if self.bias:
-            bias = np.array(self.bias)
-            out.update({"hu_bias_mean": float(np.nanmean(bias)),
-                        "hu_bias_max_abs": float(np.nanmax(np.abs(bias)))})
+        bias = np.array([b for b in self.bias if np.isfinite(b)])  # NaN: no flat tissue
+        if len(self.bias):
+            out.update({"hu_bias_mean": float(bias.mean()) if bias.size else float("nan"),
+                        "hu_bias_max_abs": float(np.abs(bias).max()) if bias.size else float("nan")})
         if self.contrasts:
             ref, got, designed, radius = (np.array(c) for c in zip(*self.contrasts))
             error = np.abs(got - ref) / np.maximum(np.abs(ref), 1e-6)

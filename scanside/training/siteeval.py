@@ -163,7 +163,9 @@ def tune_bm3d(pairs: Sequence[SitePair], noise: Sequence[float],
 
 # -- the evaluation -----------------------------------------------------------------------
 def engine_label(engine_dir: Optional[Path], taken: set[str]) -> str:
-    name = "built-in" if engine_dir is None else Path(engine_dir).resolve().name
+    """"built-in", or the engine folder's name (its model folder's, for MODEL_DIR/engine)."""
+    path = None if engine_dir is None else Path(engine_dir).resolve()
+    name = "built-in" if path is None else path.parent.name if path.name == "engine" else path.name
     while name in taken:
         name += "'"
     return name
@@ -173,10 +175,11 @@ def evaluate_site(scans: SiteScans, engine_dir: Optional[Path] = None, *,
                   compare: Sequence[Path] = (), noise: Sequence[float] = NOISE_HU,
                   lesions: float = LESIONS_PER_AREA, bm3d: bool = True,
                   sampling: Optional[Sampling] = None, seed: int = 0, workers: int = 2,
-                  echo: Callable[[str], None] = print,
-                  panels: Optional[Path] = None) -> dict[str, Any]:
+                  echo: Callable[[str], None] = print, panels: Optional[Path] = None,
+                  labels: Sequence[str] = ()) -> dict[str, Any]:
     """The figures (see the module docstring) as a JSON-ready dict; ``panels``: a folder
-    for the PNG panels (written atomically, one per noise level)."""
+    for the PNG panels (written atomically, one per noise level); ``labels``: names for the
+    engine and the compared ones, in order (default: "built-in" or the folder's name)."""
     sampling = Sampling.of(sampling)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
@@ -189,8 +192,8 @@ def evaluate_site(scans: SiteScans, engine_dir: Optional[Path] = None, *,
     methods: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
         METHOD_INPUT: lambda hu, ref: hu}
     engines: dict[str, dict[str, Any]] = {}
-    for directory in [engine_dir, *compare]:
-        name = engine_label(directory, set(methods))
+    for k, directory in enumerate([engine_dir, *compare]):
+        name = labels[k] if k < len(labels) else engine_label(directory, set(methods))
         pipe, enhance = evaluate.model_enhancer(directory, sampling)
         enhance(pairs[0].low)  # warm-up: the first run allocates ONNX Runtime's arena
         methods[name] = lambda hu, ref, enhance=enhance: enhance(hu)
@@ -244,7 +247,7 @@ def evaluate_site(scans: SiteScans, engine_dir: Optional[Path] = None, *,
                               if name in seconds},
     }
     if panels is not None:
-        result["panels"] = write_panels(panels, shown, model, panel_slice)
+        result["panels"] = write_panels(panels, shown, list(engines))
     return result
 
 
@@ -268,9 +271,10 @@ def choose_panel_slice(pairs: Sequence[SitePair]) -> tuple[str, int]:
     return best.series, best.position
 
 
-def write_panels(folder: Path, shown: dict[float, dict[str, np.ndarray]], model: str,
-                 where: tuple[str, int]) -> list[str]:
-    """input | model | BM3D | reference at the soft-tissue window, one PNG per noise level."""
+def write_panels(folder: Path, shown: dict[float, dict[str, np.ndarray]],
+                 models: Sequence[str]) -> list[str]:
+    """input | each model | BM3D | reference at the soft-tissue window, one PNG per noise
+    level, each tile labelled."""
     from PIL import Image, ImageDraw
 
     from scanside.files import atomic_path
@@ -279,7 +283,7 @@ def write_panels(folder: Path, shown: dict[float, dict[str, np.ndarray]], model:
     centre, width = PANEL_WINDOW
     names = []
     for sigma, images in shown.items():
-        order = [n for n in (METHOD_INPUT, model, "bm3d", "reference") if n in images]
+        order = [n for n in (METHOD_INPUT, *models, "bm3d", "reference") if n in images]
         tiles = [np.clip((images[n] - (centre - width / 2)) / width * 255, 0, 255).astype(np.uint8)
                  for n in order]
         strip = Image.fromarray(np.concatenate(tiles, axis=1))

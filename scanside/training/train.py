@@ -528,6 +528,8 @@ def train_unet(unet, vae, scheduler, data: dict, embeddings, scaling: float, set
          f"step {settings.unet_steps}; batch {settings.unet_batch} on {device_name(torch.device(device))})")
     latent = tuple(encode(vae, data["full"][:1]).shape[1:])
     on = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+    if validation is not None and start == 0:  # the starting weights are a candidate too
+        validation(0, Enhancer(ema, vae, scaling, alphas, task))
     unet.train()
     progress = Progress("unet", total, start, 20, echo)
     threads = min(4, os.cpu_count() or 1)
