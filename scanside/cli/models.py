@@ -109,7 +109,7 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
                       help="another engine or model folder to measure beside it (repeatable)")
     site.add_argument("--lesions", type=non_negative_float, default=None, metavar="N",
                       help="faint disks drawn into each slice before the scan, N per 128x128 px "
-                           "of flat soft tissue (default 1; 0: none)")
+                           "of flat soft tissue (default 4, as many as find room; 0: none)")
     site.add_argument("--max-slices", type=positive_int, default=None, metavar="N",
                       help="evaluate at most N slices, spread over every series (default 50)")
     site.add_argument("--out", type=Path, metavar="DIR",

@@ -31,7 +31,6 @@ from __future__ import annotations
 import errno
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -137,7 +136,8 @@ def slice_job(job: tuple) -> dict[str, np.ndarray]:
     if lesions:
         square, drawn = anatomy.draw_lesions(
             square, np.random.default_rng(key + [LESION_STREAM]), lesions,
-            tuple(r / pixel_mm for r in anatomy.LESION_MM), siteeval.LESION_CONTRAST_HU)
+            tuple(r / pixel_mm for r in anatomy.LESION_MM), siteeval.LESION_CONTRAST_HU,
+            siteeval.LESION_SMOOTH_PX)
     return train.scan_patches(square, pixel_mm, drawn, np.random.default_rng(key), settings,
                               per_dose, doses)
 
@@ -211,8 +211,8 @@ class HeldOut:
         if mean > best:
             self.ckpt.save("best", {"step": step, "ema": enhancer.unet.state_dict()})
         self.history_file.write_text(json.dumps(self.history, indent=1) + "\n")
-        self.echo(f"held-out step {step}: {mean:.2f} dB (" + ", ".join(
-            f"{k} HU {v:.2f}" for k, v in by_level.items()) + ")" + (" best" if mean > best else ""))
+        levels = ", ".join(f"{k} HU {v:.2f}" for k, v in by_level.items())
+        self.echo(f"held-out step {step}: {mean:.2f} dB ({levels})" + (" best" if mean > best else ""))
 
     def best(self, ema):
         state = self.ckpt.load("best") if self.pairs else None
@@ -257,8 +257,8 @@ def adapt(scans: SiteScans, out: "str | Path", *, base: "str | Path | None" = No
         return _adapt(scans, Path(out), base, steps, seed, device, holdout, workers, bm3d, echo)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise OutputError(f"{out}: the disk is full ({exc.strerror}); free space and run "
-                              "the same command again: it resumes from the last checkpoint") from None
+            raise OutputError(f"{out}: the disk is full ({exc.strerror}); free space and run the "
+                              "same command again: it resumes from the last checkpoint") from None
         raise
 
 
@@ -310,7 +310,8 @@ def _adapt(scans: SiteScans, out: Path, base: "str | Path | None", steps: Option
                            "tune_noise_hu": None, "tune_noise_scale": None})
     check_run(out, plan, scans, train_series, held_series, seed)
     clock = Clock(out / "train" / "minutes.json", started)
-    validation_pairs = held_pairs(SiteScans(held_series, []), VALIDATION_SLICES, seed + 1, workers, echo)
+    validation_pairs = held_pairs(SiteScans(held_series, []), VALIDATION_SLICES, seed + 1,
+                                  workers, echo)
     validation = HeldOut(out, validation_pairs, echo)
     card = card_record(scans, train_series, held_series, plan, settings, seed, device)
     trained = out / "train" / "trained.json"  # the checkpoint folder is this plan's, complete
@@ -329,10 +330,11 @@ def _adapt(scans: SiteScans, out: Path, base: "str | Path | None", steps: Option
     engine = export_engine(out, echo)
     card["training"]["minutes_to_model"] = clock.minutes()
     if held_series:
-        echo(f"card: evaluating base and adapted models on {min(CARD_SLICES, sum(len(s.slices) for s in held_series))} "
-             "held-out slice(s) ...")
+        card_series = trimmed(held_series, CARD_SLICES)
+        echo(f"card: evaluating base and adapted models on "
+             f"{sum(len(s.slices) for s in card_series)} held-out slice(s) ...")
         evaluation = siteeval.evaluate_site(
-            SiteScans(trimmed(held_series, CARD_SLICES), []), base_engine(base), compare=[engine],
+            SiteScans(card_series, []), base_engine(base), compare=[engine],
             bm3d=bm3d, seed=seed + 2, workers=workers, echo=echo, panels=out / "card",
             labels=["base" if base_engine(base) else "built-in", "adapted"])
         card["evaluation"] = evaluation
@@ -455,9 +457,11 @@ def card_text(card: dict[str, Any]) -> str:
              f"({', '.join(d['held_out']['names']) or 'none'}), {d['held_out']['slices']} slices",
              f"- scanners: {', '.join(d['all']['scanner_models']) or 'not given'} "
              f"({', '.join(d['all']['manufacturers']) or '-'}); kernels "
-             f"{', '.join(d['all']['kernels']) or 'not given'}; kV {', '.join(d['all']['kvp']) or '-'}; "
+             f"{', '.join(d['all']['kernels']) or 'not given'}; "
+             f"kV {', '.join(d['all']['kvp']) or '-'}; "
              f"pixels {d['all']['pixel_mm']} mm; sizes {', '.join(d['all']['sizes'])}",
-             f"- left out: {', '.join(f'{n} x {r}' for r, n in d['left_out'].items()) or 'nothing'}",
+             "- left out: " + (", ".join(f"{n} x {r}" for r, n in d["left_out"].items())
+                               or "nothing"),
              "", "## Training", "",
              f"- {t['plan']['split']}",
              f"- {t['plan']['steps']} steps, batch {t['plan']['batch']}, learning rate "

@@ -465,16 +465,20 @@ def add_lesions(scene: Scene, rng: np.random.Generator, per_area: float) -> Scen
 
 
 def draw_lesions(image: np.ndarray, rng: np.random.Generator, per_area: float,
-                 radius_px: tuple[float, float], contrast_hu: tuple[float, float]
-                 ) -> tuple[np.ndarray, tuple[ctsim.Lesion, ...]]:
+                 radius_px: tuple[float, float], contrast_hu: tuple[float, float],
+                 smooth_px: float = 0.0) -> tuple[np.ndarray, tuple[ctsim.Lesion, ...]]:
     """A copy of the HU ``image`` with faint disks (radius and |contrast| uniform in the given
     ranges, either sign) in its flat soft tissue, about ``per_area`` per LESION_AREA pixels of
     it, and their Lesion records. A lesion goes where the mean HU over it and its measurement
     ring is soft tissue (-200..200) and the HU there vary by less than FLAT_HU (not across an
-    organ edge), clear of the others."""
+    organ edge), clear of the others. ``smooth_px``: judge flatness on the image smoothed by a
+    Gaussian of this sigma, for images with noise of their own (a real scan's 10-20 HU would
+    make no region flat; an organ edge stays an edge)."""
     from scipy import ndimage
 
     hu = image.astype(np.float64)
+    if smooth_px:
+        hu = ndimage.gaussian_filter(hu, smooth_px)
     r_max = radius_px[1]
     window = int(2 * (r_max + ctsim.LESION_MARGIN)) + 1
     mean = ndimage.uniform_filter(hu, window)

@@ -79,7 +79,8 @@ class SiteScans:
     def summary(self) -> dict[str, Any]:
         """What the data is, without identifiers: counts, scanners, kernels, kV, sizes."""
         def values(key: str) -> list:
-            return sorted({str(s.facts[key]) for s in self.series if s.facts.get(key) not in (None, "")})
+            return sorted({str(s.facts[key]) for s in self.series
+                           if s.facts.get(key) not in (None, "")})
         pixel = [s.facts["pixel_mm"] for s in self.series]
         return {"series": len(self.series), "slices": self.slice_count,
                 "slices_in_series": sum(s.length for s in self.series),
