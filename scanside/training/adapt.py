@@ -87,30 +87,42 @@ def patches_per_dose(side: int, patch: int) -> int:
 
 def split_series(scans: SiteScans, holdout: float, seed: int
                  ) -> tuple[list[SiteSeries], list[SiteSeries], str]:
-    """(training series, held-out series, how): whole series held out, chosen by ``seed``;
-    one series: its last slices (ceil(holdout x n), after a gap of one slice when it can)."""
+    """(training series, held-out series, how). Whole studies are held out, chosen by
+    ``seed``, so two reconstructions of one acquisition never fall on both sides; with one
+    study, whole series of it; with one series, its last slices (ceil(holdout x n), after a
+    gap of one slice when it can)."""
     if not 0 <= holdout < 1:
         raise InputError(f"holdout: {holdout:g} is not in [0, 1); e.g. 0.2 holds out a fifth "
                          "of the series")
     series = list(scans.series)
     if holdout == 0:
         return series, [], "nothing held out (holdout 0): the last checkpoint ships, unmeasured"
+    groups = list(dict.fromkeys(s.group or s.key for s in series))
+    if len(groups) >= 2:
+        order = np.random.default_rng([seed, 5]).permutation(len(groups))
+        count = max(1, min(len(groups) - 1, int(round(holdout * len(groups)))))
+        held_groups = {groups[i] for i in order[:count]}
+        held = [s for s in series if (s.group or s.key) in held_groups]
+        return ([s for s in series if (s.group or s.key) not in held_groups], held,
+                f"{len(held)} of {len(series)} series held out ({count} of {len(groups)} "
+                "studies: never series of one study on both sides)")
     if len(series) >= 2:
         order = np.random.default_rng([seed, 5]).permutation(len(series))
-        held = max(1, min(len(series) - 1, int(round(holdout * len(series)))))
-        pick = sorted(order[:held].tolist())
+        count = max(1, min(len(series) - 1, int(round(holdout * len(series)))))
+        pick = set(order[:count].tolist())
         return ([s for i, s in enumerate(series) if i not in pick],
                 [s for i, s in enumerate(series) if i in pick],
-                f"{held} of {len(series)} series held out")
+                f"{count} of {len(series)} series held out, all of one study (the same "
+                "patient on both sides: the held-out figures are optimistic)")
     only = series[0]
     n = len(only.slices)
     if n < 2:
         return series, [], "nothing held out (one slice): the last checkpoint ships, unmeasured"
-    held = max(1, int(math.ceil(holdout * n)))
-    gap = 1 if n - held >= 3 else 0  # a neighbour of a held-out slice is left out of training
-    train = replace(only, slices=only.slices[: n - held - gap])
-    test = replace(only, slices=only.slices[n - held:])
-    return ([train], [test], f"one series: its last {held} of {n} slices held out"
+    held_count = max(1, int(math.ceil(holdout * n)))
+    gap = 1 if n - held_count >= 3 else 0  # a neighbour of a held-out slice is left out
+    train = replace(only, slices=only.slices[: n - held_count - gap])
+    test = replace(only, slices=only.slices[n - held_count:])
+    return ([train], [test], f"one series: its last {held_count} of {n} slices held out"
             + (" after a gap of one" if gap else "") + " (neighbouring slices of one series: "
             "the held-out figures are optimistic)")
 
@@ -208,9 +220,10 @@ class HeldOut:
         best = max((h["psnr_db"] for h in self.history), default=-np.inf)
         self.history = [h for h in self.history if h["step"] < step] + [
             {"step": step, "psnr_db": round(mean, 3), "by_noise_hu": by_level}]
+        # The history first: a crash before the weights leaves the old best with its own step.
+        save_json(self.history_file, self.history)
         if mean > best:
             self.ckpt.save("best", {"step": step, "ema": enhancer.unet.state_dict()})
-        self.history_file.write_text(json.dumps(self.history, indent=1) + "\n")
         levels = ", ".join(f"{k} HU {v:.2f}" for k, v in by_level.items())
         self.echo(f"held-out step {step}: {mean:.2f} dB ({levels})" + (" best" if mean > best else ""))
 
@@ -225,9 +238,9 @@ class HeldOut:
         return ema
 
     def chosen_step(self) -> Optional[int]:
-        if not self.history:
-            return None
-        return max(self.history, key=lambda h: h["psnr_db"])["step"]
+        """The step of the weights that ship (the best checkpoint's own record)."""
+        state = self.ckpt.load("best") if self.pairs else None
+        return None if state is None else int(state["step"])
 
 
 def padded(image: np.ndarray, multiple: int = 8) -> np.ndarray:
@@ -255,11 +268,32 @@ def adapt(scans: SiteScans, out: "str | Path", *, base: "str | Path | None" = No
     the same call resumes."""
     try:
         return _adapt(scans, Path(out), base, steps, seed, device, holdout, workers, bm3d, echo)
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise OutputError(f"{out}: the disk is full ({exc.strerror}); free space and run the "
-                              "same command again: it resumes from the last checkpoint") from None
+    except Exception as exc:
+        if disk_full(exc):
+            raise OutputError(f"{out}: the disk is full ({exc}); free space and run the same "
+                              "command again: it resumes from the last checkpoint") from None
         raise
+
+
+FULL_MESSAGES = ("no space left", "os error 28", "disk quota", "file too large")
+
+
+def disk_full(exc: BaseException) -> bool:
+    """An OSError of a full disk or quota, or the same from a library that wraps it in its own
+    type (safetensors raises SafetensorError "I/O error: No space left on device (os error 28)")."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return True
+    return type(exc).__name__ == "SafetensorError" and any(
+        m in str(exc).lower() for m in FULL_MESSAGES)
+
+
+def save_json(path: Path, value: Any) -> None:
+    """``value`` as JSON at ``path``, atomically: a full disk leaves the old file whole."""
+    from scanside.files import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, overwrite=True, durable=False) as tmp:
+        Path(tmp).write_text(json.dumps(value, indent=1) + "\n", encoding="utf-8")
 
 
 def _adapt(scans: SiteScans, out: Path, base: "str | Path | None", steps: Optional[int],
@@ -280,6 +314,7 @@ def _adapt(scans: SiteScans, out: Path, base: "str | Path | None", steps: Option
     if steps is not None and steps < 1:
         raise InputError(f"steps: {steps} is not positive")
     where = use_device(device)
+    compare_with = base_engine(base)  # before any work: a --from without its engine fails now
     train_series, held_series, how = split_series(scans, holdout, seed)
     train_count = sum(len(s.slices) for s in train_series)
     if train_count < 1:
@@ -324,7 +359,7 @@ def _adapt(scans: SiteScans, out: Path, base: "str | Path | None", steps: Option
                       extra_settings={"provenance": PROVENANCE},
                       info={"task": "low-dose CT denoising, adapted to a site's own scans "
                                     "(scanside models adapt)", "adapt": card["training"]})
-        trained.write_text(json.dumps({"steps": plan.steps}) + "\n")
+        save_json(trained, {"steps": plan.steps})
     card["training"]["chosen_step"] = validation.chosen_step()
     card["training"]["validation"] = validation.history
     engine = export_engine(out, echo)
@@ -334,9 +369,9 @@ def _adapt(scans: SiteScans, out: Path, base: "str | Path | None", steps: Option
         echo(f"card: evaluating base and adapted models on "
              f"{sum(len(s.slices) for s in card_series)} held-out slice(s) ...")
         evaluation = siteeval.evaluate_site(
-            SiteScans(card_series, []), base_engine(base), compare=[engine],
+            SiteScans(card_series, []), compare_with, compare=[engine],
             bm3d=bm3d, seed=seed + 2, workers=workers, echo=echo, panels=out / "card",
-            labels=["base" if base_engine(base) else "built-in", "adapted"])
+            labels=["base" if compare_with else "built-in", "adapted"])
         card["evaluation"] = evaluation
     card["training"]["minutes"] = clock.minutes()
     write_card(out, card)
@@ -355,7 +390,7 @@ class Clock:
 
     def minutes(self) -> float:
         self.sessions[self.session] = (time.perf_counter() - self.started) / 60
-        self.file.write_text(json.dumps({"sessions": self.sessions}) + "\n")
+        save_json(self.file, {"sessions": self.sessions})
         return round(sum(self.sessions.values()), 1)
 
 
@@ -415,8 +450,7 @@ def check_run(out: Path, plan: Plan, scans: SiteScans, train_series: list, held_
     if file.is_file() and json.loads(file.read_text()) != json.loads(json.dumps(record)):
         raise InputError(f"{out}: holds an adaptation of other data or settings ({file}); "
                          "resume it with the same scans and options, or choose a new --out")
-    file.parent.mkdir(parents=True, exist_ok=True)
-    file.write_text(json.dumps(record, indent=1) + "\n")
+    save_json(file, record)
 
 
 def card_record(scans: SiteScans, train_series: list, held_series: list, plan: Plan,
@@ -475,7 +509,10 @@ def card_text(card: dict[str, Any]) -> str:
              f"- time: {t.get('minutes_to_model')} min to the exported model, "
              f"{t.get('minutes')} min with this card's evaluation", ""]
     if "evaluation" in card:
-        lines += ["## Held-out evaluation (`scanside models evaluate --on`)", "", "```",
+        lines += ["## Held-out evaluation (`scanside models evaluate --on`)", "",
+                  "On held-out series only; they also chose the checkpoint (on other noise "
+                  "draws, without lesions), so the adapted column is slightly optimistic.", "",
+                  "```",
                   siteeval.table(card["evaluation"]), "```", "",
                   "Panels (input | base model | adapted | BM3D | reference, soft-tissue window): "
                   "card/panel-*.png", ""]

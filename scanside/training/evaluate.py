@@ -194,6 +194,7 @@ class Scores:
     # backgrounds a faint disk passes the flatness test, and a contrast lost would read as
     # a density shift (the site evaluation; the phantoms' figures keep their definition).
     bias_without_lesions: bool = False
+    flat_smooth_px: float = 0.0  # realct.flat_regions: >0 for references with their own noise
     # False lesion-like blobs need a clean reference: a real scan's own noise (the site
     # evaluation's references) makes hundreds per slice, for every method alike.
     count_blobs: bool = True
@@ -204,7 +205,7 @@ class Scores:
         self.ssim.append(ssim(ref, output))
         exclude = (ctsim.lesion_mask(pair.phantom, ctsim.LESION_MARGIN)
                    if self.bias_without_lesions and pair.phantom.lesions else None)
-        self.bias.append(realct.hu_bias(output, ref, exclude))
+        self.bias.append(realct.hu_bias(output, ref, exclude, self.flat_smooth_px))
         truth = pair.phantom.hu
         for lesion in pair.phantom.lesions:
             self.contrasts.append((region_contrast(ref, lesion, truth),

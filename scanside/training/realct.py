@@ -114,12 +114,16 @@ def validation_pairs(scenes=VALIDATION_SCENES, noise=NOISE_HU, repeats: int = 1,
     return pairs
 
 
-def flat_regions(reference: np.ndarray) -> np.ndarray:
+def flat_regions(reference: np.ndarray, smooth_px: float = 0.0) -> np.ndarray:
     """Bool mask: soft tissue (-150..150 HU) whose 9x9 neighbourhood in the reference varies
-    by under FLAT_STD_HU, eroded by 2 px: where a mean HU is defined and a shift is a bias."""
+    by under FLAT_STD_HU, eroded by 2 px: where a mean HU is defined and a shift is a bias.
+    ``smooth_px``: judge the variation on the reference smoothed by a Gaussian of this sigma,
+    for references with noise of their own (a real scan's 10-20 HU)."""
     from scipy import ndimage
 
     ref = reference.astype(np.float64)
+    if smooth_px:
+        ref = ndimage.gaussian_filter(ref, smooth_px)
     mean = ndimage.uniform_filter(ref, 9)
     std = np.sqrt(np.maximum(ndimage.uniform_filter(ref**2, 9) - mean**2, 0))
     flat = (ref > -150) & (ref < 150) & (std < FLAT_STD_HU)
@@ -127,9 +131,10 @@ def flat_regions(reference: np.ndarray) -> np.ndarray:
 
 
 def hu_bias(output: np.ndarray, reference: np.ndarray,
-            exclude: "np.ndarray | None" = None) -> float:
-    """Mean (output - reference) over the reference's flat regions (less ``exclude``), HU."""
-    mask = flat_regions(reference)
+            exclude: "np.ndarray | None" = None, smooth_px: float = 0.0) -> float:
+    """Mean (output - reference) over the reference's flat regions (less ``exclude``; see
+    ``flat_regions`` for ``smooth_px``), HU."""
+    mask = flat_regions(reference, smooth_px)
     if exclude is not None:
         mask &= ~exclude
     return float((output - reference)[mask].mean()) if mask.any() else float("nan")

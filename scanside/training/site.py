@@ -15,10 +15,12 @@ reason, never silently:
 - a NIfTI volume that is not 3-D or whose values are not HU.
 
 A series of a single slice is data like any other. Series are named by their position and a
-short hash (``s01-3fa2c18b``): of the SeriesInstanceUID, salted, for DICOM; of the file's
-bytes for NIfTI. Nothing here keeps or prints a patient attribute or a UID; the facts kept
-per series are those a model card may show (manufacturer, scanner model, kernel, kV, pixel
-and slice sizes). Input files are only read.
+short hash of the pixel values read (``s01-3fa2c18b``): stable between runs on the same
+data, and linkable to a series only by someone who holds its images (a hash of a UID would
+be linkable by anyone with the PACS's index). Nothing here writes or prints a patient
+attribute or a UID; the facts kept per series are those a model card may show
+(manufacturer, scanner model, kernel, kV, pixel size, matrix and slice thickness). Input
+files are only read.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ from scanside.errors import InputError
 log = logging.getLogger(__name__)
 CLIP_HU = (-1000.0, 3000.0)  # padding outside the field of view (-2048, -3024) becomes air
 NIFTI = (".nii", ".nii.gz")
+# CT Image, Enhanced CT Image, Legacy Converted Enhanced CT Image Storage.
+CT_IMAGES = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1",
+             "1.2.840.10008.5.1.4.1.1.2.2")
 SQUARE_TOLERANCE = 0.01  # row and column spacing may differ by 1 % (rounding in headers)
 HASH_SALT = b"scanside-site-series:"
 
@@ -50,10 +55,14 @@ class SiteSlice:
 @dataclass
 class SiteSeries:
     index: int  # 1-based, in the order the series were found
-    key: str  # short hash (see the module docstring)
+    key: str  # short hash of the pixels read (see the module docstring)
     length: int  # slices the series has (``slices`` may hold a spread of them)
     facts: dict[str, Any]
     slices: list[SiteSlice] = field(default_factory=list)
+    # Which acquisition the series belongs to, so two reconstructions of one study (soft and
+    # bone kernels, thin and thick slices) fall on one side of a split: held in memory only,
+    # never written (a hash of the StudyInstanceUID; a NIfTI file is its own group).
+    group: str = field(default="", repr=False)
 
     @property
     def name(self) -> str:
@@ -87,7 +96,8 @@ class SiteScans:
                 "manufacturers": values("manufacturer"), "scanner_models": values("model"),
                 "kernels": values("kernel"), "kvp": values("kvp"),
                 "pixel_mm": [round(min(pixel), 3), round(max(pixel), 3)] if pixel else None,
-                "sizes": values("size"), "formats": values("format"),
+                "sizes": values("size"), "slice_mm": values("slice_mm"),
+                "formats": values("format"),
                 "left_out": left_out_counts(self.left_out)}
 
 
@@ -149,6 +159,14 @@ def unusable(ds: Any) -> Optional[str]:
     modality = text(ds, "Modality")
     if modality != "CT":
         return f"not CT (Modality {modality or 'missing'}): only CT goes through the CT scan chain"
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if sop_class not in CT_IMAGES:
+        from scanside.dicom.read import uid_name
+
+        return f"not a CT image (SOP class {uid_name(sop_class)}: a screenshot, dose report " \
+               "or other secondary capture)"
+    if text(ds, "BurnedInAnnotation").upper() == "YES":
+        return "burned-in annotation (BurnedInAnnotation YES): text in the pixels"
     kinds = image_type(ds)
     if "LOCALIZER" in kinds:
         return "a localizer (scout) image, not a cross-section"
@@ -184,6 +202,8 @@ def spread(length: int, count: Optional[int]) -> list[int]:
     """``count`` indices spread evenly over ``range(length)`` (all of them when None)."""
     if count is None or count >= length:
         return list(range(length))
+    if count <= 0:
+        return []
     return sorted({int(round(i)) for i in np.linspace(0, length - 1, max(1, count))})
 
 
@@ -192,6 +212,9 @@ def shares(lengths: Sequence[int], total: Optional[int]) -> list[Optional[int]]:
     the series' lengths, at least one each while the budget allows."""
     if total is None or sum(lengths) <= total:
         return [None] * len(lengths)
+    if total < len(lengths):  # fewer slices than series: one slice from each of a spread
+        chosen = set(spread(len(lengths), total))
+        return [1 if i in chosen else 0 for i in range(len(lengths))]
     raw = np.array(lengths, float) * total / sum(lengths)
     out = np.maximum(np.floor(raw).astype(int), 1)
     while out.sum() > total:
@@ -205,6 +228,7 @@ def shares(lengths: Sequence[int], total: Optional[int]) -> list[Optional[int]]:
 
 
 def key_of(data: bytes) -> str:
+    """A short salted hash, for in-memory grouping only (see SiteSeries.group)."""
     return hashlib.sha256(HASH_SALT + data).hexdigest()[:8]
 
 
@@ -247,25 +271,30 @@ def read_scans(paths: Sequence["str | Path"], max_slices: Optional[int] = None,
             else:
                 keep.append(instance)
         if keep:
-            candidates.append(("dicom", keep, series.uid))
+            candidates.append(("dicom", keep, None))
     for argument, file in volumes:
         try:
             candidates.append(("nifti", [nifti_volume(file)], file))
         except InputError as exc:
             left.append(LeftOut(argument, str(file), reason_only(str(exc), file)))
-    lengths = [len(c[1]) if c[0] == "dicom" else c[1][0][0].shape[0] for c in candidates]
+    lengths = [len(frame_list(c[1])) if c[0] == "dicom" else c[1][0][0].shape[0]
+               for c in candidates]
     budget = shares(lengths, max_slices)
     scans = SiteScans([], left)
     for (kind, items, source), length, count in zip(candidates, lengths, budget):
         index = len(scans.series) + 1
+        picks = spread(length, count)
+        if not picks:
+            continue
         if kind == "dicom":
-            series = dicom_series(index, items, source, spread(length, count), left, argument_of)
+            series = dicom_series(index, items, picks, left, argument_of)
         else:
             volume, spacing = items[0]
-            series = SiteSeries(index, nifti_key(source), length,
+            slices = [SiteSlice(np.array(volume[k]), spacing, k) for k in picks]  # copies
+            series = SiteSeries(index, pixel_key(slices), length,
                                 {"format": "NIfTI", "pixel_mm": round(spacing, 4),
                                  "size": f"{volume.shape[1]}x{volume.shape[2]}"},
-                                [SiteSlice(volume[k], spacing, k) for k in spread(length, count)])
+                                slices, group=f"nifti:{source}")
         if series.slices:
             scans.series.append(series)
     for item in left:
@@ -281,41 +310,60 @@ def read_scans(paths: Sequence["str | Path"], max_slices: Optional[int] = None,
 
 
 def reason_only(message: str, path: Path) -> str:
-    """A reader's message without its leading path (the report shows the path apart)."""
+    """A reader's message without the file's path, wherever it stands in it (the terminal
+    shows the path apart; reports never do: a path can hold a patient's name)."""
     prefix = f"{path}: "
-    return message[len(prefix):] if message.startswith(prefix) else message
+    message = message[len(prefix):] if message.startswith(prefix) else message
+    for form in {str(path), str(Path(path).resolve()), Path(path).name}:
+        message = message.replace(form, "<file>")
+    return message
 
 
-def dicom_series(index: int, instances: list, uid: str, picks: list[int],
-                 left: list[LeftOut], argument_of: dict) -> SiteSeries:
-    """The picked slices of one series in HU (every frame of a multi-frame instance is a
-    slice); a file whose pixels cannot be read is left out with the reader's reason."""
+def frame_list(instances: list) -> list[tuple[int, int]]:
+    """(instance, frame) of every slice of a series: each frame of a multi-frame instance is
+    a slice of its own."""
+    from scanside.dicom import read
+
+    return [(i, f) for i, instance in enumerate(instances) for f in range(read.frame_count(instance.header))]
+
+
+def dicom_series(index: int, instances: list, picks: list[int], left: list[LeftOut],
+                 argument_of: dict) -> SiteSeries:
+    """The picked slices (indices into ``frame_list``) of one series in HU; a file whose
+    pixels cannot be read is left out with the reader's reason."""
     from scanside.dicom import read
 
     first = instances[0].header
     spacing = float(np.mean(pixel_spacing(first)))
-    series = SiteSeries(index, key_of(uid.encode()), len(instances),
-                        series_facts(first, spacing, "DICOM"))
-    for k in picks:
+    frames = frame_list(instances)
+    series = SiteSeries(index, "", len(frames), series_facts(first, spacing, "DICOM"),
+                        group=key_of(str(first.get("StudyInstanceUID", "")).encode()))
+    wanted: dict[int, list[tuple[int, int]]] = {}
+    for position in picks:
+        instance, frame = frames[position]
+        wanted.setdefault(instance, []).append((position, frame))
+    for k, chosen in wanted.items():
         instance = instances[k]
         try:
-            ds, values = read.read_values(instance)
+            ds = read.read_pixels(instance)
+            values = [(position, read.frame_values(ds, frame, instance.path))
+                      for position, frame in chosen]
         except InputError as exc:
             left.append(LeftOut(argument_of.get(instance.path, 0), str(instance.path),
                                 reason_only(str(exc), instance.path)))
             continue
         own = pixel_spacing(ds) or [spacing, spacing]
-        for frame in values:
-            series.slices.append(SiteSlice(np.clip(frame, *CLIP_HU).astype(np.float32),
-                                           float(np.mean(own)), k))
+        for position, hu in values:
+            series.slices.append(SiteSlice(np.clip(hu, *CLIP_HU).astype(np.float32),
+                                           float(np.mean(own)), position))
+    series.key = pixel_key(series.slices)
     return series
 
 
-def nifti_key(path: Path) -> str:
+def pixel_key(slices: list[SiteSlice]) -> str:
     digest = hashlib.sha256(HASH_SALT)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    for item in slices:
+        digest.update(np.ascontiguousarray(item.hu).tobytes())
     return digest.hexdigest()[:8]
 
 

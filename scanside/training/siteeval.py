@@ -220,8 +220,9 @@ def evaluate_site(scans: SiteScans, engine_dir: Optional[Path] = None, *,
     elif bm3d:
         echo("BM3D: not installed (pip install bm3d; non-commercial licence), left out")
     panel_slice = choose_panel_slice(pairs)
-    scores = {(name, sigma, key): evaluate.Scores(bins=SIZE_BINS, bias_without_lesions=True,
-                                                         count_blobs=False)
+    scores = {(name, sigma, key): evaluate.Scores(
+        bins=SIZE_BINS, bias_without_lesions=True, count_blobs=False,
+        flat_smooth_px=LESION_SMOOTH_PX)
               for name in methods for sigma in noise for key in ["all", *series_names(pairs)]}
     shown: dict[float, dict[str, np.ndarray]] = {}
     for i, pair in enumerate(pairs):
@@ -245,6 +246,9 @@ def evaluate_site(scans: SiteScans, engine_dir: Optional[Path] = None, *,
                     "contrast_hu": list(LESION_CONTRAST_HU), "size_bins_px": [list(b) for b in SIZE_BINS]},
         "bm3d_factors": factors, "window_hu": list(evaluate.WINDOW),
         "region": f"each slice cropped to the object (> {OBJECT_HU:g} HU) + {MARGIN_PX} px",
+        "reference": "the slice as its scanner made it, through the chain at 1e7 photons: its "
+                     "own noise is kept, so PSNR measures how much of the added dose noise a "
+                     "method removes (a model that keeps the scanner's texture is favoured)",
         "overall": [level_row(scores, methods, pairs, sigma, "all") for sigma in noise],
         "series": [level_row(scores, methods, pairs, sigma, name)
                    for name in series_names(pairs) for sigma in noise],
@@ -312,20 +316,21 @@ def table(result: dict[str, Any]) -> str:
     lines = [f"{data['slices']} slice(s) of {data['series']} series "
              f"({', '.join(data['scanner_models'] or ['scanner model not given'])}; kernels "
              f"{', '.join(data['kernels'] or ['-'])}; pixels {data['pixel_mm']} mm); "
-             f"window {result['window_hu']} HU; {result['region']}"]
+             f"window {result['window_hu']} HU; {result['region']}",
+             f"reference: {result['reference']}"]
     percent = lambda v: "-" if v is None else f"{100 * v:.0f}%"  # noqa: E731
     width = max(16, *(len(n) + 2 for n in result["overall"][0]["methods"]))
     for row in result["overall"]:
-        lines.append(f"\n{row['noise_hu']:g} HU asked ({row['measured_noise_hu']:g} measured), "
-                     f"{row['slices']} slice(s)")
+        lines.append(f"\nadded noise {row['noise_hu']:g} HU (measured {row['measured_noise_hu']:g}; "
+                     f"the scanner's own comes on top), {row['slices']} slice(s)")
         lines.append(f"{'method':<{width}}{'PSNR dB':>9}{'SSIM':>8}{'HU bias':>9}{'max|b|':>8}"
-                     f"{'lesions lost':>14}{'s/slice':>9}")
+                     f"{'lesions lost':>14}{'s/crop':>8}")
         for name, s in row["methods"].items():
             lines.append(f"{name:<{width}}{s['psnr_db']:>9.2f}{s['ssim']:>8.4f}"
                          f"{s.get('hu_bias_mean', float('nan')):>+9.2f}"
                          f"{s.get('hu_bias_max_abs', float('nan')):>8.2f}"
                          f"{lost_text(s):>14}"
-                         f"{s.get('seconds_median', 0):>9.3f}")
+                         f"{s.get('seconds_median', 0):>8.3f}")
         bands = next(iter(row["methods"].values())).get("lesion_contrast_by_radius") or []
         if bands and any(b["lesions"] for b in bands):
             lines.append("  contrast kept (median) and lost, by radius: " + " | ".join(
@@ -356,12 +361,25 @@ def lost_text(summary: dict[str, Any]) -> str:
     return "-" if lost is None else f"{100 * lost:.0f}% of {shown}"
 
 
+def finite(value: Any) -> Any:
+    """``value`` with NaN and infinities as None: strict JSON has no NaN."""
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
 def write_report(result: dict[str, Any], folder: Path) -> None:
     """evaluation.json and evaluation.txt in ``folder`` (the panels are already there)."""
     from scanside.files import atomic_path
 
     folder.mkdir(parents=True, exist_ok=True)
-    for name, body in (("evaluation.json", json.dumps(result, indent=2, default=float) + "\n"),
+    for name, body in (("evaluation.json", json.dumps(finite(result), indent=2) + "\n"),
                        ("evaluation.txt", table(result) + "\n")):
         with atomic_path(folder / name, overwrite=True) as tmp:
             Path(tmp).write_text(body, encoding="utf-8")

@@ -32,7 +32,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -609,15 +609,14 @@ class Enhancer:
             return self.vae.decode(x0 / self.scaling).sample[0, 0].cpu().numpy()
 
 
-class Validation:
-    """What ``train_unet`` calls at each checkpoint (see training/adapt.py): ``__call__(step,
-    enhancer)`` scores the EMA weights and keeps the best; ``best(ema)`` loads them."""
+class Validation(Protocol):
+    """What ``train_unet`` calls at the start and at each checkpoint (adapt.HeldOut):
+    ``__call__(step, enhancer)`` scores the EMA weights and keeps the best; ``best(ema)``
+    loads the best into ``ema`` and returns it."""
 
-    def __call__(self, step: int, enhancer: Enhancer) -> None:
-        raise NotImplementedError
+    def __call__(self, step: int, enhancer: Enhancer) -> None: ...
 
-    def best(self, ema):
-        raise NotImplementedError
+    def best(self, ema: Any) -> Any: ...
 
 
 # -- the whole run ------------------------------------------------------------------------

@@ -28,7 +28,7 @@ def series(index: int, slices: int) -> SiteSeries:
 def test_whole_series_are_held_out_never_slices_of_one_on_both_sides():
     scans = SiteScans([series(i, 4) for i in range(1, 11)], [])
     train, held, how = adapt.split_series(scans, 0.2, seed=3)
-    assert len(held) == 2 and len(train) == 8 and "2 of 10 series" in how
+    assert len(held) == 2 and len(train) == 8 and "2 of 10 series" in how and "studies" in how
     assert not {s.key for s in train} & {s.key for s in held}
     assert adapt.split_series(scans, 0.2, seed=3)[1] == held  # reproducible from the seed
     others = [adapt.split_series(scans, 0.2, seed=s)[1] for s in range(4, 10)]
@@ -160,3 +160,24 @@ def test_a_full_disk_stops_with_exit_3_and_the_same_command_resumes(tiny_site, m
     assert main(args) == 0
     assert "data: simulating 0 of" in capsys.readouterr().out  # resumed, not redone
     assert (out / "engine" / "manifest.json").is_file()
+
+
+def test_a_full_disk_is_recognised_through_the_libraries_that_wrap_it():
+    class SafetensorError(Exception):
+        pass
+
+    assert adapt.disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert adapt.disk_full(SafetensorError("Error while serializing: I/O error: No space left "
+                                           "on device (os error 28)"))
+    assert not adapt.disk_full(SafetensorError("invalid header"))
+    assert not adapt.disk_full(OSError(errno.EACCES, "Permission denied"))
+
+
+def test_series_of_one_study_stay_on_one_side():
+    scans = SiteScans([series(i, 3) for i in range(1, 7)], [])
+    for s, study in zip(scans.series, "aabbcc"):
+        s.group = study  # two reconstructions per study
+    for seed in range(5):
+        train, held, _ = adapt.split_series(scans, 0.34, seed)
+        assert not {s.group for s in train} & {s.group for s in held}
+        assert len(held) == 2

@@ -127,3 +127,48 @@ def test_nifti_volumes_are_series_and_non_hu_volumes_are_left_out(tmp_path):
     assert [item.reason.split(" (")[0] for item in scans.left_out] == [
         "values 300..300 do not look like HU"]
     assert good.is_file()
+
+
+def test_each_frame_of_a_multi_frame_file_is_a_slice_of_its_own(tmp_path):
+    from pydicom.uid import generate_uid
+
+    from scanside.dicom.synthetic import simulated_ct
+
+    frames = np.stack([ctsim.make_phantom(s, 64).hu for s in (1, 2, 3)])
+    ds = simulated_ct(frames[0], "multi-frame", 0.8)
+    ds.set_pixel_data(np.round(frames + 1024).astype(np.int16), "MONOCHROME2", 16)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    (tmp_path / "mf").mkdir()
+    ds.save_as(tmp_path / "mf" / "all.dcm", enforce_file_format=True)
+    scans = site.read_scans([tmp_path / "mf"], echo=lambda _: None)
+    series = scans.series[0]
+    assert series.length == 3 and [s.position for s in series.slices] == [0, 1, 2]
+    assert np.allclose(series.slices[2].hu, np.clip(np.round(frames[2]), -1000, 3000))
+    assert len(site.read_scans([tmp_path / "mf"], max_slices=2, echo=lambda _: None)
+               .series[0].slices) == 2  # frames count against --max-slices
+
+
+def test_screenshots_and_burned_in_text_are_left_out(tmp_path):
+    write_series(tmp_path / "sc", (1,), size=64, SOPClassUID="1.2.840.10008.5.1.4.1.1.7")
+    write_series(tmp_path / "burned", (2,), size=64, BurnedInAnnotation="YES")
+    write_series(tmp_path / "good", (3,), size=64)
+    scans = site.read_scans([tmp_path], echo=lambda _: None)
+    reasons = sorted(item.reason.split(" (")[0] for item in scans.left_out)
+    assert reasons == ["burned-in annotation", "not a CT image"]
+
+
+def test_reasons_in_reports_never_carry_the_path(tmp_path):
+    pytest.importorskip("nibabel")
+    folder = tmp_path / "DOE^JOHN"
+    write_series(folder / "good", (1,), size=64)
+    (folder / "scan.nii.gz").write_bytes(b"not a volume")  # nibabel's message names the file
+    lines = []
+    scans = site.read_scans([folder], echo=lines.append)
+    [item] = scans.left_out
+    assert "DOE" in item.path and "DOE" in " ".join(lines)  # the terminal shows where
+    assert "DOE" not in item.reason and item.reason.startswith("not a readable NIfTI volume")
+
+
+def test_fewer_slices_than_series_takes_one_from_each_of_a_spread():
+    assert site.shares([5] * 10, 3) == [1, 0, 0, 0, 1, 0, 0, 0, 0, 1]
+    assert site.spread(7, 0) == []

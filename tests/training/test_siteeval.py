@@ -115,6 +115,6 @@ def test_cli_evaluate_on_writes_the_report(tmp_path, capsys):
                  "--skip", "bm3d", "--workers", "1", "--out", str(tmp_path / "out")])
     assert code == 0
     out = capsys.readouterr().out
-    assert "40 HU asked" in out and "built-in" in out
+    assert "added noise 40 HU" in out and "built-in" in out
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "evaluation.json", "evaluation.txt", "panel-40hu.png"]
