@@ -34,7 +34,7 @@ FLAGS = {"out_dir": "--out", "consistency_px": "--consistency", "noise_factor": 
          "component_precision": "--component-precision", "attention": "--attention",
          "tiny_vae": "--tiny-vae", "trt_compat": "--trt-compat", "opset": "--opset",
          "tiny_vae_parts": "--tiny-vae-parts", "device": "--device", "address": "--ray",
-         "holdout": "--holdout"}
+         "holdout": "--holdout", "lr": "--lr"}
 
 
 # Names of scanside/cli.py (until 0.1.0) that are not the command modules' own functions.

@@ -147,6 +147,8 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
                    help="training steps (default: chosen from the amount of data, and printed)")
     p.add_argument("--seed", type=int, default=0, help="the split, the data and every batch follow it")
     p.add_argument("--device", default="cpu", metavar="DEVICE", help="cpu (default) or cuda[:N]")
+    p.add_argument("--lr", type=positive_float, default=None, metavar="LR",
+                   help="peak learning rate (default 5e-05: half the base model's last phase)")
     p.add_argument("--holdout", type=float, default=None, metavar="FRACTION",
                    help="share of the series held out to choose the checkpoint and fill the "
                         "card (default 0.2; 0: none)")
@@ -287,7 +289,8 @@ def cmd_models_adapt(args: argparse.Namespace) -> int:
     scans = site.read_scans(args.scans, args.max_slices)
     adapt.adapt(scans, args.out, base=args.base, steps=args.steps, seed=args.seed,
                 device=args.device, holdout=adapt.HOLDOUT if args.holdout is None else args.holdout,
-                workers=args.workers, bm3d="bm3d" not in (args.skip or ()))
+                workers=args.workers, bm3d="bm3d" not in (args.skip or ()),
+                lr=adapt.ADAPT_LR if args.lr is None else args.lr)
     print(f"use it: scanside enhance SCANS --engine {args.out} --out OUT; it is derived from "
           "patient images: keep it on site")
     return 0

@@ -193,8 +193,13 @@ class SiteData:
 
 class HeldOut:
     """Chooses the checkpoint: the runtime's enhancement (``train.Enhancer``) of held-out
-    slices at every noise level, mean PSNR; the best EMA weights are kept in
-    OUT/train/best.safetensors, the history in OUT/train/validation.json."""
+    slices at every noise level. A checkpoint qualifies when it is nowhere below the starting
+    weights (step 0) by more than TOLERANCE_DB at any level (a site must never lose at the
+    dose it scans at to gain at another); of those, the best mean PSNR over the levels ships.
+    The best weights are kept in OUT/train/best.safetensors, the history in
+    OUT/train/validation.json."""
+
+    TOLERANCE_DB = 0.05  # about the spread of a level's mean PSNR between noise draws here
 
     def __init__(self, out: Path, pairs: list, echo: Callable[[str], None]) -> None:
         from .train import Checkpoints
@@ -204,6 +209,10 @@ class HeldOut:
         self.history_file = out / "train" / "validation.json"
         self.history: list[dict] = (json.loads(self.history_file.read_text())
                                     if self.history_file.is_file() else [])
+
+    def qualifies(self, by_level: dict[str, float]) -> bool:
+        start = next((h["by_noise_hu"] for h in self.history if h["step"] == 0), None)
+        return start is None or all(by_level[k] >= start[k] - self.TOLERANCE_DB for k in start)
 
     def __call__(self, step: int, enhancer: Any) -> None:
         from . import ctsim, evaluate
@@ -217,15 +226,20 @@ class HeldOut:
             scores.setdefault(pair.noise_hu, []).append(evaluate.psnr(pair.full, out))
         by_level = {f"{k:g}": round(float(np.mean(v)), 3) for k, v in scores.items()}
         mean = float(np.mean(list(by_level.values())))
-        best = max((h["psnr_db"] for h in self.history), default=-np.inf)
-        self.history = [h for h in self.history if h["step"] < step] + [
-            {"step": step, "psnr_db": round(mean, 3), "by_noise_hu": by_level}]
+        self.history = [h for h in self.history if h["step"] < step]
+        best = max((h["psnr_db"] for h in self.history if h.get("qualifies", True)),
+                   default=-np.inf)
+        ok = self.qualifies(by_level)
+        self.history.append({"step": step, "psnr_db": round(mean, 3), "by_noise_hu": by_level,
+                             "qualifies": ok})
         # The history first: a crash before the weights leaves the old best with its own step.
         save_json(self.history_file, self.history)
-        if mean > best:
+        chosen = ok and mean > best
+        if chosen:
             self.ckpt.save("best", {"step": step, "ema": enhancer.unet.state_dict()})
         levels = ", ".join(f"{k} HU {v:.2f}" for k, v in by_level.items())
-        self.echo(f"held-out step {step}: {mean:.2f} dB ({levels})" + (" best" if mean > best else ""))
+        self.echo(f"held-out step {step}: {mean:.2f} dB ({levels})" + (" best" if chosen else "")
+                  + ("" if ok else " (below the start at some level: not a candidate)"))
 
     def best(self, ema):
         state = self.ckpt.load("best") if self.pairs else None
@@ -262,12 +276,13 @@ def base_settings(base: Path) -> dict[str, Any]:
 def adapt(scans: SiteScans, out: "str | Path", *, base: "str | Path | None" = None,
           steps: Optional[int] = None, seed: int = 0, device: str = "cpu",
           holdout: float = HOLDOUT, workers: int = 2, bm3d: bool = True,
-          echo: Callable[[str], None] = print) -> Path:
+          lr: float = ADAPT_LR, echo: Callable[[str], None] = print) -> Path:
     """Adapt ``base`` (default: the built-in model) to ``scans``; writes the model folder
     ``out`` (see the module docstring) and returns it. A full disk raises OutputError (exit 3);
     the same call resumes."""
     try:
-        return _adapt(scans, Path(out), base, steps, seed, device, holdout, workers, bm3d, echo)
+        return _adapt(scans, Path(out), base, steps, seed, device, holdout, workers, bm3d, lr,
+                      echo)
     except Exception as exc:
         if disk_full(exc):
             raise OutputError(f"{out}: the disk is full ({exc}); free space and run the same "
@@ -297,7 +312,7 @@ def save_json(path: Path, value: Any) -> None:
 
 
 def _adapt(scans: SiteScans, out: Path, base: "str | Path | None", steps: Optional[int],
-           seed: int, device: str, holdout: float, workers: int, bm3d: bool,
+           seed: int, device: str, holdout: float, workers: int, bm3d: bool, lr: float,
            echo: Callable[[str], None]) -> Path:
     from scanside.runtime.default import default_checkpoint_dir
 
@@ -313,6 +328,8 @@ def _adapt(scans: SiteScans, out: Path, base: "str | Path | None", steps: Option
                          "checkpoint such as an adapted MODEL_DIR or its checkpoint/")
     if steps is not None and steps < 1:
         raise InputError(f"steps: {steps} is not positive")
+    if not 0 < lr < 1:
+        raise InputError(f"lr: {lr:g} is not a learning rate in (0, 1); the default is {ADAPT_LR:g}")
     where = use_device(device)
     compare_with = base_engine(base)  # before any work: a --from without its engine fails now
     train_series, held_series, how = split_series(scans, holdout, seed)
@@ -339,7 +356,7 @@ def _adapt(scans: SiteScans, out: Path, base: "str | Path | None", steps: Option
         echo(f"  training slices: {len(picks)} of {train_count}, spread evenly (neighbouring "
              "slices add little)")
     settings = Settings(**{**stored, "seed": seed, "init": str(base.resolve()), "unet_steps": 0,
-                           "tune_steps": plan.steps, "tune_lr": ADAPT_LR, "unet_batch": batch,
+                           "tune_steps": plan.steps, "tune_lr": lr, "unet_batch": batch,
                            "workers": workers, "scenes": (), "tune_scenes": (),
                            "checkpoint_every": CHECKPOINT_EVERY, "anatomy_lesions": 0.0,
                            "tune_noise_hu": None, "tune_noise_scale": None})

@@ -181,3 +181,29 @@ def test_series_of_one_study_stay_on_one_side():
         train, held, _ = adapt.split_series(scans, 0.34, seed)
         assert not {s.group for s in train} & {s.group for s in held}
         assert len(held) == 2
+
+
+def test_the_checkpoint_that_loses_at_any_level_is_not_chosen(tmp_path):
+    """Step 200 has the best mean but is worse than the start at 20 HU: step 100 ships."""
+    torch = pytest.importorskip("torch")
+    from types import SimpleNamespace
+
+    full = np.zeros((16, 16), np.float32)
+    pairs = [SimpleNamespace(low=full, full=full, noise_hu=level) for level in (20.0, 80.0)]
+    errors = {0: {20.0: 4.0, 80.0: 8.0}, 100: {20.0: 3.9, 80.0: 6.0}, 200: {20.0: 5.0, 80.0: 2.0}}
+    class Enhancer:  # train.Enhancer's interface: an error of a known size per level
+        def __init__(self, step):
+            self.unet = torch.nn.Linear(1, 1)
+            torch.nn.init.constant_(self.unet.weight, float(step))
+            self.errors = iter(errors[step][p.noise_hu] for p in pairs)
+
+        def __call__(self, image, seed=0):
+            return np.full(image.shape, next(self.errors) / 1000.0, np.float32)
+
+    held = adapt.HeldOut(tmp_path, pairs, echo=lambda _: None)
+    for step in errors:
+        held(step, Enhancer(step))
+    assert [h["qualifies"] for h in held.history] == [True, True, False]
+    assert held.chosen_step() == 100
+    model = torch.nn.Linear(1, 1)
+    assert held.best(model).weight.item() == 100.0
