@@ -183,9 +183,11 @@ def _git(where: Path, *args: str) -> str:
 
 def engine_identity(engine: "Path | str | None") -> Optional[dict[str, Any]]:
     """An engine directory by its manifest: source hash, precision, component hashes."""
+    from scanside.runtime.artifacts import engine_folder
+
     if engine is None:
         return None
-    folder = Path(engine)
+    folder = engine_folder(engine)  # a model folder's engine/ too
     try:
         manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):

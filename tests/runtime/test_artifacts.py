@@ -83,3 +83,15 @@ def test_garbage_manifest(engine_copy):
     (engine_copy / MANIFEST).write_text("{not json")
     with pytest.raises(EngineError, match="unreadable"):
         read_manifest(engine_copy)
+
+
+def test_a_model_folder_stands_for_its_engine(tmp_path):
+    from scanside.runtime.artifacts import MANIFEST, engine_folder
+
+    (tmp_path / "model" / "engine").mkdir(parents=True)
+    (tmp_path / "model" / "engine" / MANIFEST).write_text("{}")
+    assert engine_folder(tmp_path / "model") == tmp_path / "model" / "engine"
+    assert engine_folder(tmp_path / "model" / "engine") == tmp_path / "model" / "engine"
+    (tmp_path / "model" / MANIFEST).write_text("{}")  # an engine directory is itself
+    assert engine_folder(tmp_path / "model") == tmp_path / "model"
+    assert engine_folder(tmp_path / "elsewhere") == tmp_path / "elsewhere"
