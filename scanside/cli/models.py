@@ -148,7 +148,8 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--seed", type=int, default=0, help="the split, the data and every batch follow it")
     p.add_argument("--device", default="cpu", metavar="DEVICE", help="cpu (default) or cuda[:N]")
     p.add_argument("--lr", type=positive_float, default=None, metavar="LR",
-                   help="peak learning rate (default 5e-05: half the base model's last phase)")
+                   help="peak learning rate of the cosine schedule (default 1e-04, the base "
+                        "model's last phase)")
     p.add_argument("--holdout", type=float, default=None, metavar="FRACTION",
                    help="share of the series held out to choose the checkpoint and fill the "
                         "card (default 0.2; 0: none)")
