@@ -314,7 +314,9 @@ def reason_only(message: str, path: Path) -> str:
     shows the path apart; reports never do: a path can hold a patient's name)."""
     prefix = f"{path}: "
     message = message[len(prefix):] if message.startswith(prefix) else message
-    for form in {str(path), str(Path(path).resolve()), Path(path).name}:
+    path = Path(path)
+    for form in sorted({str(path), str(path.resolve()), str(path.parent),
+                        str(path.resolve().parent), path.name}, key=len, reverse=True):
         message = message.replace(form, "<file>")
     return message
 
@@ -379,8 +381,10 @@ def nifti_volume(path: Path) -> tuple[np.ndarray, float]:
         data = np.asarray(image.get_fdata(dtype=np.float32))
         zooms = [float(z) for z in image.header.get_zooms()[:2]]
     except Exception as exc:  # nibabel raises many types on damaged files
-        raise InputError(f"{path}: not a readable NIfTI volume ({type(exc).__name__}: "
-                         f"{str(exc)[:120]})") from None
+        # Its type only: nibabel's and gzip's messages quote the file's path, in forms of their
+        # own (resolved, truncated), and a path can hold a patient's name.
+        raise InputError(f"{path}: not a readable NIfTI volume ({type(exc).__name__}); give "
+                         "a .nii or .nii.gz volume") from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:

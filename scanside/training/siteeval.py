@@ -336,7 +336,7 @@ def table(result: dict[str, Any]) -> str:
             lines.append("  contrast kept (median) and lost, by radius: " + " | ".join(
                 f"{b['radius_px'][0]:g}-{b['radius_px'][1]:g} px ({b['lesions']})" for b in bands))
             for name, s in row["methods"].items():
-                lines.append(f"  {name:<{width - 2}}" + " | ".join(
+                lines.append(f"  {name:<{width}}" + " | ".join(
                     "-" if b["median_kept"] is None else f"{b['median_kept']:.2f} {percent(b['lost'])}"
                     for b in s["lesion_contrast_by_radius"]))
     names = list(result["overall"][0]["methods"])
