@@ -42,7 +42,7 @@ import numpy as np
 from scanside.errors import InputError, OutputError
 
 from . import anatomy, siteeval
-from .site import SiteScans, SiteSeries, left_out_counts
+from .site import SiteScans, SiteSeries, left_out_counts, spread
 
 # The base model's phase-2 peak. 5e-5 (half) was tried first: on invesalius-head (one series,
 # 80 training slices) it reached 46.78 / 43.23 / 38.77 dB at 20 / 40 / 80 HU after 100 steps
@@ -135,9 +135,7 @@ def split_series(scans: SiteScans, holdout: float, seed: int
 def spread_slices(series: list[SiteSeries], count: int) -> list[tuple[SiteSeries, Any]]:
     """At most ``count`` (series, slice) pairs spread evenly over all slices of ``series``."""
     every = [(s, sl) for s in series for sl in s.slices]
-    if len(every) <= count:
-        return every
-    return [every[int(round(i))] for i in np.linspace(0, len(every) - 1, count)]
+    return [every[i] for i in spread(len(every), count)]
 
 
 def slice_job(job: tuple) -> dict[str, np.ndarray]:

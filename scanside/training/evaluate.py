@@ -215,6 +215,19 @@ class Scores:
             self.blobs += false_blobs(windowed(output), windowed(ref), pair.phantom.lesions)
         self.images += 1
 
+    @classmethod
+    def combined(cls, parts: Sequence["Scores"]) -> "Scores":
+        """One Scores of several (e.g. every series' at one noise level), each image scored
+        once; the settings are the first part's."""
+        first = parts[0]
+        return cls(psnr=[v for p in parts for v in p.psnr], ssim=[v for p in parts for v in p.ssim],
+                   contrasts=[v for p in parts for v in p.contrasts],
+                   blobs=sum(p.blobs for p in parts), images=sum(p.images for p in parts),
+                   seconds=[v for p in parts for v in p.seconds],
+                   bias=[v for p in parts for v in p.bias], bins=first.bins,
+                   bias_without_lesions=first.bias_without_lesions,
+                   count_blobs=first.count_blobs, flat_smooth_px=first.flat_smooth_px)
+
     def summary(self) -> dict[str, Any]:
         out = {"psnr_db": float(np.mean(self.psnr)), "ssim": float(np.mean(self.ssim))}
         if self.count_blobs:

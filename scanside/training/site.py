@@ -232,13 +232,6 @@ def key_of(data: bytes) -> str:
     return hashlib.sha256(HASH_SALT + data).hexdigest()[:8]
 
 
-def files_of(argument: Path) -> list[Path]:
-    if argument.is_dir():
-        return sorted(p for p in argument.rglob("*") if p.is_file() and not p.name.startswith(".")
-                      and p.name.upper() != "DICOMDIR")
-    return [argument]
-
-
 def read_scans(paths: Sequence["str | Path"], max_slices: Optional[int] = None,
                echo: Callable[[str], None] = print) -> SiteScans:
     """The usable series under ``paths`` (files or folders), at most ``max_slices`` slices in
@@ -252,7 +245,7 @@ def read_scans(paths: Sequence["str | Path"], max_slices: Optional[int] = None,
     for argument, path in enumerate(map(Path, paths), 1):
         if not path.exists():
             raise InputError(f"{path}: no such file or folder (SCANS argument {argument})")
-        found = files_of(path)
+        found, _ = read.expand([path])  # a folder walked as enhance walks it
         if not found:
             left.append(LeftOut(argument, str(path), "an empty folder"))
         for file in found:

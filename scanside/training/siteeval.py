@@ -36,7 +36,7 @@ import numpy as np
 from scanside.runtime.sampling import Sampling
 
 from . import anatomy, ctsim, evaluate, realct
-from .site import SiteScans
+from .site import SiteScans, spread
 
 NOISE_HU = realct.NOISE_HU  # soft-tissue noise of the simulated low doses (default 20/40/80)
 REFERENCE_PHOTONS = 1e7  # per ray: as realct and training
@@ -157,8 +157,7 @@ def tune_bm3d(pairs: Sequence[SitePair], noise: Sequence[float],
     factors = []
     for sigma in noise:
         level = [p for p in pairs if p.noise_hu == sigma]
-        picks = [level[i] for i in sorted({int(round(i)) for i in np.linspace(
-            0, len(level) - 1, min(BM3D_TUNE_SLICES, len(level)))})]
+        picks = [level[i] for i in spread(len(level), BM3D_TUNE_SLICES)]
         scores = [np.mean([bm3d_psnr((p.low, p.full, c)) for p in picks]) for c in grid]
         best = int(np.argmax(scores))
         if best == len(grid) - 1:
@@ -220,10 +219,11 @@ def evaluate_site(scans: SiteScans, engine_dir: Optional[Path] = None, *,
     elif bm3d:
         echo("BM3D: not installed (pip install bm3d; non-commercial licence), left out")
     panel_slice = choose_panel_slice(pairs)
+    # Per series; the overall row combines them (each output is scored once).
     scores = {(name, sigma, key): evaluate.Scores(
         bins=SIZE_BINS, bias_without_lesions=True, count_blobs=False,
         flat_smooth_px=LESION_SMOOTH_PX)
-              for name in methods for sigma in noise for key in ["all", *series_names(pairs)]}
+              for name in methods for sigma in noise for key in series_names(pairs)}
     shown: dict[float, dict[str, np.ndarray]] = {}
     for i, pair in enumerate(pairs):
         for name, method in methods.items():
@@ -231,15 +231,17 @@ def evaluate_site(scans: SiteScans, engine_dir: Optional[Path] = None, *,
             out = method(pair.low, pair.full)
             spent = time.perf_counter() - tick
             seconds[name] = seconds.get(name, 0.0) + spent
-            for key in ("all", pair.series):
-                scores[(name, pair.noise_hu, key)].add(out, pair)
-                if key == "all":
-                    scores[(name, pair.noise_hu, key)].seconds.append(spent)
+            scores[(name, pair.noise_hu, pair.series)].add(out, pair)
+            scores[(name, pair.noise_hu, pair.series)].seconds.append(spent)
             if (pair.series, pair.position) == panel_slice:
                 shown.setdefault(pair.noise_hu, {"reference": pair.full})[name] = out
         if (i + 1) % (10 * len(noise)) == 0:
             echo(f"  {(i + 1) // len(noise)}/{len(pairs) // len(noise)} slices")
     seconds["total"] = time.perf_counter() - started
+    for name in methods:
+        for sigma in noise:
+            scores[(name, sigma, "all")] = evaluate.Scores.combined(
+                [scores[(name, sigma, key)] for key in series_names(pairs)])
     result = {
         "data": scans.summary(), "noise_hu": list(noise), "model": model, "engines": engines,
         "lesions": {"per_128px_flat_tissue": lesions, "radius_px": list(LESION_RADIUS_PX),
