@@ -12,7 +12,7 @@ import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from scanside.errors import InputError, OutputError
 from scanside.files import read_image, refuse_existing, write_image
@@ -29,6 +29,10 @@ class Report:
     skipped: list[Path] = field(default_factory=list)  # finished by an earlier run
     images: int = 0
     seconds: float = 0.0
+    # Per output with counts (an enhanced instance's maps: flagged area, mean uncertainty; a
+    # segmented series: flagged pixels, candidates), named by file and the tail of its
+    # series folder, never by a patient attribute.
+    counts: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -40,6 +44,7 @@ class Report:
         self.failures += other.failures
         self.skipped += other.skipped
         self.images += other.images
+        self.counts += other.counts
 
 
 @contextmanager

@@ -7,7 +7,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -55,6 +55,17 @@ def atomic_path(target: Path, overwrite: bool = False, durable: bool = True) -> 
             pass
         except OSError:  # e.g. the disk went read-only: the next run's remove_partials takes it
             pass
+
+
+def write_json(path: Path, value: Any, durable: bool = False) -> None:
+    """``value`` as indented JSON at ``path``, atomically (a full disk leaves the old file
+    whole); the folder is made if missing."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, overwrite=True, durable=durable) as tmp:
+        Path(tmp).write_text(json.dumps(value, indent=1) + "\n", encoding="utf-8")
 
 
 def sync(path: "str | Path") -> None:

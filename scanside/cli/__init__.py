@@ -18,12 +18,14 @@ from typing import Callable, Optional, Sequence
 from scanside import __version__
 from scanside.errors import ScansideError
 
-from . import bench, demo, enhance, export, info, models, node
+from . import bench, demo, enhance, export, info, models, node, segment
 
 log = logging.getLogger("scanside")
 # Packages only the export side needs: their absence is a missing extra, not a bug.
 EXPORT_PACKAGES = {"torch", "diffusers", "transformers", "onnx", "onnxscript", "safetensors"}
-COMMANDS = (export, enhance, node, info, bench, demo, models)  # in the order --help lists them
+# Maps, SEG, SR (highdicom) and lesion candidates' regions (scipy): the annotate extra.
+ANNOTATE_PACKAGES = {"highdicom", "scipy"}
+COMMANDS = (export, enhance, segment, node, info, bench, demo, models)  # in the order --help lists them
 # Library parameter -> the flag a command-line user gave it.
 FLAGS = {"out_dir": "--out", "consistency_px": "--consistency", "noise_factor": "--noise-factor",
          "max_tile": "--max-tile", "vae_tile": "--vae-tile", "negative_prompt": "--negative-prompt",
@@ -94,6 +96,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"scanside {args.command}: error: {as_flags(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except ImportError as exc:
+        if exc.name in ANNOTATE_PACKAGES:
+            print(f"scanside {args.command}: error: {exc.name} is not installed; maps, "
+                  "segmentation and annotation write DICOM SEG, SR and Parametric Maps with "
+                  "it: pip install 'scanside[annotate]'", file=sys.stderr)
+            return 2
         if exc.name not in EXPORT_PACKAGES:
             raise
         print(f"scanside {args.command}: error: {exc.name} is not installed; this command "

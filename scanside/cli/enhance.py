@@ -11,7 +11,10 @@ from typing import TYPE_CHECKING, Optional
 from scanside.errors import InputError
 from scanside.runtime.sampling import Sampling
 
-from .options import add_sampling, add_workers, gpu_options, load_for_slices, sampling_of, window_of
+from scanside.runtime.maps import CHANGE_K, MIN_VIEWS
+
+from .options import (add_sampling, add_workers, gpu_options, load_for_slices, maps_arg, sampling_of,
+                      window_of)
 
 if TYPE_CHECKING:
     from scanside.dicom import Window
@@ -37,6 +40,15 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
                         "[-1000, 1000] HU, else the file's VOI window, else the image range)")
     p.add_argument("--preview", action="store_true",
                    help="DICOM: also write source | result | difference PNGs")
+    p.add_argument("--maps", type=maps_arg, default=(), metavar="uncertainty,change",
+                   help="DICOM: also write what the model changed and how sure it was, each "
+                        "as a Parametric Map, a grayscale series and (change) a SEG of the "
+                        "flagged area, beside the enhanced series (docs/maps.md); uncertainty "
+                        f"runs at least {MIN_VIEWS} views (with --ensemble 1: {MIN_VIEWS}x the "
+                        "model time)")
+    p.add_argument("--change-k", type=float, default=CHANGE_K, metavar="K",
+                   help="--maps change: flag where the change exceeds K x the local noise "
+                        f"(default {CHANGE_K:g})")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="run on a Ray cluster (a head node's address, 'auto', or none for a "
@@ -46,7 +58,8 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
                    help="--ray: CPUs reserved per actor (default 1)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0,
                    help="--ray: GPUs reserved per actor, for --backend cuda (default 0)")
-    p.add_argument("--report", type=Path, help="--ray: write the run's report as JSON")
+    p.add_argument("--report", type=Path, help="write the run's report as JSON (with --maps: "
+                                                 "each instance's counts)")
     p.set_defaults(func=cmd_enhance)
 
 
@@ -100,6 +113,10 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         from scanside.dicom.series import check_output_dir
 
         check_output_dir(args.out, dicoms)  # before the engine loads: fail fast
+    if args.maps and (images or args.ray is not None):
+        where = "--ray" if args.ray is not None else str(images[0])
+        raise InputError(f"--maps: made for DICOM inputs enhanced here only so far ({where}); "
+                         "leave out --maps, or call Pipeline.enhance_maps from Python")
     if args.ray is not None:
         return enhance_on_ray(args, dicoms, images, window, sampling)
     pipe, workers = load_for_slices(args)
@@ -114,7 +131,12 @@ def cmd_enhance(args: argparse.Namespace) -> int:
 
         report.absorb(enhance_series(dicoms, pipe, args.out, window=window, preview=args.preview,
                                      overwrite=args.overwrite, workers=workers,
-                                     sampling=sampling))
+                                     sampling=sampling, maps=args.maps, change_k=args.change_k))
+    if report.counts:
+        print(maps_summary(report.counts))
+    report.seconds = time.perf_counter() - started
+    if args.report:
+        write_report(args.report, report)
     return summarise(len(report.written), report.failures, time.perf_counter() - started,
                      report.images, len(report.skipped))
 
@@ -142,6 +164,31 @@ def enhance_on_ray(args: argparse.Namespace, dicoms: list[Path], images: list[Pa
         print(f"first output after {report.first_output_s:.1f} s")
     return summarise(len(report.written), [(Path(p), r) for p, r in report.failures],
                      report.seconds, report.images, len(report.skipped))
+
+
+def maps_summary(counts: list[dict]) -> str:
+    """One line over every instance's map counts."""
+    parts = [f"maps of {len(counts)} image(s)"]
+    flagged = [c["flagged_mm2"] for c in counts if "flagged_mm2" in c]
+    if flagged:
+        parts.append(f"changed structure flagged over {sum(flagged):g} mm2 in "
+                     f"{sum(1 for f in flagged if f > 0)} of them")
+    means = [c["uncertainty_hu_mean"] for c in counts if c.get("uncertainty_hu_mean") is not None]
+    if means:
+        parts.append(f"mean uncertainty in soft tissue {sum(means) / len(means):.1f} HU")
+    return "; ".join(parts)
+
+
+def write_report(path: Path, report: "object") -> None:
+    """The run's report as JSON, atomically: files, failures and the counts (--maps: each
+    instance's; segment: each series')."""
+    from scanside.files import write_json
+
+    data = {"written": len(report.written), "skipped": len(report.skipped),
+            "images": report.images, "seconds": round(report.seconds, 2),
+            "failures": [{"file": str(p), "reason": r} for p, r in report.failures],
+            "counts": report.counts}
+    write_json(path, data)
 
 
 def summarise(written: int, failures: list[tuple[Path, str]], seconds: float, images: int,

@@ -31,7 +31,7 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_models_build_tiny_vae)
 
-    from scanside.training.train import Settings
+    from scanside.training.train import TASKS, Settings
 
     p = msub.add_parser("train-default", help="train the default low-dose CT model (resumable; "
                                               "needs the export and train extras)")
@@ -41,6 +41,10 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
                    choices=[r.value for r in RecipeName if recipe(r).identity_vae],
                    help="the model's shape (ct-deep: more capacity, 1.6x the UNet time; ct-fast: no "
                         "full-resolution blocks on the way down, 0.7-0.9x the UNet time)")
+    p.add_argument("--task", choices=TASKS, default=Settings.task,
+                   help="denoise: the enhancement model; lesions: the lesion-candidate model "
+                        "(the UNet draws the lesion mask; run it with --refine-t 999, see "
+                        "docs/annotate.md)")
     p.add_argument("--unet-steps", type=positive_int, default=Settings.unet_steps,
                    help="phase 1: plain loss")
     p.add_argument("--tune-steps", type=int, default=Settings.tune_steps,
@@ -211,7 +215,7 @@ def cmd_models_train(args: argparse.Namespace) -> int:
 
     scenes = dict(Settings.scenes)
     scenes.update(args.scenes or ())
-    settings = Settings(seed=args.seed, recipe=args.recipe,
+    settings = Settings(seed=args.seed, recipe=args.recipe, task=args.task,
                         unet_steps=0 if args.init else args.unet_steps,
                         tune_steps=args.tune_steps, tune_lr=args.tune_lr, workers=args.workers,
                         scenes=tuple((k, v) for k, v in scenes.items() if v > 0),

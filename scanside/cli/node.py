@@ -9,7 +9,8 @@ from pathlib import Path
 
 from scanside.errors import InputError
 
-from .options import add_node_options, add_sampling, load_for_slices, sampling_of, window_of
+from .options import (add_node_options, add_sampling, load_for_slices, load_segmenter, sampling_of,
+                      window_of)
 
 
 def add_parser(sub: "argparse._SubParsersAction") -> None:
@@ -57,7 +58,8 @@ def node_settings(args: argparse.Namespace, **extra):
     forward = [Peer.parse(text, "--forward", with_port=True) for text in args.forward or []]
     return NodeSettings(spool=args.spool, forward=forward, series_idle=args.series_idle,
                         forward_originals=args.forward_originals, window=window_of(args),
-                        sampling=sampling_of(args), **extra)
+                        sampling=sampling_of(args), maps=args.maps, change_k=args.change_k,
+                        annotate=args.annotate, **extra)
 
 
 def run_until_signalled(step) -> None:
@@ -82,7 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              tls_ca=args.tls_ca)
     pipe, workers = load_for_slices(args)
     settings.workers = workers
-    node = Node(settings, pipe)
+    node = Node(settings, pipe, load_segmenter(args))
     node.start()
     try:
         run_until_signalled(node.step)
@@ -104,7 +106,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
         if inside:
             raise InputError(f"{name}: {folder} is inside the watched folder; choose one outside")
     pipe, workers = load_for_slices(args)
-    node = Node(node_settings(args, derived=args.out, workers=workers), pipe)
+    node = Node(node_settings(args, derived=args.out, workers=workers), pipe,
+                load_segmenter(args))
     node.start(listen=False)
     watcher = Watcher(node, args.in_dir, args.stable)
     try:

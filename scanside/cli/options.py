@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from scanside.errors import InputError
+from scanside.runtime.maps import CHANGE_K
 from scanside.runtime.sampling import Sampling, check_consistency
 
 if TYPE_CHECKING:
@@ -143,6 +144,39 @@ def add_node_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--forward-originals", action="store_true",
                    help="also forward the received instances")
     p.add_argument("--window", metavar="CENTER,WIDTH", help="as for enhance")
+    p.add_argument("--maps", type=maps_arg, default=(), metavar="uncertainty,change",
+                   help="as for enhance: the maps' series are forwarded with the enhanced one")
+    p.add_argument("--change-k", type=float, default=CHANGE_K, metavar="K", help="as for enhance")
+    p.add_argument("--segment-engine", type=Path, metavar="DIR",
+                   help="after enhancing a series, segment its received images with this "
+                        "segmentation engine and forward the DICOM SEG too")
+    p.add_argument("--annotate", action="store_true",
+                   help="after enhancing a series, mark lesion candidates (the built-in model, "
+                        "or --segment-engine's) and forward the SEG and the SR too")
+
+
+def maps_arg(text: str) -> tuple[str, ...]:
+    """--maps: names of runtime.maps, checked as the library checks them."""
+    from scanside.runtime.maps import check_maps
+
+    try:
+        return check_maps(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("maps: ")) from None
+
+
+def load_segmenter(args: argparse.Namespace):
+    """The node's segmentation pipeline: --segment-engine, or the built-in lesion model for
+    --annotate alone; None for neither."""
+    if args.segment_engine is None and not args.annotate:
+        return None
+    from scanside import Pipeline
+    from scanside.runtime.default import default_lesion_engine_dir
+
+    engine = args.segment_engine or default_lesion_engine_dir()
+    pipe = Pipeline.load(engine, args.backend)
+    pipe.segment_settings()  # refuses an enhancement engine before the node starts
+    return pipe
 
 
 def add_noise_factor(p: argparse.ArgumentParser) -> None:

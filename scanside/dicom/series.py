@@ -7,6 +7,7 @@ an input or an existing file, and no log line or message carries a patient attri
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
@@ -23,11 +24,14 @@ from scanside.batch import Report, one_file
 from scanside.errors import InputError, OutputError
 from scanside.files import folder_lock, remove_partials
 from scanside.runtime.parallel import in_order
+from scanside.runtime.maps import CHANGE_K, check_k, check_maps
 from scanside.runtime.sampling import Sampling
 
 from . import parse
 from . import preview as previews
 from .read import Instance, check_header, collect, frame_count, frame_values, read_pixels, to_stored
+from .maps import KINDS as MAP_KINDS
+from .maps import FrameMaps, in_values, map_datasets, map_series_uid, pixel_area_mm2
 from .window import Window, choose
 from .write import Derivation, derive, derived_uid, encode, series_number, write_bytes
 from .write import series_uid as derived_series_uid
@@ -43,32 +47,62 @@ class Enhancer(Protocol):
 
     def enhance(self, image: np.ndarray, sampling: Sampling) -> np.ndarray: ...
 
+    def enhance_maps(self, image: np.ndarray, sampling: Sampling, maps: Any,
+                     **options: Any) -> Any: ...  # only with maps
+
     def describe(self, sampling: Sampling) -> str: ...
 
     def fingerprint(self, sampling: Sampling) -> str: ...
+
+
+@dataclass
+class Frames:
+    """An instance's frames enhanced: (F, H, W) stored values in the source's dtype, the last
+    frame's window, the first frame's modality values, and each frame's maps when asked."""
+
+    stored: np.ndarray
+    window: Window
+    first: np.ndarray
+    maps: list[FrameMaps]
 
 
 def enhance_frames(pipeline: Enhancer, ds: Dataset, path: Path, window: Optional[Window],
                    sampling: Sampling, noise: Any = None) -> tuple[np.ndarray, Window, np.ndarray]:
     """Every frame, decoded, enhanced and stored one at a time -> ((F, H, W) stored values in
     the source's dtype, the last frame's window, the first frame's modality values)."""
+    frames = run_frames(pipeline, ds, path, window, sampling, noise)
+    return frames.stored, frames.window, frames.first
+
+
+def run_frames(pipeline: Enhancer, ds: Dataset, path: Path, window: Optional[Window],
+               sampling: Sampling, noise: Any = None, maps: tuple[str, ...] = (),
+               change_k: float = CHANGE_K) -> Frames:
+    """``enhance_frames``, and with ``maps`` (runtime.maps names) each frame's maps too."""
     inverted = str(ds.PhotometricInterpretation) == "MONOCHROME1"
     frames = frame_count(ds)
-    result, used, first = None, None, None
+    if maps and frames > 1:
+        raise InputError(f"{path}: {frames} frames in one instance; maps are made for "
+                         "single-frame images only so far (leave out --maps for this file)")
+    result, used, first, made = None, None, None, []
     for f in range(frames):
         values = frame_values(ds, f, path)  # (H, W) modality values of this frame only
         used = choose(ds, values, window)
         unit = used.to_unit(values)
         # MONOCHROME1 displays low values white; the model sees every image as displayed.
         shown = 1 - unit if inverted else unit
-        out = (pipeline.enhance(shown, sampling) if noise is None
-               else pipeline.enhance(shown, sampling, noise=noise))
+        extra = {} if noise is None else {"noise": noise}
+        if maps:
+            enhanced = pipeline.enhance_maps(shown, sampling, maps, change_k=change_k, **extra)
+            out = enhanced.image
+            made.append(in_values(enhanced.maps, used, values, inverted, pixel_area_mm2(ds)))
+        else:
+            out = pipeline.enhance(shown, sampling, **extra)
         out = 1 - out if inverted else out
         stored = to_stored(used.restore(used.from_unit(out), values), ds, f)
         if result is None:
             result, first = np.empty((frames, *stored.shape), stored.dtype), values
         result[f] = stored
-    return result, used, first
+    return Frames(result, used, first, made)
 
 
 def describe(pipeline: Enhancer, window: Window, sampling: Sampling) -> str:
@@ -142,8 +176,14 @@ def enhance_series(paths: Sequence[Path], pipeline: Enhancer, out_dir: Path, *,
                    on_output: Optional[Callable[[Path], None]] = None,
                    names: str = "position", workers: int = 1,
                    sampling: Optional[Sampling] = None, noise: Any = None,
+                   maps: "str | Sequence[str] | None" = None, change_k: float = CHANGE_K,
                    **settings: Any) -> Report:
     """Enhance every image series under ``paths`` into new series under ``out_dir``.
+
+    ``maps``: "uncertainty" and/or "change" (scanside.runtime.maps): for each instance, its
+    maps as Parametric Maps, derived grayscale images and the flagged change as a SEG, each
+    kind in a series of its own beside the enhanced one (scanside.dicom.maps), and their
+    counts in the report (``Report.maps``); ``change_k``: the change mask's threshold.
 
     Resumable: UIDs and file names are the same on every run with the same inputs, engine and
     settings, so a rerun after a crash or a kill skips the instances already written (checked
@@ -169,7 +209,8 @@ def enhance_series(paths: Sequence[Path], pipeline: Enhancer, out_dir: Path, *,
         collected = collect(paths)
         report = Report(failures=list(collected.failures))
         fingerprint = run_fingerprint(pipeline, window, sampling, noise)
-        job = Job(pipeline, window, preview, sampling, fingerprint, overwrite, noise)
+        job = Job(pipeline, window, preview, sampling, fingerprint, overwrite, noise,
+                  check_maps(maps), check_k(change_k), model_name(pipeline))
         started = time.perf_counter()
         by_uid = names == "uid" and bool(fingerprint)
         try:
@@ -194,6 +235,12 @@ def enhance_series(paths: Sequence[Path], pipeline: Enhancer, out_dir: Path, *,
     return report
 
 
+def model_name(pipeline: Enhancer) -> str:
+    """A short name of the model for the map objects' equipment (its checkpoint's hash)."""
+    manifest = getattr(pipeline, "manifest", None)
+    return f"scanside model {manifest.source_hash[:16]}" if manifest is not None else "scanside"
+
+
 def stored_uid(source: "Path | IO[bytes]") -> str:
     """The SOP Instance UID of an existing output ('' if it cannot be read as DICOM)."""
     try:
@@ -214,16 +261,39 @@ class Job:
     fingerprint: str
     overwrite: bool
     noise: Any = None  # a caller's noise (Pipeline.enhance); None: the seed's draws
+    maps: tuple[str, ...] = ()  # runtime.maps names: their DICOM beside the enhanced series
+    change_k: float = CHANGE_K
+    model_name: str = "scanside"
 
     def expected_uid(self, instance: Instance) -> str:
         return derived_uid("instance", str(instance.header.SOPInstanceUID), self.fingerprint)
+
+    @property
+    def maps_fingerprint(self) -> str:
+        """What the map objects' UIDs come from: the run's fingerprint, the change mask's k
+        and the model's calibration (neither changes the enhanced image)."""
+        if not self.fingerprint:
+            return ""
+        calibration = getattr(getattr(self.pipeline, "manifest", None), "maps", None)
+        text = f"{self.fingerprint}|k {self.change_k!r}|{json.dumps(calibration, sort_keys=True)}"
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def map_targets(self, instance: Instance, target: Path) -> dict[str, Path]:
+        """Where each map object of ``instance`` goes: beside the enhanced series, in the
+        map's own series folder, under the enhanced file's name."""
+        if not self.maps:
+            return {}
+        kinds = [k for k in MAP_KINDS if k.split("-")[0] in self.maps]
+        return {k: target.parent.parent / map_series_uid(instance.header, self.maps_fingerprint,
+                                                         k) / target.name for k in kinds}
 
     def finished(self, instance: Instance, target: Path) -> bool:
         """True if an earlier run wrote this instance's result (same SOP Instance UID); a
         different file in its place is refused unless ``overwrite``."""
         if not target.exists():
             return False
-        complete = not self.preview or target.with_suffix(".png").exists()
+        complete = (not self.preview or target.with_suffix(".png").exists()) and all(
+            path.exists() for path in self.map_targets(instance, target).values())
         return self.accept(instance, str(target), stored_uid(target), complete)
 
     def accept(self, instance: Instance, name: str, found: str, complete: bool = True) -> bool:
@@ -238,18 +308,26 @@ class Job:
                          f"result for {instance.path}; remove it, choose another output folder, or "
                          "pass overwrite=True (--overwrite)")
 
-    def derive(self, instance: Instance, series: str) -> tuple[bytes, Dataset, np.ndarray,
-                                                                Window, int]:
-        """(encoded file, its dataset, the first enhanced frame, the window used, frames) of
-        ``instance`` enhanced into the derived series ``series``."""
+    def derive(self, instance: Instance, series: str) -> "Derived":
+        """``instance`` enhanced into the derived series ``series`` (and its maps)."""
         ds = read_pixels(instance)
-        result, used, first = enhance_frames(self.pipeline, ds, instance.path, self.window,
-                                             self.sampling, self.noise)
-        derived = derive(ds, result, Derivation(describe(self.pipeline, used, self.sampling),
-                                                series, series_number(ds),
-                                                fingerprint=self.fingerprint))
+        frames = run_frames(self.pipeline, ds, instance.path, self.window, self.sampling,
+                            self.noise, self.maps, self.change_k)
+        text = describe(self.pipeline, frames.window, self.sampling)
+        derived = derive(ds, frames.stored, Derivation(text, series, series_number(ds),
+                                                       fingerprint=self.fingerprint))
+        extras: dict[str, bytes] = {}
+        counts: dict[str, Any] = {}
+        if frames.maps:
+            # The counts go in the map objects only: the enhanced instance is the same bytes
+            # with or without maps (its UID does not depend on them).
+            counts = frames.maps[0].counts
+            for kind, made in map_datasets(ds, frames.maps[0], self.maps_fingerprint,
+                                           self.model_name, text).items():
+                extras[kind] = encode(made, instance.path)
         data = encode(derived, instance.path)  # encoding problems are the input's, not disk's
-        return data, derived, first, used, len(result)
+        return Derived(data, derived, frames.first, frames.window, len(frames.stored), extras,
+                       counts)
 
     def run_into(self, instance: Instance, store: "Store", key: str, report: Report) -> None:
         """``run`` for an output on a store (scanside.store): ``key`` is SERIES_UID/NAME."""
@@ -259,10 +337,10 @@ class Job:
             if self.accept(instance, store.name(key), found):
                 report.skipped.append(Path(key))
                 return
-        data, _, _, _, frames = self.derive(instance, key.rsplit("/", 2)[-2])
-        store.write(key, data)
+        done = self.derive(instance, key.rsplit("/", 2)[-2])
+        store.write(key, done.data)
         report.written.append(Path(key))
-        report.images += frames
+        report.images += done.frames
 
     def attempt(self, item: "tuple[Instance, Path]") -> Report:
         """``run`` for one (instance, target) of a batch, into a report of its own (workers
@@ -277,17 +355,41 @@ class Job:
         if self.finished(instance, target):
             report.skipped.append(target)
             return
-        data, derived, first, used, frames = self.derive(instance, target.parent.name)
+        done = self.derive(instance, target.parent.name)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            write_bytes(data, target, overwrite=True)  # finished() refused what is not ours
+            # The maps first: the enhanced file is what marks the instance finished.
+            for kind, path in self.map_targets(instance, target).items():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_bytes(done.extras[kind], path, overwrite=True)
+                report.written.append(path)
+            write_bytes(done.data, target, overwrite=True)  # finished() refused what is not ours
             if self.preview:
-                previews.write(target.with_suffix(".png"), first, derived, used, overwrite=True)
+                previews.write(target.with_suffix(".png"), done.first, done.dataset, done.window,
+                               overwrite=True)
         except OSError as exc:
             raise OutputError(f"out_dir: cannot write {target} ({exc.strerror or exc}); the files "
                               "this run finished before it are kept; free space or fix the "
                               "folder's permissions and run the same command again to "
                               "resume") from None
         report.written.append(target)
-        report.images += frames
-        log.info("wrote %s (%d frame(s), window %s)", target, frames, used.source)
+        report.images += done.frames
+        if done.counts:
+            report.counts.append({"file": target.name, "series": target.parent.name[-12:],
+                                **done.counts})
+        log.info("wrote %s (%d frame(s), window %s)", target, done.frames, done.window.source)
+
+
+@dataclass
+class Derived:
+    """One instance's results: the enhanced file's bytes and dataset, its first frame's
+    modality values, the window used, its frame count, the map objects' bytes by kind, and
+    the maps' counts."""
+
+    data: bytes
+    dataset: Dataset
+    first: np.ndarray
+    window: Window
+    frames: int
+    extras: dict[str, bytes]
+    counts: dict[str, Any]

@@ -121,3 +121,29 @@ def read_enhance_defaults(path: Path) -> dict[str, Any]:
     except InputError as exc:
         raise InputError(f"{file}: enhance.{exc}") from None
     return settings
+
+
+def read_task(path: Path) -> dict[str, Any]:
+    """What the model does, from MODEL_DIR/scanside.json, as Manifest fields: ``task``
+    ("enhance" unless it says "segment"), a segmentation model's ``segment_defaults`` (checked
+    as a caller's settings are) and its ``labels`` (each with its codes: a label without one
+    is refused here, before anything is exported, with the fix), and the maps' calibration."""
+    from scanside.runtime import segment
+    from scanside.runtime.artifacts import TASKS
+
+    file = path / SETTINGS_FILE
+    task = read_settings(path, "task") or "enhance"
+    if task not in TASKS:
+        raise InputError(f"{file}: task {task!r}; scanside exports {', '.join(TASKS)}")
+    maps = read_settings(path, "maps")
+    if task == "enhance":
+        return {"task": task, "maps": maps}
+    labels = segment.check_labels(read_settings(path, "labels") or (), str(file))
+    given = dict(read_settings(path, "segment") or {})
+    settings, seeds, threshold = segment.split_defaults(given)
+    try:
+        Sampling(**settings)
+    except (InputError, TypeError) as exc:
+        raise InputError(f"{file}: segment.{exc}") from None
+    return {"task": task, "labels": tuple(labels), "maps": maps,
+            "segment_defaults": {**settings, "seeds": seeds, "threshold": threshold}}

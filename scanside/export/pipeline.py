@@ -131,6 +131,7 @@ def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional
                          "--attention plain")
     precisions = resolve_precisions(precision, component_precision or {})
     ckpt.check_folder(model_dir)
+    task = ckpt.read_task(model_dir)  # labels without codes are refused before any export work
     if opset < 17:
         raise InputError(f"opset: {opset} is below 17, the first with LayerNormalization; use 17+")
     parts = parse_tiny_vae_parts(tiny_vae_parts)
@@ -211,7 +212,7 @@ def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional
         scheduler_config=checkpoint.scheduler_config, components=components,
         versions=library_versions(), enhance_defaults=ckpt.read_enhance_defaults(model_dir),
         attention=attention, vae_affine=vae_affine, tiny_vae=tiny_record,
-        provenance=ckpt.read_settings(model_dir, "provenance"),
+        provenance=ckpt.read_settings(model_dir, "provenance"), **task,
     )
     (staging / TOKENIZER).write_text(json.dumps(checkpoint.tokenizer.to_json(), ensure_ascii=False),
                                      encoding="utf-8")

@@ -27,7 +27,9 @@ from typing import Any, Optional
 import pydicom
 from pydicom.uid import UID
 
+from scanside.batch import Report
 from scanside.dicom import enhance_series
+from scanside.runtime.maps import CHANGE_K
 from scanside.dicom.read import read_header
 from scanside.dicom.window import Window
 from scanside.dicom.write import write_bytes
@@ -110,6 +112,9 @@ class NodeSettings:
     tls_ca: Optional[Path] = None
     derived: Optional[Path] = None  # where derived series go (default SPOOL/derived)
     workers: int = 1  # slices enhanced at once (scanside.runtime.parallel)
+    maps: tuple[str, ...] = ()  # runtime.maps names written beside each enhanced series
+    change_k: float = CHANGE_K
+    annotate: bool = False  # with a segmenter: candidates measured, an SR beside the SEG
 
     def __post_init__(self) -> None:
         if isinstance(self.sampling, dict):  # the settings' form before scanside.Sampling
@@ -122,9 +127,13 @@ class NodeSettings:
 
 
 class Node:
-    def __init__(self, settings: NodeSettings, pipeline: Any) -> None:
+    def __init__(self, settings: NodeSettings, pipeline: Any, segmenter: Any = None) -> None:
+        """``segmenter``: a segmentation engine's pipeline, run on each complete series' received
+        images after its enhancement; its SEG (and, with settings.annotate, SR) are forwarded
+        with the derived series."""
         self.settings = settings
         self.pipeline = pipeline
+        self.segmenter = segmenter
         self.journal: Optional[Journal] = None
         self.ae: Any = None
         self.server: Any = None
@@ -276,20 +285,36 @@ class Node:
                                                                              destinations),
                                         names="uid",  # a series may grow, out of order
                                         workers=self.settings.workers,
-                                        sampling=self.settings.sampling)
+                                        sampling=self.settings.sampling,
+                                        maps=self.settings.maps, change_k=self.settings.change_k)
+                segmented = self.segment(paths)
             except OutputError as exc:  # the spool is full: tried again on the next step
                 journal.event("spool", str(exc))
                 return
             failed = {str(p): reason for p, reason in report.failures}
             for reason in failed.values():
                 journal.event("enhance", reason)
-            outputs = report.written + report.skipped
+            for _, reason in segmented.failures:
+                journal.event("segment", reason)
+            outputs = report.written + report.skipped + segmented.written + segmented.skipped
             if self.settings.forward_originals:
                 outputs += [p for p in paths if str(p) not in failed]
             journal.enhanced(series, outputs, failed, [d.key for d in self.settings.forward],
                              started)
             log.info("series enhanced: %d written, %d already done, %d failed",
                      len(report.written), len(report.skipped), len(failed))
+
+    def segment(self, paths: list[Path]) -> Report:
+        """The segmentation engine over a series' received images (an empty report without
+        one): the images as acquired, which is what the SEG references and what the built-in
+        lesion model was trained on."""
+        if self.segmenter is None:
+            return Report()
+        from scanside.dicom.segment import segment_series
+
+        return segment_series(paths, self.segmenter, self.settings.derived_dir,
+                              window=self.settings.window, annotate=self.settings.annotate,
+                              progress=False)
 
     # -- sending --------------------------------------------------------------------------
     def forward(self, destination: Peer) -> None:

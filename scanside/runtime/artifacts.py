@@ -126,6 +126,15 @@ class Manifest:
     # on a site's own scans (training/adapt.py) is derived from patient images and stays on
     # site ({"derived_from_patient_images": true, "statement": ...}, from scanside.json).
     provenance: Optional[Mapping[str, Any]] = None
+    # What the model does: "enhance" (its sample is the image) or "segment" (its sample is a
+    # mask: runtime/segment.py), with a segmentation model's own sampling settings and its
+    # labels ({"label", "name", "category", "type"}, codes as {"scheme", "value", "meaning"}).
+    task: str = "enhance"
+    segment_defaults: Mapping[str, Any] = field(default_factory=dict)
+    labels: tuple[Mapping[str, Any], ...] = ()
+    # The maps' calibration, measured on held-out data (runtime/maps.py):
+    # {"uncertainty_scale": s, "measured_on": ...}; None: the raw spread.
+    maps: Optional[Mapping[str, Any]] = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -149,6 +158,10 @@ class Manifest:
             "tuned_on": self.tuned_on,
             "tiny_vae": self.tiny_vae,
             "provenance": self.provenance,
+            "task": self.task,
+            "segment_defaults": dict(self.segment_defaults),
+            "labels": [dict(label) for label in self.labels],
+            "maps": self.maps,
         }
 
     @classmethod
@@ -172,9 +185,22 @@ class Manifest:
             tuned_on=data.get("tuned_on"),
             tiny_vae=data.get("tiny_vae"),
             provenance=data.get("provenance"),
+            task=check_task(data.get("task", "enhance")),
+            segment_defaults=data.get("segment_defaults", {}),
+            labels=tuple(data.get("labels", ())),
+            maps=data.get("maps"),
             noise_level=(None if cond.get("noise_level") is None else
                          noise_level.check_spec(cond["noise_level"], "conditioning")),
         )
+
+
+TASKS = ("enhance", "segment")
+
+
+def check_task(task: Any) -> str:
+    if task not in TASKS:
+        raise ValueError(f"task {task!r} (this scanside runs {', '.join(TASKS)}; upgrade it)")
+    return task
 
 
 def rebuild_hint(engine_dir: Path) -> str:

@@ -1,4 +1,6 @@
-"""Where the default model lives: scanside's own low-dose CT model, shipped in the package.
+"""Where the built-in models live: scanside's own low-dose CT model and its lesion-candidate
+model (``lesion_model/``, the same layout; scanside/training/train.py, task "lesions"),
+shipped in the package.
 
 ``default_model/checkpoint`` is its diffusers folder (fp16 safetensors, to re-export at any
 precision); ``default_model/engine`` its fp32 ONNX engine, which the torch-free base install
@@ -14,6 +16,7 @@ from scanside.errors import EngineError
 from .artifacts import MANIFEST
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "default_model"
+LESION_MODEL = Path(__file__).resolve().parent.parent / "lesion_model"
 
 
 def default_checkpoint_dir() -> Path:
@@ -25,4 +28,13 @@ def default_engine_dir() -> Path:
     if not (engine / MANIFEST).is_file():
         raise EngineError(f"{engine}: the default model's engine is missing from this install; "
                           "reinstall scanside, or give an engine directory (--engine)")
+    return engine
+
+
+def default_lesion_engine_dir() -> Path:
+    """The built-in lesion-candidate model's engine (`scanside annotate` without --engine)."""
+    engine = LESION_MODEL / "engine"
+    if not (engine / MANIFEST).is_file():
+        raise EngineError(f"{engine}: the built-in lesion-candidate model is missing from this "
+                          "install; reinstall scanside, or give a segmentation engine (--engine)")
     return engine

@@ -14,18 +14,19 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from scanside.errors import InputError
 
-from . import images, noise_level, schedulers
+from . import images, noise_level, schedulers, segment
 from .artifacts import COMPONENTS, TOKENIZER, Conditioning, Manifest, engine_folder, read_manifest
 from .default import default_engine_dir
 from .engines import Backend, Engine, GpuOptions, open_engine
 from .engines.devices import unfit_backends
+from .maps import CHANGE_K, MAPS, MIN_VIEWS, Enhanced, Maps, check_k, check_maps, make_maps
 from .sampling import DEFAULTS, Sampling, check_consistency, check_guidance, check_seed  # noqa: F401
 from .schedulers import Plan, SchedulerName
 from .schedulers.lcm import guidance_embedding
@@ -441,7 +442,36 @@ class Pipeline:
             raise InputError("window: a DICOM setting; Pipeline.enhance takes arrays already in "
                              "[0, 1]. Use scanside.dicom.enhance_dataset(ds, pipeline, sampling, "
                              "window=...)")
-        s = self.resolve(Sampling.of(sampling, **settings))
+        return self.run_enhance(image, Sampling.of(sampling, **settings), (), noise,
+                                progress).image
+
+    def enhance_maps(self, image: np.ndarray, sampling: Optional[Sampling] = None,
+                     maps: Union[str, Sequence[str]] = MAPS, *, noise: Noise = None,
+                     progress: bool = False, change_k: float = CHANGE_K) -> Enhanced:
+        """``enhance`` and the maps of what it did (scanside.runtime.maps): "uncertainty",
+        the spread of the predictions over at least MIN_VIEWS views (views the ensemble does
+        not average run for the map alone: with ensemble 1 the map costs 3 more model runs,
+        and the enhanced image is the one ``enhance`` returns), times the model's calibration;
+        "change", enhanced - input and the mask of where it exceeds ``change_k`` times the
+        local noise. Returns Enhanced(image, maps), maps in the image's [0, 1] units."""
+        not_a_dataset(image)
+        names = check_maps(maps)
+        if not names:
+            raise InputError("maps: none asked for; choose from " + ", ".join(MAPS)
+                             + " (or call enhance)")
+        check_k(change_k)
+        return self.run_enhance(image, Sampling.of(sampling), names, noise, progress, change_k)
+
+    def map_views(self, sampling: Optional[Sampling] = None) -> int:
+        """How many views an uncertainty map with ``sampling`` runs (its cost in model runs
+        per image, against ``ensemble`` without it)."""
+        s = self.resolve(Sampling.of(sampling))
+        return max(len(images.ensemble_views(s.ensemble)), MIN_VIEWS)
+
+    def run_enhance(self, image: np.ndarray, sampling: Sampling, names: tuple[str, ...],
+                    noise: Noise, progress: bool, change_k: float = CHANGE_K) -> Enhanced:
+        self.check_task("enhance")
+        s = self.resolve(sampling)
         prepared = self.prepare(image)
         views = images.ensemble_views(s.ensemble)
         m = self.manifest
@@ -451,16 +481,105 @@ class Pipeline:
                              "turns), or export the engine square or --dynamic")
         plan = self.plan(s.scheduler, s.steps, s.strength)
         level = self.noise_channel(prepared.pixels, s.noise_factor)  # one value for every view
-        decoded = [images.undo_dihedral(self.enhance_pixels(
-            images.dihedral(prepared.pixels, k), plan, s.prompt, s.negative_prompt or "",
-            s.guidance, noise, s.seed_value, progress, level), k) for k in views]
+
+        def view(k: int, seed: int) -> np.ndarray:
+            return images.undo_dihedral(self.enhance_pixels(
+                images.dihedral(prepared.pixels, k), plan, s.prompt, s.negative_prompt or "",
+                s.guidance, noise, seed, progress, level), k)
+
+        decoded = [view(k, s.seed_value) for k in views]
+        # Views for the uncertainty map alone, each with a seed of its own; the ensemble's
+        # views keep their seed, so the image is what enhance() returns.
+        extra = [k for k in images.ensemble_views(MIN_VIEWS) if k not in views] \
+            if "uncertainty" in names else []
+        if extra:
+            log.info("uncertainty map: %d more view(s) than the ensemble's %d (%.1fx its model "
+                     "time)", len(extra), len(views), (len(views) + len(extra)) / len(views))
         mean = decoded[0] if len(decoded) == 1 else np.mean(decoded, axis=0)
-        out = images.finish(mean, prepared.height, prepared.width, prepared.gray)
+        finish = lambda d: images.finish(d, prepared.height, prepared.width, prepared.gray)  # noqa: E731
+        source = finish(prepared.pixels)
+        out = self.consistent(finish(mean), source, s)
+        if not names:
+            return Enhanced(out, Maps(0))
+        predictions = [self.consistent(finish(d), source, s) for d in
+                       decoded + [view(k, s.seed_value + 1 + j) for j, k in enumerate(extra)]]
+        return Enhanced(out, make_maps(names, out, source, predictions,
+                                       (m.maps or {}).get("uncertainty"), change_k))
+
+    @staticmethod
+    def consistent(out: np.ndarray, source: np.ndarray, s: Sampling) -> np.ndarray:
+        """``out`` with the data consistency ``s`` asks for (none by default)."""
         fine, coarse = s.consistency
-        if fine:
-            source = images.finish(prepared.pixels, prepared.height, prepared.width, prepared.gray)
-            out = images.keep_low_frequencies(out, source, fine, coarse)
-        return out
+        return images.keep_low_frequencies(out, source, fine, coarse) if fine else out
+
+    def check_task(self, wanted: str) -> None:
+        """Refuse an engine made for another task (a segmentation engine given to enhance)."""
+        task = self.manifest.task
+        if task != wanted:
+            noun = {"segment": "a segmentation", "enhance": "an enhancement"}
+            use = {"segment": "scanside segment / Pipeline.segment",
+                   "enhance": "scanside enhance / Pipeline.enhance"}[task]
+            raise InputError(f"engine: {self.engine_dir} is {noun[task]} engine (task {task!r} "
+                             f"in its manifest), not one that can {wanted}; use {use} with it, "
+                             f"or give {noun[wanted]} engine")
+
+    # -- segmentation (runtime/segment.py) ----------------------------------------------
+    def segment_settings(self, sampling: Optional[Sampling] = None, seeds: Optional[int] = None,
+                         threshold: Optional[float] = None) -> tuple[Sampling, int, float]:
+        """(sampling, seeds, threshold) a segmentation with these arguments uses: each unset
+        one from the model's own segment_defaults, else scanside's."""
+        self.check_task("segment")
+        settings, own_seeds, own_threshold = segment.split_defaults(self.manifest.segment_defaults)
+        try:
+            s = Sampling.of(sampling).resolve(settings)
+        except InputError as exc:
+            raise InputError(f"{self.engine_dir / 'manifest.json'}: segment_defaults: {exc}; "
+                             "re-export the engine with this scanside") from None
+        return (s, segment.resolve_seeds(seeds, own_seeds),
+                own_threshold if threshold is None else segment.check_threshold(threshold))
+
+    def segment(self, image: np.ndarray, sampling: Optional[Sampling] = None, *,
+                seeds: Optional[int] = None, threshold: Optional[float] = None,
+                progress: bool = False) -> "segment.Segmented":
+        """Segment ``image`` ((H, W) or (H, W, C), [0, 1] floats or uint8/16) with a
+        segmentation engine (task "segment" in its manifest): ``seeds`` mask samples per
+        ensemble view, each from its own start noise, through the scheduler loop; their mean
+        is the probability, their spread its uncertainty, the mask where the probability
+        exceeds ``threshold`` (both default to the model's own settings)."""
+        not_a_dataset(image)
+        s, seeds, threshold = self.segment_settings(sampling, seeds, threshold)
+        prepared = self.prepare(image)
+        plan = self.plan(s.scheduler, s.steps, s.strength)
+        samples = []
+        for k in images.ensemble_views(s.ensemble):
+            for j in range(seeds):
+                decoded = images.undo_dihedral(self.enhance_pixels(
+                    images.dihedral(prepared.pixels, k), plan, s.prompt,
+                    s.negative_prompt or "", s.guidance, None, s.seed_value + j, progress), k)
+                samples.append(images.finish(decoded, prepared.height, prepared.width, True))
+        return segment.combine(samples, threshold)
+
+    def describe_segment(self, sampling: Optional[Sampling] = None, seeds: Optional[int] = None,
+                         threshold: Optional[float] = None) -> str:
+        """Provenance of a segmentation, for the SEG's and SR's descriptions."""
+        from scanside import __version__
+
+        s, seeds, threshold = self.segment_settings(sampling, seeds, threshold)
+        plan = self.plan(s.scheduler, s.steps, s.strength)
+        views = len(images.ensemble_views(s.ensemble))
+        return (f"scanside {__version__} diffusion segmentation; model sha256 "
+                f"{self.manifest.source_hash[:16]}; {self.manifest.precision.value}; backend "
+                f"{self.backend.value}; {s.schedule_text(plan.algorithm)}; {views} view(s) x "
+                f"{seeds} seed(s), mean > {threshold:g}")
+
+    def segment_fingerprint(self, sampling: Optional[Sampling] = None,
+                            seeds: Optional[int] = None, threshold: Optional[float] = None) -> str:
+        """sha256 of what decides a segmentation (see fingerprint): the SEG's UIDs."""
+        import hashlib
+
+        s, seeds, threshold = self.segment_settings(sampling, seeds, threshold)
+        base = self.fingerprint_of(s, None)
+        return hashlib.sha256(f"{base}|segment {seeds} {threshold!r}".encode()).hexdigest()
 
     def enhance_pixels(self, pixels: np.ndarray, plan: Plan, prompt: str, negative_prompt: str,
                        guidance: float, noise: Noise, seed: int, progress: bool,
@@ -552,13 +671,17 @@ class Pipeline:
         settings as resolved against the model's defaults, and scanside's version. Derived
         DICOM UIDs come from it. '' when the noise is a caller's function, which cannot be
         identified."""
+        if callable(noise):
+            return ""
+        return self.fingerprint_of(
+            self.resolve(Sampling.of(sampling, **without_call_options(settings))), noise)
+
+    def fingerprint_of(self, s: Sampling, noise: Optional[np.ndarray]) -> str:
+        """``fingerprint`` of resolved settings ``s``."""
         import hashlib
 
         from scanside import __version__
 
-        if callable(noise):
-            return ""
-        s = self.resolve(Sampling.of(sampling, **without_call_options(settings)))
         algorithm = self.plan(s.scheduler, s.steps, s.strength).algorithm
         m = self.manifest
         identity = {"scanside": __version__, "backend": self.backend.value,

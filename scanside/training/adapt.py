@@ -307,11 +307,9 @@ def disk_full(exc: BaseException) -> bool:
 
 def save_json(path: Path, value: Any) -> None:
     """``value`` as JSON at ``path``, atomically: a full disk leaves the old file whole."""
-    from scanside.files import atomic_path
+    from scanside.files import write_json
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, overwrite=True, durable=False) as tmp:
-        Path(tmp).write_text(json.dumps(value, indent=1) + "\n", encoding="utf-8")
+    write_json(path, value)
 
 
 def _adapt(scans: SiteScans, out: Path, base: "str | Path | None", steps: Optional[int],

@@ -50,6 +50,22 @@ PROMPT = "low-dose CT, denoise"  # the task prompt the default model is trained 
 # 8-view self-ensemble cost 8x the time for 0.2 dB on the previous model, and a 512 px slice
 # must take under a second on a 2-core CPU.
 ENHANCE = {"prompt": PROMPT, "strength": 0.05, "steps": 20, "guidance": 1.0, "ensemble": 1}
+# What a model is trained for (Settings.task): "denoise", the built-in enhancement model, or
+# "lesions", the built-in lesion-candidate model: the same image-conditioned UNet whose sample
+# is the lesion mask (MedSegDiff's form), run from pure noise over a few steps and seeds.
+TASKS = ("denoise", "lesions")
+LESION_PROMPT = "CT, focal lesion candidates"
+# The lesion model's label and its SNOMED CT code (a segmentation engine's manifest names
+# both; export refuses labels without a code).
+LESION_LABELS = ({"label": 1, "name": "lesion candidate",
+                  "category": {"scheme": "SCT", "value": "49755003",
+                               "meaning": "Morphologically abnormal structure"},
+                  "type": {"scheme": "SCT", "value": "52988006", "meaning": "Lesion"}},)
+# Its sampling: strength 1 (from pure noise) over 4 DDIM steps, 4 seeds x 1 view; the mean is
+# the probability, the spread its uncertainty, a candidate where the probability is above
+# the threshold.
+SEGMENT = {"prompt": LESION_PROMPT, "strength": 1.0, "steps": 4, "guidance": 1.0,
+           "ensemble": 1, "seeds": 4, "threshold": 0.5}
 STAGE_SEED = {"unet": 2}
 LESION_STREAM = 7  # the random stream of the lesions drawn into a scene
 REFERENCE_PHOTONS = 1e7  # per ray: the reference's noise is ~1 HU, far below any low dose
@@ -59,6 +75,10 @@ REFERENCE_PHOTONS = 1e7  # per ray: the reference's noise is ~1 HU, far below an
 class Settings:
     seed: int = 0
     recipe: str = RecipeName.CT_DEFAULT.value
+    # TASKS: "lesions" trains the UNet to draw the lesion mask from the low-dose image: every
+    # sample starts from the mask's latent (no low-dose start), the image is never dropped,
+    # and the mask is the lesions' own disks (lesion_grow not applied).
+    task: str = "denoise"
     # Scenes per source (anatomy.Source), and what each gives: two low doses, patches each.
     # Sized for this CPU: a 0.4 mm head is a 450 px scene, ~8 s to simulate, so heads give
     # more patches per scene. 2,748 patch pairs in about 7 min on 2 cores (measured).
@@ -148,7 +168,7 @@ class Settings:
 def start_draws(rng: np.random.Generator, b: int, settings: Settings):
     """Where each sample of a batch starts (see Settings.refine_t): (from the low-dose
     latent, at a timestep in 1..refine_t, or from the reference, in 0..refine_t; timestep)."""
-    low = rng.random(b) < settings.low_start
+    low = rng.random(b) < (settings.low_start if settings.task == "denoise" else 0.0)
     t_clean = rng.integers(0, settings.refine_t + 1, b)
     t_low = rng.integers(1, settings.refine_t + 1, b)
     return low, np.where(low, t_low, t_clean)
@@ -292,7 +312,8 @@ def scan_patches(hu: np.ndarray, pixel_mm: float, lesions: "tuple[ctsim.Lesion, 
     proj = ctsim.project(hu, pixel_mm / 10)
     full = ctsim.reconstruct(proj, REFERENCE_PHOTONS, int(rng.integers(2**31)))
     measured = ctsim.pilot_noise(proj, full, int(rng.integers(2**31)))
-    lesion_mask = ctsim.lesion_mask(ctsim.Phantom(hu, lesions), settings.lesion_grow)
+    grow = settings.lesion_grow if settings.task == "denoise" else 0.0  # a mask is the disk
+    lesion_mask = ctsim.lesion_mask(ctsim.Phantom(hu, lesions), grow)
     size, p = hu.shape[0], settings.patch
     out: dict[str, list] = {"low": [], "full": [], "lesions": []}
     for _ in range(doses):
@@ -537,13 +558,15 @@ def train_unet(unet, vae, scheduler, data: dict, embeddings, scaling: float, set
                          threads)
     for step, batch in zip(range(start, total), batches):
         cond = encode(vae, batch.low)
-        x0 = encode(vae, batch.full) * scaling
+        target_image = batch.full if settings.task == "denoise" else 2 * batch.lesions - 1
+        x0 = encode(vae, target_image.astype(np.float32)) * scaling
         from_low = on(batch.from_low).view(-1, 1, 1, 1)
         x_start = torch.where(from_low, cond * scaling, x0)
         t = on(batch.t)
         lo = settings.drop_image
         hi = settings.drop_image + settings.drop_both + settings.drop_prompt
-        no_image = on(batch.u < settings.drop_image + settings.drop_both)
+        no_image = on((batch.u < settings.drop_image + settings.drop_both)
+                      & (settings.task == "denoise"))  # a mask needs its image
         no_prompt = on((batch.u >= lo) & (batch.u < hi))
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x_start + (1 - a).sqrt() * on(batch.noise)
@@ -620,7 +643,7 @@ class Validation(Protocol):
 
 
 # -- the whole run ------------------------------------------------------------------------
-def prompt_embeddings(text_encoder, tokenizer_dir: Path):
+def prompt_embeddings(text_encoder, tokenizer_dir: Path, prompt: str = PROMPT):
     """(empty, task) embeddings, (1, 77, D) each, from the frozen text encoder."""
     import torch
 
@@ -629,7 +652,7 @@ def prompt_embeddings(text_encoder, tokenizer_dir: Path):
     tokenizer = read_tokenizer(tokenizer_dir)
     with torch.no_grad():
         return tuple(text_encoder(torch.from_numpy(tokenizer([p]).astype(np.int64)))[0]
-                     for p in ("", PROMPT))
+                     for p in ("", prompt))
 
 
 def write_model(parts: dict, tokenizer_dir: Path, out: Path, settings: Settings,
@@ -651,11 +674,15 @@ def write_model(parts: dict, tokenizer_dir: Path, out: Path, settings: Settings,
                                    requires_safety_checker=False)
     pipe.to(torch.float16).save_pretrained(staging, safe_serialization=True)
     # A noise level is estimated at run time as training did: per patch.
-    model_settings = {"enhance": ENHANCE, **recipe(settings.recipe).model_settings(settings.patch),
+    task = ({"enhance": ENHANCE} if settings.task == "denoise" else
+            {"task": "segment", "segment": SEGMENT, "labels": list(LESION_LABELS)})
+    model_settings = {**task, **recipe(settings.recipe).model_settings(settings.patch),
                       **(extra_settings or {})}
     (staging / SETTINGS_FILE).write_text(json.dumps(model_settings, indent=2) + "\n")
-    record = {"task": "low-dose CT denoising (synthetic: scanside.training.anatomy, ctsim)",
-              "prompt": PROMPT, "settings": asdict(settings), **info, **lineage(settings)}
+    record = {"task": ("low-dose CT denoising" if settings.task == "denoise" else
+                       "lesion candidates on low-dose CT") + " (synthetic: "
+                      "scanside.training.anatomy, ctsim)",
+              "prompt": PROMPT if settings.task == "denoise" else LESION_PROMPT, "settings": asdict(settings), **info, **lineage(settings)}
     (staging / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     shutil.rmtree(model_dir, ignore_errors=True)
     os.replace(staging, model_dir)
@@ -754,6 +781,8 @@ def train_default(out: "str | Path", settings: Settings = Settings(),
     import torch
 
     out = Path(out)
+    if settings.task not in TASKS:
+        raise ValueError(f"train_default: task {settings.task!r}, expected one of {TASKS}")
     spec: Recipe = recipe(settings.recipe)
     where = use_device(device)
     if settings.init:  # a wrong --init is refused before anything is written or simulated
@@ -776,6 +805,10 @@ def train_default(out: "str | Path", settings: Settings = Settings(),
     parts = build_components(spec, vocab_size, settings.seed)
     parts["text_encoder"].eval().requires_grad_(False)
     vae, unet = parts["vae"], parts["unet"]
+    if settings.task == "lesions":
+        # Sampled from pure noise (strength 1): "trailing" spacing starts the loop at t = 999
+        # (1 step: 999; 4: 999, 749, 499, 249); "leading" would start a 1-step run at t = 1.
+        parts["scheduler"].register_to_config(timestep_spacing="trailing")
     vae.requires_grad_(False).eval()  # the identity, set not learned (identity_vae.py)
     if settings.init:
         if settings.unet_steps:
@@ -784,7 +817,8 @@ def train_default(out: "str | Path", settings: Settings = Settings(),
     else:
         scaling = latent_scale(vae, data)
     vae.register_to_config(scaling_factor=scaling)
-    embeddings = prompt_embeddings(parts["text_encoder"], tokenizer_dir)
+    embeddings = prompt_embeddings(parts["text_encoder"], tokenizer_dir,
+                                   PROMPT if settings.task == "denoise" else LESION_PROMPT)
     parts["unet"] = train_unet(unet, vae, parts["scheduler"], data, embeddings, scaling,
                                settings, ckpt, echo, where, validation).to("cpu")
     parts["vae"] = vae.to("cpu")
