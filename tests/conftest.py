@@ -64,6 +64,32 @@ def concat_engine(concat_model, tmp_path_factory):
     return export_engine(tmp_path_factory, concat_model, "tiny-concat")
 
 
+SEGMENT_SETTINGS = {"prompt": "lesions", "strength": 1.0, "steps": 2, "guidance": 1.0,
+                    "seeds": 3, "threshold": 0.5}
+
+
+def as_segmenter(model, folder, labels=None, settings=None):
+    """A copy of ``model`` whose scanside.json makes it a segmentation model (task, labels
+    with their codes, its sampling)."""
+    import json
+    import shutil
+
+    from scanside.training.train import LESION_LABELS
+
+    shutil.copytree(model, folder)
+    (folder / "scanside.json").write_text(json.dumps(
+        {"task": "segment", "segment": settings or SEGMENT_SETTINGS,
+         "labels": list(LESION_LABELS if labels is None else labels)}))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def seg_engine(concat_model, tmp_path_factory):
+    """The tiny image-conditioned model exported as a segmentation engine."""
+    model = as_segmenter(concat_model, tmp_path_factory.mktemp("seg") / "model")
+    return export_engine(tmp_path_factory, model, "tiny-seg")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -165,10 +165,23 @@ class Settings:
     init: "str | None" = None
 
 
+# The lesion task samples from pure noise: at the top timestep the scheduler's x_t still holds
+# sqrt(alpha_bar) = 0.07 of the mask, which a UNet learns to read instead of the image (the
+# first run drew lesion-shaped blobs anywhere, from the start noise alone). This share of its
+# samples is therefore drawn at the top step with x_t pure noise: the zero terminal SNR the
+# runtime meets (the v target is computed from that x_t, so the x0 it implies is the mask).
+PURE_NOISE_SHARE = 0.5
+TOP_STEP = 999
+
+
 def start_draws(rng: np.random.Generator, b: int, settings: Settings):
     """Where each sample of a batch starts (see Settings.refine_t): (from the low-dose
-    latent, at a timestep in 1..refine_t, or from the reference, in 0..refine_t; timestep)."""
-    low = rng.random(b) < (settings.low_start if settings.task == "denoise" else 0.0)
+    latent, at a timestep in 1..refine_t, or from the reference, in 0..refine_t; timestep).
+    The lesion task: (pure noise at TOP_STEP, or the mask's x_t in 0..refine_t; timestep)."""
+    if settings.task == "lesions":  # "low" marks the pure-noise samples at the top step
+        top = rng.random(b) < PURE_NOISE_SHARE
+        return top, np.where(top, TOP_STEP, rng.integers(0, settings.refine_t + 1, b))
+    low = rng.random(b) < settings.low_start
     t_clean = rng.integers(0, settings.refine_t + 1, b)
     t_low = rng.integers(1, settings.refine_t + 1, b)
     return low, np.where(low, t_low, t_clean)
@@ -561,8 +574,10 @@ def train_unet(unet, vae, scheduler, data: dict, embeddings, scaling: float, set
         target_image = batch.full if settings.task == "denoise" else 2 * batch.lesions - 1
         x0 = encode(vae, target_image.astype(np.float32)) * scaling
         from_low = on(batch.from_low).view(-1, 1, 1, 1)
-        x_start = torch.where(from_low, cond * scaling, x0)
         t = on(batch.t)
+        if settings.task == "lesions":  # from_low marks the pure-noise samples (start_draws)
+            pure, from_low = from_low, torch.zeros_like(from_low)
+        x_start = torch.where(from_low, cond * scaling, x0)
         lo = settings.drop_image
         hi = settings.drop_image + settings.drop_both + settings.drop_prompt
         no_image = on((batch.u < settings.drop_image + settings.drop_both)
@@ -570,6 +585,8 @@ def train_unet(unet, vae, scheduler, data: dict, embeddings, scaling: float, set
         no_prompt = on((batch.u >= lo) & (batch.u < hi))
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x_start + (1 - a).sqrt() * on(batch.noise)
+        if settings.task == "lesions":
+            xt = torch.where(pure, on(batch.noise), xt)
         # v-prediction of the reference latent; for a low-dose start the "noise" is everything
         # in x_t that is not the reference signal, low-dose noise included.
         effective = (xt - a.sqrt() * x0) / (1 - a).sqrt()

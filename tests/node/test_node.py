@@ -3,6 +3,7 @@ a recording Storage SCP and dcmtk's storescp receive."""
 
 from __future__ import annotations
 
+import collections
 import shutil
 import signal
 import subprocess
@@ -172,3 +173,27 @@ def test_late_slices_out_of_order_join_the_same_derived_series(node_factory, rec
     assert len({ds.SeriesInstanceUID for ds in recorder.datasets.values()}) == 1
     state = status(spool)
     assert state["instances"] == {"enhanced": 6} and not state["last_errors"]
+
+
+@pytest.mark.slow
+def test_maps_segmentation_and_annotation_are_forwarded(node_factory, recorder, seg_engine,
+                                                        tmp_path):
+    """--maps and --annotate with a segmentation engine: for a 3-slice series the PACS gets
+    the enhanced slices, each one's five map objects, and the series' SEG and SR."""
+    from pydicom.uid import (ComprehensiveSRStorage, CTImageStorage, ParametricMapStorage,
+                             SegmentationStorage)
+
+    spool = tmp_path / "spool"
+    node, port = node_factory(spool, [f"RECORDER@127.0.0.1:{recorder.port}"],
+                              "--maps", "uncertainty,change", "--segment-engine",
+                              str(seg_engine), "--annotate")
+    sources = ct_series(tmp_path / "in", 3)
+    assert storescu(port, sources).returncode == 0
+    wait_for(lambda: len(recorder.received) >= 3 * 6 + 2, 180, "maps, SEG and SR sent")
+    classes = collections.Counter(str(ds.SOPClassUID) for ds in recorder.datasets.values())
+    assert classes[ParametricMapStorage] == 6 and classes[CTImageStorage] == 9
+    assert classes[SegmentationStorage] == 4  # three change masks and the series' candidates
+    assert classes[ComprehensiveSRStorage] + classes["1.2.840.10008.5.1.4.1.1.88.34"] == 1
+    assert set(recorder.received.values()) == {1}
+    state = status(spool)
+    assert state["instances"] == {"enhanced": 3} and not state["last_errors"]

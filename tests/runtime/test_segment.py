@@ -3,37 +3,13 @@ samples masks over seeds and views, and an engine is refused for the other task.
 
 from __future__ import annotations
 
-import json
-import shutil
-
 import numpy as np
 import pytest
 
 from scanside import Pipeline, Sampling
 from scanside.errors import InputError
 from scanside.runtime import segment
-from scanside.training.train import LESION_LABELS
-
-SEGMENT = {"prompt": "lesions", "strength": 1.0, "steps": 2, "guidance": 1.0, "seeds": 3,
-           "threshold": 0.5}
-
-
-def as_segmenter(model, folder, labels=LESION_LABELS, settings=SEGMENT):
-    shutil.copytree(model, folder)
-    (folder / "scanside.json").write_text(json.dumps(
-        {"task": "segment", "segment": settings, "labels": list(labels)}))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def seg_engine(concat_model, tmp_path_factory):
-    from scanside.export import export_model
-
-    model = as_segmenter(concat_model, tmp_path_factory.mktemp("seg") / "model")
-    out = tmp_path_factory.mktemp("seg") / "engine"
-    export_model(model, out)
-    return out
-
+from tests.conftest import as_segmenter
 
 def test_the_manifest_names_the_task_labels_and_sampling(seg_engine):
     manifest = Pipeline.load(seg_engine).manifest
