@@ -57,7 +57,7 @@ def atomic_path(target: Path, overwrite: bool = False, durable: bool = True) -> 
             pass
 
 
-def write_json(path: Path, value: Any, durable: bool = False) -> None:
+def write_json(path: Path, value: Any, durable: bool = False, indent: int = 1) -> None:
     """``value`` as indented JSON at ``path``, atomically (a full disk leaves the old file
     whole); the folder is made if missing."""
     import json
@@ -65,7 +65,7 @@ def write_json(path: Path, value: Any, durable: bool = False) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, overwrite=True, durable=durable) as tmp:
-        Path(tmp).write_text(json.dumps(value, indent=1) + "\n", encoding="utf-8")
+        Path(tmp).write_text(json.dumps(value, indent=indent) + "\n", encoding="utf-8")
 
 
 def sync(path: "str | Path") -> None:

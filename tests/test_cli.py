@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from scanside.cli import main
+from scanside.runtime.default import default_engine_dir
 
 
 @pytest.fixture
@@ -54,7 +55,6 @@ def test_generate(tiny_engine, tmp_path, capsys):
 
 
 def test_info(tiny_engine, capsys):
-    from scanside.runtime.default import default_engine_dir
 
     code, out, _ = run(capsys, "info", tiny_engine, "--verify")
     assert code == 0
@@ -279,3 +279,33 @@ def test_library_errors_are_told_in_flag_names(tmp_path, capsys):
     code = main(["enhance", str(tmp_path / "a.dcm"), "--out", str(tmp_path)])
     assert code == 2
     assert "--out: " in capsys.readouterr().err
+
+
+def test_maps_names_are_checked_at_the_command_line(tiny_engine, png, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["enhance", str(png), "--out", str(tmp_path / "o"), "--maps", "uncertainty,edges"])
+    assert exit_info.value.code == 2
+    assert "edges is not a map scanside makes" in capsys.readouterr().err
+    code, _, err = run(capsys, "enhance", png, "--engine", tiny_engine, "--out", tmp_path / "o",
+                       "--maps", "change")
+    assert code == 2 and "--maps: made for DICOM inputs" in err
+
+
+def test_annotate_writes_seg_and_sr_and_segment_refuses_a_denoiser(tmp_path, capsys):
+    from pydicom.data import get_testdata_file
+
+    ct = get_testdata_file("CT_small.dcm")
+    code, out, err = run(capsys, "annotate", ct, "--out", tmp_path / "marks", "--report",
+                         tmp_path / "report.json")
+    assert code == 0, err
+    written = sorted(p.name for p in (tmp_path / "marks").rglob("*.dcm"))
+    assert written == ["SEG01.dcm", "SR01.dcm"]
+    assert "research aid" in out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["counts"][0]["slices"] == 1 and "candidates" in report["counts"][0]
+    code, _, err = run(capsys, "segment", ct, "--engine", default_engine_dir(), "--out",
+                       tmp_path / "seg")
+    assert code == 2 and "an enhancement engine (task 'enhance'" in err
+    mr = get_testdata_file("MR_small.dcm")
+    code, _, err = run(capsys, "annotate", mr, "--out", tmp_path / "mr")
+    assert code == 2 and "modality MR; this model reads CT only" in err

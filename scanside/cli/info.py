@@ -50,6 +50,16 @@ def cmd_info(args: argparse.Namespace) -> int:
               f"choices timed there; weights {'/'.join(ranges)} (s7: 7 bits, for x86 without VNNI)")
     if m.provenance:
         print(f"provenance  {m.provenance.get('statement', m.provenance)}")
+    if m.task != "enhance":
+        labels = ", ".join(f"{label['label']} {label['name']} ({label['type']['scheme']} "
+                           f"{label['type']['value']})" for label in m.labels)
+        print(f"task        {m.task}: {labels}; " + ", ".join(
+            f"{k} {v}" for k, v in m.segment_defaults.items() if k != "prompt"))
+    uncertainty = (m.maps or {}).get("uncertainty")
+    if uncertainty:
+        print(f"maps        uncertainty calibrated: spread x {uncertainty['spread_scale']:g}, "
+              f"local noise x {uncertainty['noise_scale']:g} "
+              f"({uncertainty.get('measured_on', 'measured')})")
     print_accuracy(m)
     print("built with  " + ", ".join(f"{k} {v}" for k, v in m.versions.items()))
     if args.verify:

@@ -45,6 +45,9 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
                    help="denoise: the enhancement model; lesions: the lesion-candidate model "
                         "(the UNet draws the lesion mask; run it with --refine-t 999, see "
                         "docs/annotate.md)")
+    p.add_argument("--concat-scale", type=positive_float, default=Settings.concat_scale,
+                   metavar="S", help="multiply the low-dose image the UNet sees by S (the "
+                                     "lesion task trains with 10; export carries it)")
     p.add_argument("--unet-steps", type=positive_int, default=Settings.unet_steps,
                    help="phase 1: plain loss")
     p.add_argument("--tune-steps", type=int, default=Settings.tune_steps,
@@ -216,6 +219,7 @@ def cmd_models_train(args: argparse.Namespace) -> int:
     scenes = dict(Settings.scenes)
     scenes.update(args.scenes or ())
     settings = Settings(seed=args.seed, recipe=args.recipe, task=args.task,
+                        concat_scale=args.concat_scale,
                         unet_steps=0 if args.init else args.unet_steps,
                         tune_steps=args.tune_steps, tune_lr=args.tune_lr, workers=args.workers,
                         scenes=tuple((k, v) for k, v in scenes.items() if v > 0),

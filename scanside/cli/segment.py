@@ -69,7 +69,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     report = segment_series(args.inputs, pipe, args.out, sampling=sampling, seeds=args.seeds,
                             threshold=args.threshold, window=window_of(args),
                             fractional=args.fractional, annotate=args.annotate,
-                            preview=args.preview, overwrite=args.overwrite)
+                            preview=args.preview, overwrite=args.overwrite,
+                            modalities=("CT",) if args.engine is None else ())
     report.seconds = time.perf_counter() - started
     for counts in report.counts:
         marks = (f", {counts['candidates']} candidate(s)" if "candidates" in counts else "")

@@ -51,7 +51,7 @@ QUANTITY = {
     "change": Code("ENHMINUSIN", PRIVATE_SCHEME, "Enhanced minus input"),
 }
 EXPLANATION = {
-    "uncertainty": "Standard deviation of model predictions",
+    "uncertainty": "Model uncertainty (standard deviation, HU)",
     "change": "Enhanced minus input",
 }
 # Image Type value 4 (Derived Pixel Contrast, PS3.3 C.8.32.3.1): the defined term for the

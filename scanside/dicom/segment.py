@@ -83,6 +83,7 @@ class Settings:
     annotate: bool
     preview: bool
     overwrite: bool
+    modalities: tuple[str, ...] = ()  # the only modalities the model reads (empty: any)
 
 
 def labels_of(pipeline: Segmenter) -> list:
@@ -102,6 +103,11 @@ def model_name(pipeline: Segmenter) -> str:
 
 def segment_slice(pipeline: Segmenter, instance: Instance, settings: Settings) -> Slice:
     ds = read_pixels(instance)
+    modality = str(ds.get("Modality", "") or "unknown")
+    if settings.modalities and modality not in settings.modalities:
+        raise InputError(f"{instance.path}: modality {modality}; this model reads "
+                         f"{'/'.join(settings.modalities)} only (give a segmentation engine "
+                         "made for it with --engine)")
     if frame_count(ds) > 1:
         raise InputError(f"{instance.path}: {frame_count(ds)} frames in one instance; segment "
                          "takes single-frame images only so far")
@@ -216,13 +222,15 @@ def segment_series(paths: Sequence[Path], pipeline: Segmenter, out_dir: Path, *,
                    sampling: Optional[Sampling] = None, seeds: Optional[int] = None,
                    threshold: Optional[float] = None, window: Optional[Window] = None,
                    fractional: bool = False, annotate: bool = False, preview: bool = False,
-                   overwrite: bool = False, progress: bool = True) -> Report:
+                   overwrite: bool = False, progress: bool = True,
+                   modalities: Sequence[str] = ()) -> Report:
     """Segment every image series under ``paths`` into DICOM SEG (and, with ``annotate``,
-    an SR of the candidates) under ``out_dir``: see the module."""
+    an SR of the candidates) under ``out_dir``: see the module. ``modalities``: refuse other
+    images (the built-in lesion model reads CT only)."""
     out_dir = Path(out_dir)
     check_output_dir(out_dir, paths)
     settings = Settings(Sampling.of(sampling), seeds, threshold, window, fractional, annotate,
-                        preview, overwrite)
+                        preview, overwrite, tuple(modalities))
     with folder_lock(out_dir, "out_dir"):
         stale = remove_partials(out_dir)
         if stale:

@@ -132,6 +132,8 @@ def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional
     precisions = resolve_precisions(precision, component_precision or {})
     ckpt.check_folder(model_dir)
     task = ckpt.read_task(model_dir)  # labels without codes are refused before any export work
+    if concat_scale == 1.0:  # the model's own, when it was trained with another (train.py)
+        concat_scale = float(ckpt.read_settings(model_dir, "concat_scale") or 1.0)
     if opset < 17:
         raise InputError(f"opset: {opset} is below 17, the first with LayerNormalization; use 17+")
     parts = parse_tiny_vae_parts(tiny_vae_parts)

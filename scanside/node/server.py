@@ -312,9 +312,12 @@ class Node:
             return Report()
         from scanside.dicom.segment import segment_series
 
+        from scanside.runtime.default import LESION_MODEL
+
+        builtin = LESION_MODEL in Path(self.segmenter.engine_dir).resolve().parents
         return segment_series(paths, self.segmenter, self.settings.derived_dir,
                               window=self.settings.window, annotate=self.settings.annotate,
-                              progress=False)
+                              progress=False, modalities=("CT",) if builtin else ())
 
     # -- sending --------------------------------------------------------------------------
     def forward(self, destination: Peer) -> None:

@@ -313,7 +313,7 @@ def write_calibration(engine: Optional[Path], calibration: dict[str, Any]) -> Pa
     folder = default_engine_dir() if engine is None else engine_folder(engine)
     data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     data["maps"] = {**(data.get("maps") or {}), "uncertainty": calibration}
-    write_json(folder / MANIFEST, data)
+    write_json(folder / MANIFEST, data, indent=2)  # as export writes it
     return folder / MANIFEST
 
 

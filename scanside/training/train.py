@@ -61,11 +61,12 @@ LESION_LABELS = ({"label": 1, "name": "lesion candidate",
                   "category": {"scheme": "SCT", "value": "49755003",
                                "meaning": "Morphologically abnormal structure"},
                   "type": {"scheme": "SCT", "value": "52988006", "meaning": "Lesion"}},)
-# Its sampling: strength 1 (from pure noise) over 4 DDIM steps, 4 seeds x 1 view; the mean is
-# the probability, the spread its uncertainty, a candidate where the probability is above
-# the threshold.
-SEGMENT = {"prompt": LESION_PROMPT, "strength": 1.0, "steps": 4, "guidance": 1.0,
-           "ensemble": 1, "seeds": 4, "threshold": 0.5}
+# Its sampling: strength 1 (from pure noise, "trailing" timesteps: t = 999 first), one DDIM
+# step and one seed: a 512 px slice must be annotated in about a second on a 2-core CPU, one
+# UNet call. More steps and seeds (--steps, --seeds) give the spread its uncertainty, at
+# their cost. A candidate where the probability is above the threshold.
+SEGMENT = {"prompt": LESION_PROMPT, "strength": 1.0, "steps": 1, "guidance": 1.0,
+           "ensemble": 1, "seeds": 1, "threshold": 0.5}
 STAGE_SEED = {"unet": 2}
 LESION_STREAM = 7  # the random stream of the lesions drawn into a scene
 REFERENCE_PHOTONS = 1e7  # per ray: the reference's noise is ~1 HU, far below any low dose
@@ -79,6 +80,10 @@ class Settings:
     # sample starts from the mask's latent (no low-dose start), the image is never dropped,
     # and the mask is the lesions' own disks (lesion_grow not applied).
     task: str = "denoise"
+    # The low-dose latent is multiplied by this before the UNet sees it (the manifest's
+    # concat_scale, which the runtime applies): the lesion task's faint disks (10-60 HU, 0.01-
+    # 0.06 in the model's range) beside the pure-noise x_t (std 1) were not learned at 1.
+    concat_scale: float = 1.0
     # Scenes per source (anatomy.Source), and what each gives: two low doses, patches each.
     # Sized for this CPU: a 0.4 mm head is a 450 px scene, ~8 s to simulate, so heads give
     # more patches per scene. 2,748 patch pairs in about 7 min on 2 cores (measured).
@@ -170,7 +175,7 @@ class Settings:
 # first run drew lesion-shaped blobs anywhere, from the start noise alone). This share of its
 # samples is therefore drawn at the top step with x_t pure noise: the zero terminal SNR the
 # runtime meets (the v target is computed from that x_t, so the x0 it implies is the mask).
-PURE_NOISE_SHARE = 0.5
+PURE_NOISE_SHARE = 0.75
 TOP_STEP = 999
 
 
@@ -474,6 +479,9 @@ def draw_batch(data: dict, step: int, settings: Settings, latent: tuple[int, ...
                                 data.get("phase1") if in_phase1 else None,
                                 None if in_phase1 else settings.tune_noise_scale,
                                 None if in_phase1 else settings.tune_noise_hu)
+    if settings.task == "lesions":
+        low, full, lesions = insert_lesions(low, full, lesions,
+                                            np.random.default_rng([settings.seed, 11, step]))
     from_low, t = start_draws(rng, b, settings)
     noise = rng.standard_normal((b, *latent), dtype=np.float32)
     u = rng.random(b)  # one draw decides which conditions a sample loses
@@ -481,6 +489,48 @@ def draw_batch(data: dict, step: int, settings: Settings, latent: tuple[int, ...
     level = (noise_level.estimate(low) * spec.noise_level["scale"]).astype(np.float32) \
         if spec.noise_level else None  # the low-dose image's noise, as the runtime feeds it
     return Batch(low, full, lesions, from_low, t, noise, u, noise_std(low, full), level)
+
+
+# The lesion task's disks drawn into each batch (insert_lesions): the scenes' own lesions are
+# few (0.2-1 % of pixels, ~1,000 over all patches) for a detector to learn from. Radius and
+# contrast cover and exceed what `models evaluate` inserts (3-10 px, 10-40 HU).
+INSERT_PER_PATCH = 3.0  # Poisson mean, per 128 x 128 patch
+INSERT_RADIUS_PX = (2.0, 10.0)
+INSERT_CONTRAST_HU = (10.0, 60.0)
+INSERT_BLUR_PX = 0.6  # the scan's resolution: a disk through FBP has soft edges
+INSERT_FLAT_HU = 15.0  # std over the disk's neighbourhood in the reference: no organ edges
+
+
+def insert_lesions(low: np.ndarray, full: np.ndarray, lesions: np.ndarray,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Faint disks added to (B, P, P) low and reference patches (model range) where the
+    reference is flat soft tissue, and their masks added to ``lesions``. FBP is linear, so a
+    disk added to both images after the scan is the disk scanned, up to the soft edge."""
+    from scipy import ndimage
+
+    low, full, lesions = low.copy(), full.copy(), lesions.astype(bool)
+    size = low.shape[-1]
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(len(low)):
+        hu = full[i] * 1000.0
+        mean = ndimage.uniform_filter(hu, 15)
+        std = np.sqrt(np.maximum(ndimage.uniform_filter(hu * hu, 15) - mean * mean, 0.0))
+        room = (np.abs(mean) < 200) & (std < INSERT_FLAT_HU) & ~ndimage.binary_dilation(
+            lesions[i], iterations=4)
+        for _ in range(rng.poisson(INSERT_PER_PATCH)):
+            spots = np.flatnonzero(room)
+            if not len(spots):
+                break
+            y, x = np.unravel_index(spots[rng.integers(len(spots))], room.shape)
+            radius = rng.uniform(*INSERT_RADIUS_PX)
+            contrast = rng.choice([-1.0, 1.0]) * rng.uniform(*INSERT_CONTRAST_HU) / 1000.0
+            disk = (yy - y) ** 2 + (xx - x) ** 2 <= radius * radius
+            soft = ndimage.gaussian_filter(disk.astype(np.float32), INSERT_BLUR_PX) * contrast
+            low[i] += soft
+            full[i] += soft
+            lesions[i] |= disk
+            room &= (yy - y) ** 2 + (xx - x) ** 2 > (radius + 6) ** 2
+    return low, full, lesions
 
 
 def prefetched(make: Callable[[int], Any], steps: range, threads: int) -> Any:
@@ -570,7 +620,7 @@ def train_unet(unet, vae, scheduler, data: dict, embeddings, scaling: float, set
     batches = prefetched(lambda k: draw_batch(data, k, settings, latent), range(start, total),
                          threads)
     for step, batch in zip(range(start, total), batches):
-        cond = encode(vae, batch.low)
+        cond = encode(vae, batch.low) * settings.concat_scale
         target_image = batch.full if settings.task == "denoise" else 2 * batch.lesions - 1
         x0 = encode(vae, target_image.astype(np.float32)) * scaling
         from_low = on(batch.from_low).view(-1, 1, 1, 1)
@@ -693,6 +743,8 @@ def write_model(parts: dict, tokenizer_dir: Path, out: Path, settings: Settings,
     # A noise level is estimated at run time as training did: per patch.
     task = ({"enhance": ENHANCE} if settings.task == "denoise" else
             {"task": "segment", "segment": SEGMENT, "labels": list(LESION_LABELS)})
+    if settings.concat_scale != 1.0:  # export gives it to the manifest (runtime: unet_condition)
+        task["concat_scale"] = settings.concat_scale
     model_settings = {**task, **recipe(settings.recipe).model_settings(settings.patch),
                       **(extra_settings or {})}
     (staging / SETTINGS_FILE).write_text(json.dumps(model_settings, indent=2) + "\n")
