@@ -80,6 +80,9 @@ def run_frames(pipeline: Enhancer, ds: Dataset, path: Path, window: Optional[Win
     """``enhance_frames``, and with ``maps`` (runtime.maps names) each frame's maps too."""
     inverted = str(ds.PhotometricInterpretation) == "MONOCHROME1"
     frames = frame_count(ds)
+    if maps and str(ds.get("Modality", "")) != "CT":
+        raise InputError(f"{path}: modality {ds.get('Modality', '') or 'unknown'}; maps are "
+                         "written in HU, for CT only so far (leave out --maps for this file)")
     if maps and frames > 1:
         raise InputError(f"{path}: {frames} frames in one instance; maps are made for "
                          "single-frame images only so far (leave out --maps for this file)")

@@ -408,3 +408,13 @@ def test_one_enhanced_uid_is_one_object_whatever_the_maps(series, tmp_path):
                              or enhanced[other][uid][e.tag] != e) + \
                 sorted(e.keyword for e in enhanced[other][uid] if e.tag not in ds)
             assert not differs, f"{other}: same SOP Instance UID, different {differs}"
+
+
+def test_a_source_of_another_modality_fails_with_maps_and_the_batch_goes_on(series, tmp_path):
+    from .conftest import pydicom_file
+
+    mr = pydicom_file("MR_small.dcm")
+    report = run([mr, *series], tmp_path / "out")
+    assert [p for p, _ in report.failures] == [mr]
+    assert "modality MR; maps are written in HU, for CT only" in report.failures[0][1]
+    assert len(report.counts) == len(series)
