@@ -62,7 +62,7 @@ def one_file(path: Path, report: Report) -> Iterator[None]:
         log.info("internal error on %s: %s at\n%s", path, type(exc).__name__,
                  "".join(traceback.format_tb(exc.__traceback__)))
         report.failures.append((path, (
-            f"{path}: internal error ({type(exc).__name__}) while enhancing it; please report "
+            f"{path}: internal error ({type(exc).__name__}) while processing it; please report "
             "it to scanside with `-v` output")))
 
 

@@ -169,7 +169,7 @@ def enhance_on_ray(args: argparse.Namespace, dicoms: list[Path], images: list[Pa
 def maps_summary(counts: list[dict]) -> str:
     """One line over every instance's map counts."""
     parts = [f"maps of {len(counts)} image(s)"]
-    flagged = [c["flagged_mm2"] for c in counts if "flagged_mm2" in c]
+    flagged = [c["flagged_mm2"] for c in counts if c.get("flagged_mm2") is not None]
     if flagged:
         parts.append(f"changed structure flagged over {sum(flagged):g} mm2 in "
                      f"{sum(1 for f in flagged if f > 0)} of them")

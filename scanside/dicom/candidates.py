@@ -6,7 +6,8 @@ size is a candidate: its centroid, its area and equivalent-circle diameter (mm, 
 pixel spacing), its mean value on the *input* image (HU for CT: what the reader has in front
 of them, not the enhanced image) and its contrast to the ring around it (the pixels between
 ``RING_PX`` beyond its edge, other candidates left out), and its score (the highest
-probability inside it). At most ``MAX_CANDIDATES`` per image, the highest scores first.
+probability inside it). At most ``MAX_CANDIDATES`` per image, the highest scores first; a
+region with no free pixel around it (other regions fill its ring) is left out.
 """
 
 from __future__ import annotations
@@ -63,17 +64,19 @@ def find(probability: np.ndarray, mask: np.ndarray, values: np.ndarray,
     keep = [i for i in np.argsort(-scores, kind="stable") if areas[i] >= min_area_px][:limit]
     boxes = ndimage.find_objects(labels)
     taken = labels > 0
-    out = []
-    for number, i in enumerate(keep, 1):
+    out: list[Candidate] = []
+    for i in keep:
         region = labels == i + 1
         outer = ndimage.binary_dilation(region, iterations=RING_PX[1])
         inner = ndimage.binary_dilation(region, iterations=RING_PX[0])
         ring = outer & ~inner & ~taken
         rows, cols = np.nonzero(region)
         inside_mean = float(values[region].mean())
-        surround = float(values[ring].mean()) if ring.any() else float("nan")
+        if not ring.any():  # no surround to measure a contrast against: not a focal lesion
+            continue
+        surround = float(values[ring].mean())
         box = boxes[i]
-        out.append(Candidate(number, (float(rows.mean()), float(cols.mean())), int(areas[i]),
+        out.append(Candidate(len(out) + 1, (float(rows.mean()), float(cols.mean())), int(areas[i]),
                              float(scores[i]), inside_mean, inside_mean - surround,
                              box[0], box[1], region[box]))
     return out

@@ -73,7 +73,8 @@ def in_values(maps: Maps, window: Window, values: np.ndarray, inverted: bool,
         sign = np.float32(-1.0 if inverted else 1.0)  # the model saw MONOCHROME1 inverted
         change = np.where(inside, maps.change * scale * sign, 0.0).astype(np.float32)
         flagged = maps.flagged & inside
-        counts["flagged_mm2"] = round(float(flagged.sum() * pixel_mm2), 1)
+        area = float(flagged.sum() * pixel_mm2)  # NaN without Pixel Spacing: not reported
+        counts["flagged_mm2"] = round(area, 1) if np.isfinite(area) else None
         counts["flagged_pixels"] = int(flagged.sum())
         counts["change_k"] = maps.k
     return FrameMaps(uncertainty, change, flagged, counts)
@@ -84,8 +85,10 @@ def counts_text(counts: dict[str, Any]) -> str:
     if counts.get("uncertainty_hu_mean") is not None:
         parts.append(f"mean uncertainty {counts['uncertainty_hu_mean']:g} HU in soft tissue "
                      f"({counts['views']} views{'' if counts['calibrated'] else ', uncalibrated'})")
-    if "flagged_mm2" in counts:
-        parts.append(f"changed structure flagged over {counts['flagged_mm2']:g} mm2 "
+    if "flagged_pixels" in counts:
+        area = (f"{counts['flagged_mm2']:g} mm2" if counts.get("flagged_mm2") is not None
+                else f"{counts['flagged_pixels']} pixels (no Pixel Spacing)")
+        parts.append(f"changed structure flagged over {area} "
                      f"(change > {counts['change_k']:g} x local noise)")
     return "; ".join(parts)
 

@@ -137,17 +137,23 @@ def run_fingerprint(pipeline: Segmenter, settings: Settings) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def object_uids(source: Dataset, part: int, fingerprint: str) -> dict[str, tuple[str, str]]:
-    """(series UID, SOP Instance UID) of the SEG and the SR of one part of a series."""
-    key = f"{source.get('SeriesInstanceUID', '')}|{part}"
+def object_uids(sources: Sequence[Dataset], fingerprint: str) -> dict[str, tuple[str, str]]:
+    """(series UID, SOP Instance UID) of the SEG and the SR of one part of a series: from its
+    series, Frame of Reference and the very instances it covers, so a part that grew (a late
+    slice, a file fixed after a failure) is a new object, not one a rerun skips."""
+    first = sources[0]
+    members = hashlib.sha256("|".join(sorted(str(s.SOPInstanceUID) for s in sources))
+                             .encode()).hexdigest()
+    key = (f"{first.get('SeriesInstanceUID', '')}|{first.get('FrameOfReferenceUID', '')}|"
+           f"{members}")
     return {"seg": (derived_uid("series", key, fingerprint), derived_uid("seg", key, fingerprint)),
             "sr": (derived_uid("sr-series", key, fingerprint), derived_uid("sr", key, fingerprint))}
 
 
-def targets_of(out_dir: Path, source: Dataset, part: int, fingerprint: str,
+def targets_of(out_dir: Path, sources: Sequence[Dataset], part: int, fingerprint: str,
                annotate: bool) -> dict[str, tuple[Path, str]]:
     """Where the part's objects go, with their SOP Instance UIDs."""
-    uids = object_uids(source, part, fingerprint)
+    uids = object_uids(sources, fingerprint)
     out = {"seg": (out_dir / uids["seg"][0] / f"SEG{part:02d}.dcm", uids["seg"][1])}
     if annotate:
         out["sr"] = (out_dir / uids["sr"][0] / f"SR{part:02d}.dcm", uids["sr"][1])
@@ -171,7 +177,7 @@ def seg_dataset(pipeline: Segmenter, group: Sequence[Slice], settings: Settings,
     first = group[0].dataset
     masks = np.stack([s.probability if settings.fractional else s.mask for s in group])
     masks = masks[..., None]  # one segment: the engine's one label
-    series_uid, instance_uid = object_uids(first, part, fingerprint)["seg"]
+    series_uid, instance_uid = object_uids([s.dataset for s in group], fingerprint)["seg"]
     return segmentation(
         [s.dataset for s in group], masks, labels_of(pipeline),
         series_uid=series_uid, instance_uid=instance_uid,
@@ -197,7 +203,7 @@ def sr_dataset(pipeline: Segmenter, group: Sequence[Slice], seg: Dataset, finger
                                     round(candidate.diameter_mm(mm), 2),
                                     round(candidate.mean, 1), round(candidate.contrast, 1)))
     first = group[0].dataset
-    series_uid, instance_uid = object_uids(first, part, fingerprint)["sr"]
+    series_uid, instance_uid = object_uids([s.dataset for s in group], fingerprint)["sr"]
     return measurement_report(
         [s.dataset for s in group], findings, segmentation=seg,
         series_uid=series_uid, instance_uid=instance_uid,
@@ -258,9 +264,16 @@ def segment_part(pipeline: Segmenter, instances: list[Instance], part: int,
                  label: str, progress: bool) -> None:
     """One series' instances of one Frame of Reference: segmented and written, unless an
     earlier run wrote its objects (then the model does not run again)."""
-    targets = targets_of(out_dir, instances[0].header, part, fingerprint, settings.annotate)
-    if all(path.exists() and stored_uid(path) == uid for path, uid in targets.values()):
+    headers = [i.header for i in instances]
+    targets = targets_of(out_dir, headers, part, fingerprint, settings.annotate)
+    previews = [targets["seg"][0].parent / preview_name(n) for n in range(1, len(instances) + 1)]
+    if all(path.exists() and stored_uid(path) == uid for path, uid in targets.values()) and (
+            not settings.preview or all(p.exists() for p in previews)):
         report.skipped += [path for path, _ in targets.values()]
+        return
+    problem = part_problem(headers, settings)
+    if problem:  # before the model runs: nothing it could compute would be written
+        report.failures += [(i.path, f"{i.path}: {problem}") for i in instances]
         return
     slices: list[Slice] = []
     with tqdm(total=len(instances), unit="file", disable=not progress, desc=label) as bar:
@@ -270,6 +283,9 @@ def segment_part(pipeline: Segmenter, instances: list[Instance], part: int,
             bar.update()
     if not slices:
         return
+    if len(slices) < len(instances):  # some failed: the objects cover the others only
+        targets = targets_of(out_dir, [x.dataset for x in slices], part, fingerprint,
+                             settings.annotate)
     with one_file(slices[0].instance.path, report):
         seg = seg_dataset(pipeline, slices, settings, fingerprint, part)
         objects = [(targets["seg"][0], seg)]
@@ -278,15 +294,35 @@ def segment_part(pipeline: Segmenter, instances: list[Instance], part: int,
                                                          part)))
         for target, ds in objects:
             write_object(target, ds, slices[0].instance.path, settings.overwrite, report)
-        if settings.preview:
+        if settings.preview:  # named by position: two sources may share a file name
             for item in slices:
-                write_preview(targets["seg"][0].parent / f"{item.instance.path.stem}.png", item,
-                              True)
+                number = instances.index(item.instance) + 1
+                write_preview(targets["seg"][0].parent / preview_name(number), item, True)
         report.images += len(slices)
         marks = sum(len(item.candidates) for item in slices)
         report.counts.append({"series": seg.SeriesInstanceUID[-12:], "slices": len(slices),
                               "flagged_pixels": int(sum(int(x.mask.sum()) for x in slices)),
                               **({"candidates": marks} if settings.annotate else {})})
+
+
+def preview_name(number: int) -> str:
+    return f"IM{number:05d}.png"
+
+
+def part_problem(headers: Sequence[Dataset], settings: Settings) -> str:
+    """Why a part cannot become one SEG (checked on the headers, before the model runs)."""
+    if not str(headers[0].get("FrameOfReferenceUID", "") or ""):
+        return ("no Frame of Reference UID, which a DICOM SEG needs to place its frames; "
+                "segment images that carry one")
+    sizes = {(int(h.Rows), int(h.Columns)) for h in headers}
+    if len(sizes) > 1:
+        return (f"images of {len(sizes)} sizes in one series and Frame of Reference "
+                f"({', '.join(f'{r}x{c}' for r, c in sorted(sizes))}); one SEG covers one size: "
+                "give them as separate series")
+    if settings.annotate and not all(pixel_mm(h)[0] > 0 for h in headers):
+        return ("no Pixel Spacing, and the report measures candidates in mm; annotate images "
+                "that carry it (or run segment, which measures nothing)")
+    return ""
 
 
 def write_object(target: Path, ds: Dataset, source: Path, overwrite: bool,

@@ -212,8 +212,13 @@ def enhance_series(paths: Sequence[Path], pipeline: Enhancer, out_dir: Path, *,
         collected = collect(paths)
         report = Report(failures=list(collected.failures))
         fingerprint = run_fingerprint(pipeline, window, sampling, noise)
-        job = Job(pipeline, window, preview, sampling, fingerprint, overwrite, noise,
-                  check_maps(maps), check_k(change_k), model_name(pipeline))
+        names = check_maps(maps)
+        if names and not fingerprint:
+            raise InputError("maps: need a run that can be identified (its map series' UIDs "
+                             "follow from it); a noise function cannot be: pass an array or "
+                             "a seed instead, or leave out maps")
+        job = Job(pipeline, window, preview, sampling, fingerprint, overwrite, noise, names,
+                  check_k(change_k), model_name(pipeline))
         started = time.perf_counter()
         by_uid = names == "uid" and bool(fingerprint)
         try:

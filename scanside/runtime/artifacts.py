@@ -132,8 +132,9 @@ class Manifest:
     task: str = "enhance"
     segment_defaults: Mapping[str, Any] = field(default_factory=dict)
     labels: tuple[Mapping[str, Any], ...] = ()
-    # The maps' calibration, measured on held-out data (runtime/maps.py):
-    # {"uncertainty_scale": s, "measured_on": ...}; None: the raw spread.
+    # The maps' calibration, measured on held-out data (runtime/maps.py, training/mapseval.py):
+    # {"uncertainty": {"spread_scale": b, "noise_scale": c, "measured_on": ...}}; None: the
+    # raw spread.
     maps: Optional[Mapping[str, Any]] = None
 
     def to_json(self) -> dict[str, Any]:

@@ -158,7 +158,13 @@ def calibrated(spread_: np.ndarray, local_noise: np.ndarray,
     calibration {"spread_scale": b, "noise_scale": c}; the spread itself without one."""
     if not calibration:
         return spread_
-    b, c = float(calibration["spread_scale"]), float(calibration["noise_scale"])
+    try:
+        b, c = float(calibration["spread_scale"]), float(calibration["noise_scale"])
+    except (KeyError, TypeError, ValueError):
+        raise InputError(f"maps.uncertainty in the engine's manifest: {dict(calibration)!r} is "
+                         "not {\"spread_scale\": b, \"noise_scale\": c}; measure it again with "
+                         "python -m scanside.training.mapseval --engine ENGINE --write, or "
+                         "remove it") from None
     return np.sqrt((b * spread_) ** 2 + (c * local_noise) ** 2).astype(np.float32)
 
 

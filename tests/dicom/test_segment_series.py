@@ -250,9 +250,10 @@ def test_previews_one_png_per_slice_with_the_outline(series, tmp_path):
     assert report.ok, report.failures
     (path, _), = objects(report)["seg"]
     pngs = sorted(path.parent.glob("*.png"))
-    assert [p.name for p in pngs] == [f"{s.stem}.png" for s in sorted(series)]
-    for png in pngs:
-        number = int(png.stem.removeprefix("slice"))
+    # Named by position in the series (two sources may share a file name), as enhance names.
+    order = [int(pydicom.dcmread(p).InstanceNumber) for p in series]
+    assert [p.name for p in pngs] == [f"IM{n:05d}.png" for n in range(1, len(series) + 1)]
+    for png, number in zip(pngs, sorted(order)):
         rgb = np.asarray(Image.open(png).convert("RGB"))
         assert rgb.shape == (SIZE, SIZE, 3)
         red = (rgb[..., 0] == 255) & (rgb[..., 1] == 40) & (rgb[..., 2] == 40)
@@ -375,3 +376,29 @@ def test_a_fractional_annotated_seg_holds_only_what_the_report_lists(series, tmp
         listed = disk(*LESIONS[number]) if number in LESIONS else np.zeros((SIZE, SIZE), bool)
         assert not frame[~listed].any(), f"slice {number}: probability outside the candidates"
         np.testing.assert_allclose(frame[listed], PROBABILITY, atol=0.5 / 255)
+
+
+def test_a_part_that_cannot_be_one_object_fails_before_the_model_runs(tmp_path):
+    paths = write_series(tmp_path / "in", (1, 2))
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        del ds.PixelSpacing
+        ds.save_as(path)
+    model = Segmenter()
+    report = segment_series(paths, model, tmp_path / "out", progress=False, annotate=True)
+    assert model.calls == 0 and not report.written
+    assert sorted(p for p, _ in report.failures) == sorted(paths)
+    assert "no Pixel Spacing" in report.failures[0][1]
+
+
+def test_a_fixed_file_gives_a_new_complete_seg(tmp_path):
+    paths = write_series(tmp_path / "in", (1, 2, 3))
+    good = paths[2].read_bytes()
+    paths[2].write_bytes(good[:400])  # truncated: fails, the other two are segmented
+    first = run(paths, tmp_path / "out")
+    assert [p for p, _ in first.failures] == [paths[2]] and len(first.written) == 1
+    paths[2].write_bytes(good)
+    again = run(paths, tmp_path / "out")
+    assert again.ok and len(again.written) == 1 and again.written != first.written
+    seg = pydicom.dcmread(again.written[0])
+    assert int(seg.NumberOfFrames) == 3
