@@ -212,12 +212,12 @@ def enhance_series(paths: Sequence[Path], pipeline: Enhancer, out_dir: Path, *,
         collected = collect(paths)
         report = Report(failures=list(collected.failures))
         fingerprint = run_fingerprint(pipeline, window, sampling, noise)
-        names = check_maps(maps)
-        if names and not fingerprint:
+        map_names = check_maps(maps)  # not ``names``: that is the file naming
+        if map_names and not fingerprint:
             raise InputError("maps: need a run that can be identified (its map series' UIDs "
                              "follow from it); a noise function cannot be: pass an array or "
                              "a seed instead, or leave out maps")
-        job = Job(pipeline, window, preview, sampling, fingerprint, overwrite, noise, names,
+        job = Job(pipeline, window, preview, sampling, fingerprint, overwrite, noise, map_names,
                   check_k(change_k), model_name(pipeline))
         started = time.perf_counter()
         by_uid = names == "uid" and bool(fingerprint)
