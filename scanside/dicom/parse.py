@@ -77,24 +77,30 @@ def shown_value(ds: Dataset, tag: Any) -> str:
     return f" {text[:40]!r}" + ("..." if len(text) > 40 else "")
 
 
+# The libraries whose log records may quote element values or UIDs: pydicom, and highdicom
+# (scanside/dicom/pmap, seg, sr), which logs a source's SOP Instance UID at INFO.
+QUIET_LOGGERS = ("pydicom", "highdicom")
+
+
 class _Quiet:
-    """Shared by every thread: the first to enter silences pydicom, the last to leave restores
-    it. Saving and restoring per block (``warnings.catch_warnings`` alone) is not thread-safe:
+    """Shared by every thread: the first to enter silences QUIET_LOGGERS and warnings, the
+    last to leave restores them. Saving and restoring per block (``warnings.catch_warnings`` alone) is not thread-safe:
     with slices read in parallel one block's exit would reopen the warnings while another
     thread is still parsing, and a pydicom warning may quote an element's value."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.depth = 0
-        self.level = logging.NOTSET
+        self.levels: dict[str, int] = {}
         self.caught: Optional[warnings.catch_warnings] = None
 
     def enter(self) -> None:
         with self.lock:
             if self.depth == 0:
-                logger = logging.getLogger("pydicom")
-                self.level = logger.level
-                logger.setLevel(logging.CRITICAL)
+                for name in QUIET_LOGGERS:
+                    logger = logging.getLogger(name)
+                    self.levels[name] = logger.level
+                    logger.setLevel(logging.CRITICAL)
                 self.caught = warnings.catch_warnings()
                 self.caught.__enter__()
                 warnings.simplefilter("ignore")
@@ -107,7 +113,8 @@ class _Quiet:
                 assert self.caught is not None
                 self.caught.__exit__(None, None, None)
                 self.caught = None
-                logging.getLogger("pydicom").setLevel(self.level)
+                for name, level in self.levels.items():
+                    logging.getLogger(name).setLevel(level)
 
 
 _quiet = _Quiet()
@@ -115,8 +122,8 @@ _quiet = _Quiet()
 
 @contextmanager
 def quiet() -> Iterator[None]:
-    """pydicom's warnings and log records may quote element values: keep them out of logs
-    (from every thread, while any thread is inside)."""
+    """pydicom's and highdicom's warnings and log records may quote element values or UIDs:
+    keep them out of logs (from every thread, while any thread is inside)."""
     _quiet.enter()
     try:
         yield

@@ -16,9 +16,7 @@ records (which may quote UIDs or names) out of the logs.
 from __future__ import annotations
 
 import datetime
-import logging
 import re
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -99,48 +97,17 @@ def scrubbed(exc: BaseException) -> str:
     return UID_LIKE.sub("<uid>", str(exc))[:300]
 
 
-class _Hush:
-    """highdicom logs the source's SOP Instance UID at INFO (and a patient name it finds
-    invalid at WARNING): silenced while any thread builds an object, restored by the last to
-    leave (the pattern of parse.quiet, which does the same for pydicom)."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.depth = 0
-        self.level = logging.NOTSET
-
-    def enter(self) -> None:
-        with self.lock:
-            if self.depth == 0:
-                logger = logging.getLogger("highdicom")
-                self.level = logger.level
-                logger.setLevel(logging.CRITICAL)
-            self.depth += 1
-
-    def leave(self) -> None:
-        with self.lock:
-            self.depth -= 1
-            if self.depth == 0:
-                logging.getLogger("highdicom").setLevel(self.level)
-
-
-_hush = _Hush()
-
-
 @contextmanager
 def hushed(what: str) -> Iterator[None]:
     """Build inside: no library log record or warning escapes, and highdicom's refusal
     (ValueError) becomes an InputError that names ``what`` and quotes no UID."""
-    with quiet():
-        _hush.enter()
+    with quiet():  # pydicom's and highdicom's log records and warnings
         try:
             yield
         except InputError:
             raise
         except ValueError as exc:
             raise InputError(f"{what}: highdicom refused the input: {scrubbed(exc)}") from None
-        finally:
-            _hush.leave()
 
 
 def check_sources(sources: Sequence[Dataset], what: str) -> None:

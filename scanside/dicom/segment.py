@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Protocol, Sequence
@@ -28,12 +27,13 @@ from tqdm.auto import tqdm
 
 from scanside.batch import Report, one_file
 from scanside.errors import InputError, OutputError
-from scanside.files import atomic_path, folder_lock, remove_partials
+from scanside.files import atomic_path
 from scanside.runtime.sampling import Sampling
 
 from . import candidates as found
-from .read import Instance, collect, frame_count, frame_values, read_pixels
-from .series import check_output_dir, stored_uid
+from .read import Instance, frame_count, frame_values, read_pixels
+from .seg import by_frame_of_reference  # highdicom: segmenting needs the annotate extra
+from .series import opened_batch, stored_uid
 from .window import Window, choose
 from .write import derived_uid, encode, series_number, write_bytes
 
@@ -234,28 +234,16 @@ def segment_series(paths: Sequence[Path], pipeline: Segmenter, out_dir: Path, *,
     an SR of the candidates) under ``out_dir``: see the module. ``modalities``: refuse other
     images (the built-in lesion model reads CT only)."""
     out_dir = Path(out_dir)
-    check_output_dir(out_dir, paths)
     settings = Settings(Sampling.of(sampling), seeds, threshold, window, fractional, annotate,
                         preview, overwrite, tuple(modalities))
-    with folder_lock(out_dir, "out_dir"):
-        stale = remove_partials(out_dir)
-        if stale:
-            log.warning("removed %d partial file(s) an interrupted run left in %s", stale, out_dir)
-        collected = collect(paths)
-        report = Report(failures=list(collected.failures))
+    with opened_batch(paths, out_dir) as (collected, report):
         fingerprint = run_fingerprint(pipeline, settings)
-        started = time.perf_counter()
-        try:
-            for number, series in enumerate(collected.series, 1):
-                from .seg import by_frame_of_reference
-
-                headers = [i.header for i in series.instances]
-                for part, picks in enumerate(by_frame_of_reference(headers), 1):
-                    group = [series.instances[i] for i in picks]
-                    segment_part(pipeline, group, part, settings, fingerprint, out_dir, report,
-                                 f"series {number}/{len(collected.series)}", progress)
-        finally:
-            report.seconds = time.perf_counter() - started
+        for number, series in enumerate(collected.series, 1):
+            headers = [i.header for i in series.instances]
+            for part, picks in enumerate(by_frame_of_reference(headers), 1):
+                segment_part(pipeline, [series.instances[i] for i in picks], part, settings,
+                             fingerprint, out_dir, report,
+                             f"series {number}/{len(collected.series)}", progress)
     return report
 
 

@@ -11,9 +11,10 @@ import json
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, Optional, Protocol, Sequence
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, Optional, Protocol, Sequence
 
 import numpy as np
 import pydicom
@@ -29,7 +30,7 @@ from scanside.runtime.sampling import Sampling
 
 from . import parse
 from . import preview as previews
-from .read import Instance, check_header, collect, frame_count, frame_values, read_pixels, to_stored
+from .read import Collected, Instance, check_header, collect, frame_count, frame_values, read_pixels, to_stored
 from .maps import KINDS as MAP_KINDS
 from .maps import FrameMaps, in_values, map_datasets, map_series_uid, pixel_area_mm2
 from .window import Window, choose
@@ -204,13 +205,7 @@ def enhance_series(paths: Sequence[Path], pipeline: Enhancer, out_dir: Path, *,
     Pipeline.enhance, the same for every frame."""
     sampling = Sampling.of(sampling, **settings)
     out_dir = Path(out_dir)
-    check_output_dir(out_dir, paths)
-    with folder_lock(out_dir, "out_dir"):
-        stale = remove_partials(out_dir)
-        if stale:
-            log.warning("removed %d partial file(s) an interrupted run left in %s", stale, out_dir)
-        collected = collect(paths)
-        report = Report(failures=list(collected.failures))
+    with opened_batch(paths, out_dir) as (collected, report):
         fingerprint = run_fingerprint(pipeline, window, sampling, noise)
         map_names = check_maps(maps)  # not ``names``: that is the file naming
         if map_names and not fingerprint:
@@ -219,28 +214,44 @@ def enhance_series(paths: Sequence[Path], pipeline: Enhancer, out_dir: Path, *,
                              "a seed instead, or leave out maps")
         job = Job(pipeline, window, preview, sampling, fingerprint, overwrite, noise, map_names,
                   check_k(change_k), model_name(pipeline))
-        started = time.perf_counter()
         by_uid = names == "uid" and bool(fingerprint)
+        for number, series in enumerate(collected.series, 1):
+            folder = out_dir / derived_series_uid(series.uid, fingerprint)
+            stems = [job.expected_uid(i) if by_uid else f"IM{n:05d}"
+                      for n, i in enumerate(series.instances, 1)]
+            targets = [(instance, folder / f"{name}.dcm")
+                       for instance, name in zip(series.instances, stems)]
+            bar = tqdm(total=len(targets), desc=f"series {number}/{len(collected.series)}",
+                       unit="file", disable=not progress)
+            with bar:
+                for (instance, target), outcome in in_order(job.attempt, targets, workers):
+                    bar.update()
+                    done = outcome.result()  # raises what stops the batch (disk full)
+                    report.absorb(done)
+                    if on_output is not None and not done.failures:
+                        with one_file(instance.path, report):
+                            on_output(target)
+    return report
+
+
+@contextmanager
+def opened_batch(paths: Sequence[Path], out_dir: Path) -> Iterator[tuple[Collected, Report]]:
+    """What every DICOM batch into ``out_dir`` starts with (enhance_series, segment_series):
+    the folder checked and locked, partial files of an interrupted run removed, the inputs
+    collected, and a report holding the files that could not be read; the report's seconds
+    are set when the block ends, however it ends."""
+    check_output_dir(out_dir, paths)
+    with folder_lock(out_dir, "out_dir"):
+        stale = remove_partials(out_dir)
+        if stale:
+            log.warning("removed %d partial file(s) an interrupted run left in %s", stale, out_dir)
+        collected = collect(paths)
+        report = Report(failures=list(collected.failures))
+        started = time.perf_counter()
         try:
-            for number, series in enumerate(collected.series, 1):
-                folder = out_dir / derived_series_uid(series.uid, fingerprint)
-                stems = [job.expected_uid(i) if by_uid else f"IM{n:05d}"
-                          for n, i in enumerate(series.instances, 1)]
-                targets = [(instance, folder / f"{name}.dcm")
-                           for instance, name in zip(series.instances, stems)]
-                bar = tqdm(total=len(targets), desc=f"series {number}/{len(collected.series)}",
-                           unit="file", disable=not progress)
-                with bar:
-                    for (instance, target), outcome in in_order(job.attempt, targets, workers):
-                        bar.update()
-                        done = outcome.result()  # raises what stops the batch (disk full)
-                        report.absorb(done)
-                        if on_output is not None and not done.failures:
-                            with one_file(instance.path, report):
-                                on_output(target)
+            yield collected, report
         finally:
             report.seconds = time.perf_counter() - started
-    return report
 
 
 def model_name(pipeline: Enhancer) -> str:

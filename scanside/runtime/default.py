@@ -24,17 +24,20 @@ def default_checkpoint_dir() -> Path:
 
 
 def default_engine_dir() -> Path:
-    engine = DEFAULT_MODEL / "engine"
-    if not (engine / MANIFEST).is_file():
-        raise EngineError(f"{engine}: the default model's engine is missing from this install; "
-                          "reinstall scanside, or give an engine directory (--engine)")
-    return engine
+    return shipped_engine(DEFAULT_MODEL, "the default model's engine",
+                          "give an engine directory (--engine)")
 
 
 def default_lesion_engine_dir() -> Path:
     """The built-in lesion-candidate model's engine (`scanside annotate` without --engine)."""
-    engine = LESION_MODEL / "engine"
+    return shipped_engine(LESION_MODEL, "the built-in lesion-candidate model",
+                          "give a segmentation engine (--engine)")
+
+
+def shipped_engine(model: Path, what: str, instead: str) -> Path:
+    """MODEL/engine, or an EngineError saying ``what`` is missing from the install."""
+    engine = model / "engine"
     if not (engine / MANIFEST).is_file():
-        raise EngineError(f"{engine}: the built-in lesion-candidate model is missing from this "
-                          "install; reinstall scanside, or give a segmentation engine (--engine)")
+        raise EngineError(f"{engine}: {what} is missing from this install; reinstall scanside, "
+                          f"or {instead}")
     return engine

@@ -34,6 +34,27 @@ def partial_files(folder: Path) -> list[Path]:
     return [p for p in Path(folder).rglob("*") if p.name.endswith(".partial")]
 
 
+def sentinel_elements(ds: Dataset, where: str = "") -> list[str]:
+    """Every element (at any depth) whose value holds a sentinel."""
+    hits = []
+    for element in ds:
+        if element.VR == "SQ":
+            for index, item in enumerate(element.value):
+                hits += sentinel_elements(item, f"{where}{element.keyword}[{index}].")
+        elif element.VR not in ("OB", "OW", "OF", "OD", "UN"):
+            text = str(element.value)
+            if any(v in text or v.replace("^", " ") in text for v in SENTINELS.values()):
+                hits.append(where + element.keyword)
+    return hits
+
+
+def assert_no_identifiers(text: str) -> None:
+    """No sentinel patient attribute in ``text``, in DICOM's form or with its ^ as a space."""
+    for value in SENTINELS.values():
+        assert value not in text
+        assert value.replace("^", " ") not in text
+
+
 def require_tools() -> None:
     """dciodvfy (dicom3tools), dcmdump and dcm2pnm (dcmtk): skip where missing, fail in CI."""
     require("dicom3tools", "dcmtk")

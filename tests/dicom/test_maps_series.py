@@ -26,7 +26,7 @@ from scanside.dicom.series import enhance_series
 from scanside.dicom.window import Window
 from scanside.runtime.maps import CHANGE_K, Enhanced, change_maps, check_maps, make_maps
 
-from .conftest import SENTINELS, ct_slice, enhanced_ct, require_tools
+from .conftest import SENTINELS, assert_no_identifiers, ct_slice, enhanced_ct, require_tools, sentinel_elements
 from .test_series import dciodvfy_errors, snapshot
 
 SIZE = 64
@@ -303,28 +303,6 @@ def test_a_rerun_writes_nothing_and_another_k_only_new_maps(series, tmp_path):
     # A higher threshold flags less of the same change.
     flagged = lambda r: sum(c["flagged_pixels"] for c in r.counts)
     assert 0 < flagged(other) < flagged(first)
-
-
-def sentinel_elements(ds: pydicom.Dataset, where: str = "") -> list[str]:
-    """Every element (at any depth) whose value holds a sentinel."""
-    hits = []
-    for element in ds:
-        if element.VR == "SQ":
-            for index, item in enumerate(element.value):
-                hits += sentinel_elements(item, f"{where}{element.keyword}[{index}].")
-            continue
-        if element.VR in ("OB", "OW", "OF", "OD", "UN"):
-            continue
-        text = str(element.value)
-        if any(v in text or v.replace("^", " ") in text for v in SENTINELS.values()):
-            hits.append(where + element.keyword)
-    return hits
-
-
-def assert_no_identifiers(text: str) -> None:
-    for value in SENTINELS.values():
-        assert value not in text
-        assert value.replace("^", " ") not in text
 
 
 def test_patient_attributes_stay_where_they_belong(series, tmp_path, caplog):

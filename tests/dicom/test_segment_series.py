@@ -24,7 +24,7 @@ from scanside.runtime.segment import combine
 from scanside.training.train import LESION_LABELS
 from tests.system_tools import require
 
-from .conftest import SENTINELS, ct_slice, require_tools
+from .conftest import SENTINELS, assert_no_identifiers, ct_slice, require_tools, sentinel_elements
 from .test_objects import texts
 from .test_series import dciodvfy_errors, run_tool, snapshot
 
@@ -297,24 +297,6 @@ def test_a_rerun_skips_and_inputs_are_unchanged(series, tmp_path):
     # Other settings are another run: their own objects, beside the first.
     other = run(series, out, fractional=True)
     assert other.written and not set(other.written) & set(first.written)
-
-
-def sentinel_elements(ds: pydicom.Dataset, where: str = "") -> list[str]:
-    hits = []
-    for element in ds:
-        if element.VR == "SQ":
-            for index, item in enumerate(element.value):
-                hits += sentinel_elements(item, f"{where}{element.keyword}[{index}].")
-        elif element.VR not in ("OB", "OW", "OF", "OD", "UN"):
-            text = str(element.value)
-            if any(v in text or v.replace("^", " ") in text for v in SENTINELS.values()):
-                hits.append(where + element.keyword)
-    return hits
-
-
-def assert_no_identifiers(text: str) -> None:
-    for value in SENTINELS.values():
-        assert value not in text and value.replace("^", " ") not in text
 
 
 def test_patient_attributes_stay_where_they_belong(series, tmp_path, caplog):
