@@ -30,6 +30,20 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--tls-cert", type=Path, help="TLS certificate for incoming associations")
     p.add_argument("--tls-key", type=Path, help="its private key")
     p.add_argument("--tls-ca", type=Path, help="CA whose client certificates are required")
+    web = p.add_argument_group("web page (docs/node.md#the-web-page)")
+    web.add_argument("--http", metavar="HOST:PORT",
+                     help="serve the node's page, /healthz and /metrics here (a bare PORT: "
+                          "127.0.0.1); any address but loopback needs --http-token-file and "
+                          "--tls-cert/--tls-key (the DICOM port's pair)")
+    web.add_argument("--http-token-file", type=Path, metavar="FILE",
+                     help="a file (mode 600) whose first line is the token every request must "
+                          "carry (Authorization: Bearer, or the login form's cookie)")
+    web.add_argument("--http-show-patient", action="store_true",
+                     help="show patient name, ID and birth date on the pages (off: series are "
+                          "shown by modality, description, slices, arrival time and a hash)")
+    web.add_argument("--http-min-free", type=float, default=1024.0, metavar="MB",
+                     help="/healthz answers unhealthy below this much free spool space "
+                          "(default 1024 MB)")
     add_sampling(p, guidance=1.0, strength=True)
     p.set_defaults(func=cmd_serve)
 
@@ -75,6 +89,28 @@ def run_until_signalled(step) -> None:
         stop.wait(0.5)
 
 
+def http_settings(args: argparse.Namespace):
+    """The web page's settings (None without --http), refused now if the page would be
+    reachable from other hosts without a token and TLS."""
+    from scanside.node.web import HttpSettings, check_access, parse_address, read_token
+
+    given = [name for name, value in (("--http-token-file", args.http_token_file),
+                                      ("--http-show-patient", args.http_show_patient)) if value]
+    if args.http is None:
+        if given:
+            raise InputError(f"{given[0]}: only with --http HOST:PORT (the web page)")
+        return None
+    host, port = parse_address(args.http)
+    if args.tls_cert is not None and args.tls_key is None:
+        raise InputError("--tls-cert: needs --tls-key, the certificate's private key")
+    settings = HttpSettings(
+        host=host, port=port, show_patient=args.http_show_patient,
+        token=read_token(args.http_token_file) if args.http_token_file else None,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, min_free_mb=args.http_min_free)
+    check_access(settings)
+    return settings
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from scanside.node import Node, Peer
 
@@ -82,13 +118,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = node_settings(args, ae_title=args.ae_title, host=args.host, port=args.port,
                              allow=allow, tls_cert=args.tls_cert, tls_key=args.tls_key,
                              tls_ca=args.tls_ca)
+    web_settings = http_settings(args)  # before the engine loads: a refusal costs nothing
     pipe, workers = load_for_slices(args)
     settings.workers = workers
     node = Node(settings, pipe, load_segmenter(args))
     node.start()
+    web = None
     try:
+        if web_settings is not None:
+            from scanside.node.web import start_web
+
+            web = start_web(node, web_settings)
         run_until_signalled(node.step)
     finally:
+        if web is not None:
+            web.stop()
         node.stop()
     return 0
 

@@ -1,9 +1,11 @@
 """The node's journal: every instance's state, in SQLite inside the spool.
 
 received -> (series complete) -> enhanced | failed, and one send row per derived file and
-destination: pending -> sent, retried with backoff. SQLite in WAL mode with synchronous=FULL:
-a row is on disk when the call returns, so what the C-STORE response acknowledged, and what
-was sent, survive a power cut. The node is the only writer; ``status`` reads.
+destination: pending -> sent, retried with backoff; a series whose every send went out is
+forwarded. Every derived file is listed with its series (``outputs``), sent or not. SQLite in
+WAL mode with synchronous=FULL: a row is on disk when the call returns, so what the C-STORE
+response acknowledged, and what was sent, survive a power cut. The node is the only writer;
+``status``, the web page and the metrics read (``Journal.reader``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -31,7 +33,15 @@ CREATE TABLE IF NOT EXISTS sends (
 CREATE TABLE IF NOT EXISTS events (at REAL NOT NULL, kind TEXT NOT NULL, message TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS taken (
     path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS outputs (
+    path TEXT PRIMARY KEY, series_uid TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS outputs_series ON outputs(series_uid);
+CREATE INDEX IF NOT EXISTS sends_series ON sends(series_uid);
 """
+# Columns added after the first release, to journals made before them: (table, column, type).
+# instances.done: when the instance was enhanced or failed; series.forwarded_at: when its
+# last send went out (both feed the web page's last hour and the latency histogram).
+ADDED_COLUMNS = (("instances", "done", "REAL"), ("series", "forwarded_at", "REAL"))
 # Backoff between tries of one send: doubling from 2 s, at most 5 minutes.
 FIRST_RETRY_S, MAX_RETRY_S = 2.0, 300.0
 
@@ -44,13 +54,28 @@ class Send:
 
 
 class Journal:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, readonly: bool = False) -> None:
+        """``readonly``: a reader beside the node (the web page, metrics): SQLite's read-only
+        mode, so nothing it does can change the journal; WAL lets it read while the node
+        writes."""
         self.path = path
         self.lock = threading.Lock()  # SCP threads and the main loop share one connection
+        if readonly:
+            self.db = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True,
+                                      check_same_thread=False, isolation_level=None)
+            return
         self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        for table, column, kind in ADDED_COLUMNS:
+            have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+    @classmethod
+    def reader(cls, spool: Path) -> "Journal":
+        return cls(spool / "journal.sqlite", readonly=True)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -73,13 +98,15 @@ class Journal:
         it: finished instances are skipped, the new one is added to the same series)."""
         now = time.time()
         with self.transaction() as db:
-            db.execute("INSERT INTO instances VALUES (?, ?, ?, ?, 'received', NULL) "
+            db.execute("INSERT INTO instances (sop_uid, series_uid, path, received, state) "
+                       "VALUES (?, ?, ?, ?, 'received') "
                        "ON CONFLICT(sop_uid) DO UPDATE SET path=excluded.path, "
-                       "received=excluded.received, state='received', error=NULL",
+                       "received=excluded.received, state='received', error=NULL, done=NULL",
                        (sop_uid, series_uid, str(path), now))
-            db.execute("INSERT INTO series VALUES (?, ?, 'open', NULL, NULL, NULL) "
-                       "ON CONFLICT(series_uid) DO UPDATE SET "
-                       "last_received=excluded.last_received, state='open'", (series_uid, now))
+            db.execute("INSERT INTO series (series_uid, last_received, state) VALUES "
+                       "(?, ?, 'open') ON CONFLICT(series_uid) DO UPDATE SET "
+                       "last_received=excluded.last_received, state='open', forwarded_at=NULL",
+                       (series_uid, now))
 
     def is_taken(self, path: Path, size: int, mtime_ns: int) -> bool:
         """Watch mode: this file, at this size and time, was taken already."""
@@ -115,31 +142,28 @@ class Journal:
     def queue(self, path: Path, series_uid: str, destinations: list[str]) -> None:
         """One finished derived file: to be sent to each destination (once: a file queued
         again after a crash keeps its row)."""
-        now = time.time()
         with self.transaction() as db:
-            for destination in destinations:
-                db.execute("INSERT OR IGNORE INTO sends VALUES (?, ?, ?, 'pending', 0, ?, NULL, "
-                           "NULL)", (str(path), destination, series_uid, now))
+            queue_output(db, path, series_uid, destinations, time.time())
 
     def enhanced(self, series_uid: str, outputs: list[Path], failed: dict[str, str],
-                 destinations: list[str], started: float) -> None:
+                 destinations: list[str], started: float) -> Optional[float]:
         """The series' results are in the spool: queue them for every destination. Only if
-        nothing arrived since ``started`` does the series close; else it runs again."""
+        nothing arrived since ``started`` does the series close; else it runs again. Returns
+        the series' latency if it is finished now (``forwarded``)."""
         now = time.time()
         with self.transaction() as db:
             for path in outputs:
-                for destination in destinations:
-                    db.execute("INSERT OR IGNORE INTO sends VALUES (?, ?, ?, 'pending', 0, ?, "
-                               "NULL, NULL)", (str(path), destination, series_uid, now))
-            db.execute("UPDATE instances SET state='enhanced' WHERE series_uid=? AND "
-                       "state='received' AND received <= ?", (series_uid, started))
+                queue_output(db, path, series_uid, destinations, now)
+            db.execute("UPDATE instances SET state='enhanced', done=? WHERE series_uid=? AND "
+                       "state='received' AND received <= ?", (now, series_uid, started))
             for path, reason in failed.items():
-                db.execute("UPDATE instances SET state='failed', error=? WHERE path=?",
-                           (reason[:500], path))
+                db.execute("UPDATE instances SET state='failed', error=?, done=? WHERE path=?",
+                           (reason[:500], now, path))
             db.execute("UPDATE series SET started_at=?, enhanced_at=? WHERE series_uid=?",
                        (started, now, series_uid))
             db.execute("UPDATE series SET state='enhanced' WHERE series_uid=? AND "
                        "last_received <= ?", (series_uid, started))
+            return forwarded(db, series_uid, bool(destinations), now)
 
     # -- sending --------------------------------------------------------------------------
     def due(self, destination: str, limit: int = 200) -> list[Send]:
@@ -150,11 +174,16 @@ class Journal:
                                    (destination, time.time(), limit)).fetchall()
         return [Send(*r) for r in rows]
 
-    def sent(self, send: Send) -> None:
+    def sent(self, send: Send) -> Optional[float]:
+        """One send went out; returns its series' latency if that was the series' last."""
+        now = time.time()
         with self.transaction() as db:
             db.execute("UPDATE sends SET state='sent', attempts=attempts+1, error=NULL, "
                        "sent_at=? WHERE path=? AND destination=?",
-                       (time.time(), send.path, send.destination))
+                       (now, send.path, send.destination))
+            row = db.execute("SELECT series_uid FROM sends WHERE path=? AND destination=?",
+                             (send.path, send.destination)).fetchone()
+            return forwarded(db, row[0], True, now) if row else None
 
     def retry(self, send: Send, error: str) -> None:
         delay = min(MAX_RETRY_S, FIRST_RETRY_S * 2 ** send.attempts)
@@ -183,14 +212,117 @@ class Journal:
             for destination, state, count in db.execute(
                     "SELECT destination, state, COUNT(*) FROM sends GROUP BY destination, state"):
                 sends.setdefault(destination, {})[state] = count
-            errors = [{"at": at, "kind": kind, "message": message} for at, kind, message in
-                      db.execute("SELECT at, kind, message FROM events ORDER BY at DESC LIMIT 10")]
             retrying = [{"file": Path(p).name, "destination": d, "attempts": a, "error": e}
                         for p, d, a, e in db.execute(
                             "SELECT path, destination, attempts, error FROM sends WHERE "
                             "state='pending' AND attempts > 0 ORDER BY next_try LIMIT 10")]
         return {"instances": instances, "series": series, "sends": sends,
-                "last_errors": errors, "retrying": retrying}
+                "last_errors": self.last_events(), "retrying": retrying}
+
+    # -- reading: the web page and the metrics ---------------------------------------------
+    def counters(self) -> dict:
+        """Totals since the journal began, for Prometheus' counters and gauges: instances
+        received (distinct SOP Instance UIDs), enhanced, failed, refused; per destination the
+        files sent, retries and backlog (pending)."""
+        with self.lock:
+            db = self.db
+            states = dict(db.execute("SELECT state, COUNT(*) FROM instances GROUP BY state"))
+            refused = db.execute("SELECT COUNT(*) FROM events WHERE kind='refused'").fetchone()[0]
+            sends = {d: {"sent": sent or 0, "retries": (attempts or 0) - (sent or 0),
+                         "pending": pending or 0}
+                     for d, sent, attempts, pending in db.execute(
+                         "SELECT destination, SUM(state='sent'), SUM(attempts), "
+                         "SUM(state='pending') FROM sends GROUP BY destination")}
+            waiting = db.execute("SELECT COUNT(*) FROM series WHERE state='open'").fetchone()[0]
+        return {"received": sum(states.values()), "enhanced": states.get("enhanced", 0),
+                "failed": states.get("failed", 0), "refused": refused, "sends": sends,
+                "series_waiting": waiting}
+
+    def overview(self, since: float) -> dict:
+        """The web page's overview: instances and series by state (an enhanced instance of a
+        forwarded series counts as forwarded), sends per destination, and since ``since``
+        (the last hour): instances done, files sent, series latencies."""
+        with self.lock:
+            db = self.db
+            instances = dict(db.execute(
+                "SELECT CASE WHEN i.state='enhanced' AND s.forwarded_at IS NOT NULL "
+                "THEN 'forwarded' ELSE i.state END, COUNT(*) FROM instances i "
+                "JOIN series s ON s.series_uid = i.series_uid GROUP BY 1"))
+            series = dict(db.execute(
+                "SELECT CASE WHEN state='open' THEN 'received' WHEN forwarded_at IS NOT NULL "
+                "THEN 'forwarded' ELSE state END, COUNT(*) FROM series GROUP BY 1"))
+            sends = {d: {"pending": p or 0, "sent": s or 0, "retrying": r or 0,
+                         "retries": (a or 0) - (s or 0), "sent_last_hour": h or 0}
+                     for d, p, s, r, a, h in db.execute(
+                         "SELECT destination, SUM(state='pending'), SUM(state='sent'), "
+                         "SUM(state='pending' AND attempts > 0), SUM(attempts), "
+                         "SUM(sent_at >= ?) FROM sends GROUP BY destination", (since,))}
+            done = dict(db.execute("SELECT state, COUNT(*) FROM instances WHERE done >= ? "
+                                   "GROUP BY state", (since,)))
+            latencies = [r[0] for r in db.execute(
+                "SELECT forwarded_at - last_received FROM series WHERE forwarded_at >= ? "
+                "ORDER BY 1", (since,))]
+        return {"instances": instances, "series": series, "sends": sends,
+                "last_hour": {"enhanced": done.get("enhanced", 0), "failed": done.get("failed", 0),
+                              "series_latency_s": latencies}}
+
+    def series_rows(self, limit: int = 50) -> list[dict]:
+        """The ``limit`` series that received last, newest first: arrival times, state,
+        instances by state, one instance's path, the count of derived files."""
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT s.series_uid, s.state, s.last_received, s.enhanced_at, s.forwarded_at, "
+                "MIN(i.received), COUNT(i.sop_uid), SUM(i.state='enhanced'), "
+                "SUM(i.state='failed'), MIN(i.path), (SELECT COUNT(*) FROM outputs o WHERE "
+                "o.series_uid = s.series_uid) FROM series s LEFT JOIN instances i ON "
+                "i.series_uid = s.series_uid GROUP BY s.series_uid "
+                "ORDER BY s.last_received DESC LIMIT ?", (limit,)).fetchall()
+        keys = ("series_uid", "state", "last_received", "enhanced_at", "forwarded_at",
+                "first_received", "instances", "enhanced", "failed", "first_path", "outputs")
+        return [dict(zip(keys, row)) for row in rows]
+
+    def series_files(self, series_uid: str) -> tuple[list[tuple[str, Path, str]], list[Path]]:
+        """A series' received instances (SOP Instance UID, spool path, state) and its derived
+        files."""
+        with self.lock:
+            instances = [(sop, Path(path), state) for sop, path, state in self.db.execute(
+                "SELECT sop_uid, path, state FROM instances WHERE series_uid=? ORDER BY path",
+                (series_uid,))]
+            outputs = [Path(r[0]) for r in self.db.execute(
+                "SELECT path FROM outputs WHERE series_uid=? ORDER BY path", (series_uid,))]
+        return instances, outputs
+
+    def last_events(self, limit: int = 10) -> list[dict]:
+        with self.lock:
+            return [{"at": at, "kind": kind, "message": message} for at, kind, message in
+                    self.db.execute("SELECT at, kind, message FROM events ORDER BY at DESC "
+                                    "LIMIT ?", (limit,))]
+
+
+def queue_output(db: sqlite3.Connection, path: Path, series_uid: str, destinations: list[str],
+                 now: float) -> None:
+    db.execute("INSERT OR IGNORE INTO outputs VALUES (?, ?, ?)", (str(path), series_uid, now))
+    for destination in destinations:
+        db.execute("INSERT OR IGNORE INTO sends VALUES (?, ?, ?, 'pending', 0, ?, NULL, NULL)",
+                   (str(path), destination, series_uid, now))
+
+
+def forwarded(db: sqlite3.Connection, series_uid: str, sending: bool, now: float) -> Optional[float]:
+    """The latency of a series that is finished — last slice received to last derived file
+    sent, or with no destinations (``sending`` False) to the end of its enhancement — or None
+    if it is not finished. A series whose every send went out is closed once: forwarded_at."""
+    row = db.execute("SELECT state, forwarded_at, last_received FROM series WHERE series_uid=?",
+                     (series_uid,)).fetchone()
+    if row is None or row[0] != "enhanced" or row[1] is not None:
+        return None
+    if not sending:
+        return now - row[2]
+    pending, last = db.execute("SELECT SUM(state != 'sent'), MAX(sent_at) FROM sends WHERE "
+                               "series_uid=?", (series_uid,)).fetchone()
+    if last is None or pending:
+        return None
+    db.execute("UPDATE series SET forwarded_at=? WHERE series_uid=?", (last, series_uid))
+    return last - row[2]
 
 
 def open_journal(spool: Path) -> Journal:

@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pydicom
 from pydicom.uid import UID
@@ -126,6 +126,29 @@ class NodeSettings:
         return self.derived or self.spool / "derived"
 
 
+class TimedEnhancer:
+    """A pipeline whose every slice's enhancement is timed into ``observe`` (its other
+    attributes pass through unchanged)."""
+
+    def __init__(self, pipeline: Any, observe: Callable[[float], None]) -> None:
+        self.pipeline, self.observe = pipeline, observe
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.pipeline, name)
+
+    def enhance(self, *args: Any, **kwargs: Any) -> Any:
+        return self.timed(self.pipeline.enhance, args, kwargs)
+
+    def enhance_maps(self, *args: Any, **kwargs: Any) -> Any:
+        return self.timed(self.pipeline.enhance_maps, args, kwargs)
+
+    def timed(self, call: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        started = time.perf_counter()
+        result = call(*args, **kwargs)
+        self.observe(time.perf_counter() - started)
+        return result
+
+
 class Node:
     def __init__(self, settings: NodeSettings, pipeline: Any, segmenter: Any = None) -> None:
         """``segmenter``: a segmentation engine's pipeline, run on each complete series' received
@@ -134,6 +157,11 @@ class Node:
         self.settings = settings
         self.pipeline = pipeline
         self.segmenter = segmenter
+        # Who wants each slice's enhancement time and each finished series' latency (seconds):
+        # the web page's metrics (scanside.node.web), when it runs.
+        self.on_slice: list[Callable[[float], None]] = []
+        self.on_series: list[Callable[[float], None]] = []
+        self.enhancing: Optional[str] = None  # the series being enhanced now
         self.journal: Optional[Journal] = None
         self.ae: Any = None
         self.server: Any = None
@@ -271,38 +299,54 @@ class Node:
         return SUCCESS
 
     # -- enhancing ------------------------------------------------------------------------
+    def slice_done(self, seconds: float) -> None:
+        for observe in self.on_slice:
+            observe(seconds)
+
+    def series_done(self, latency: Optional[float]) -> None:
+        if latency is not None:
+            for observe in self.on_series:
+                observe(latency)
+
     def enhance_complete(self) -> None:
         journal = self.journal
         assert journal is not None
         for series in journal.complete_series(self.settings.series_idle):
-            started = time.time()
-            paths = journal.instances(series)
+            self.enhancing = series
             try:
-                destinations = [d.key for d in self.settings.forward]
-                report = enhance_series(paths, self.pipeline, self.settings.derived_dir,
-                                        window=self.settings.window, progress=False,
-                                        on_output=lambda path: journal.queue(path, series,
-                                                                             destinations),
-                                        names="uid",  # a series may grow, out of order
-                                        workers=self.settings.workers,
-                                        sampling=self.settings.sampling,
-                                        maps=self.settings.maps, change_k=self.settings.change_k)
-                segmented = self.segment(paths)
+                self.enhance_one(journal, series)
             except OutputError as exc:  # the spool is full: tried again on the next step
                 journal.event("spool", str(exc))
                 return
-            failed = {str(p): reason for p, reason in report.failures}
-            for reason in failed.values():
-                journal.event("enhance", reason)
-            for _, reason in segmented.failures:
-                journal.event("segment", reason)
-            outputs = report.written + report.skipped + segmented.written + segmented.skipped
-            if self.settings.forward_originals:
-                outputs += [p for p in paths if str(p) not in failed]
-            journal.enhanced(series, outputs, failed, [d.key for d in self.settings.forward],
-                             started)
-            log.info("series enhanced: %d written, %d already done, %d failed",
-                     len(report.written), len(report.skipped), len(failed))
+            finally:
+                self.enhancing = None
+
+    def enhance_one(self, journal: Journal, series: str) -> None:
+        """One complete series: enhanced (and segmented) into the spool, queued to send."""
+        started = time.time()
+        paths = journal.instances(series)
+        destinations = [d.key for d in self.settings.forward]
+        report = enhance_series(paths, TimedEnhancer(self.pipeline, self.slice_done),
+                                self.settings.derived_dir,
+                                window=self.settings.window, progress=False,
+                                on_output=lambda path: journal.queue(path, series,
+                                                                     destinations),
+                                names="uid",  # a series may grow, out of order
+                                workers=self.settings.workers,
+                                sampling=self.settings.sampling,
+                                maps=self.settings.maps, change_k=self.settings.change_k)
+        segmented = self.segment(paths)
+        failed = {str(p): reason for p, reason in report.failures}
+        for reason in failed.values():
+            journal.event("enhance", reason)
+        for _, reason in segmented.failures:
+            journal.event("segment", reason)
+        outputs = report.written + report.skipped + segmented.written + segmented.skipped
+        if self.settings.forward_originals:
+            outputs += [p for p in paths if str(p) not in failed]
+        self.series_done(journal.enhanced(series, outputs, failed, destinations, started))
+        log.info("series enhanced: %d written, %d already done, %d failed",
+                 len(report.written), len(report.skipped), len(failed))
 
     def segment(self, paths: list[Path]) -> Report:
         """The segmentation engine over a series' received images (an empty report without
@@ -361,7 +405,7 @@ class Node:
             return
         code = int(status.Status) if status and "Status" in status else None
         if code == SUCCESS or code in WARNINGS:
-            journal.sent(send)
+            self.series_done(journal.sent(send))
         else:
             journal.retry(send, f"{destination.key} answered status "
                                 f"{'none' if code is None else hex(code)}")
