@@ -55,6 +55,10 @@ PACKAGES: dict[str, Callable[[], list[str]]] = {
     "dicom3tools": commands("dciodvfy"),
     # The real PACS the DICOM node forwards to.
     "orthanc": orthanc,
+    # A real browser for the node's web page (driven by selenium through Debian's own
+    # chromedriver, the same version; nothing is downloaded at run time).
+    "chromium": commands("/usr/bin/chromium"),
+    "chromium-driver": commands("/usr/bin/chromedriver"),
 }
 
 
