@@ -37,7 +37,11 @@ CREATE TABLE IF NOT EXISTS outputs (
     path TEXT PRIMARY KEY, series_uid TEXT NOT NULL, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS outputs_series ON outputs(series_uid);
 CREATE INDEX IF NOT EXISTS sends_series ON sends(series_uid);
+CREATE TABLE IF NOT EXISTS totals (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+# Instances received, enhanced and failed since the journal began: an instance sent again
+# goes back to 'received', so counting rows by state could go down; Prometheus counters may not.
+TOTALS = ("received", "enhanced", "failed")
 # Columns added after the first release, to journals made before them: (table, column, type).
 # instances.done: when the instance was enhanced or failed; series.forwarded_at: when its
 # last send went out (both feed the web page's last hour and the latency histogram).
@@ -72,6 +76,12 @@ class Journal:
             have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
             if column not in have:
                 self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        with self.transaction() as db:  # a journal from before the totals: start from its rows
+            if db.execute("SELECT COUNT(*) FROM totals").fetchone()[0] == 0:
+                states = dict(db.execute("SELECT state, COUNT(*) FROM instances GROUP BY state"))
+                db.executemany("INSERT INTO totals VALUES (?, ?)", [
+                    ("received", sum(states.values())), ("enhanced", states.get("enhanced", 0)),
+                    ("failed", states.get("failed", 0))])
 
     @classmethod
     def reader(cls, spool: Path) -> "Journal":
@@ -107,6 +117,7 @@ class Journal:
                        "(?, ?, 'open') ON CONFLICT(series_uid) DO UPDATE SET "
                        "last_received=excluded.last_received, state='open', forwarded_at=NULL",
                        (series_uid, now))
+            add_total(db, "received", 1)
 
     def is_taken(self, path: Path, size: int, mtime_ns: int) -> bool:
         """Watch mode: this file, at this size and time, was taken already."""
@@ -154,11 +165,13 @@ class Journal:
         with self.transaction() as db:
             for path in outputs:
                 queue_output(db, path, series_uid, destinations, now)
-            db.execute("UPDATE instances SET state='enhanced', done=? WHERE series_uid=? AND "
-                       "state='received' AND received <= ?", (now, series_uid, started))
             for path, reason in failed.items():
-                db.execute("UPDATE instances SET state='failed', error=?, done=? WHERE path=?",
-                           (reason[:500], now, path))
+                add_total(db, "failed", db.execute(
+                    "UPDATE instances SET state='failed', error=?, done=? WHERE path=? AND "
+                    "state != 'failed'", (reason[:500], now, path)).rowcount)
+            add_total(db, "enhanced", db.execute(
+                "UPDATE instances SET state='enhanced', done=? WHERE series_uid=? AND "
+                "state='received' AND received <= ?", (now, series_uid, started)).rowcount)
             db.execute("UPDATE series SET started_at=?, enhanced_at=? WHERE series_uid=?",
                        (started, now, series_uid))
             db.execute("UPDATE series SET state='enhanced' WHERE series_uid=? AND "
@@ -222,11 +235,11 @@ class Journal:
     # -- reading: the web page and the metrics ---------------------------------------------
     def counters(self) -> dict:
         """Totals since the journal began, for Prometheus' counters and gauges: instances
-        received (distinct SOP Instance UIDs), enhanced, failed, refused; per destination the
-        files sent, retries and backlog (pending)."""
+        received (every instance accepted, one sent again included), enhanced, failed,
+        refused; per destination the files sent, retries and backlog (pending)."""
         with self.lock:
             db = self.db
-            states = dict(db.execute("SELECT state, COUNT(*) FROM instances GROUP BY state"))
+            totals = dict(db.execute("SELECT name, value FROM totals"))
             refused = db.execute("SELECT COUNT(*) FROM events WHERE kind='refused'").fetchone()[0]
             sends = {d: {"sent": sent or 0, "retries": (attempts or 0) - (sent or 0),
                          "pending": pending or 0}
@@ -234,8 +247,7 @@ class Journal:
                          "SELECT destination, SUM(state='sent'), SUM(attempts), "
                          "SUM(state='pending') FROM sends GROUP BY destination")}
             waiting = db.execute("SELECT COUNT(*) FROM series WHERE state='open'").fetchone()[0]
-        return {"received": sum(states.values()), "enhanced": states.get("enhanced", 0),
-                "failed": states.get("failed", 0), "refused": refused, "sends": sends,
+        return {**{name: totals.get(name, 0) for name in TOTALS}, "refused": refused, "sends": sends,
                 "series_waiting": waiting}
 
     def overview(self, since: float) -> dict:
@@ -250,7 +262,9 @@ class Journal:
                 "JOIN series s ON s.series_uid = i.series_uid GROUP BY 1"))
             series = dict(db.execute(
                 "SELECT CASE WHEN state='open' THEN 'received' WHEN forwarded_at IS NOT NULL "
-                "THEN 'forwarded' ELSE state END, COUNT(*) FROM series GROUP BY 1"))
+                "THEN 'forwarded' WHEN NOT EXISTS (SELECT 1 FROM instances i WHERE "
+                "i.series_uid = s.series_uid AND i.state != 'failed') THEN 'failed' "
+                "ELSE state END, COUNT(*) FROM series s GROUP BY 1"))
             sends = {d: {"pending": p or 0, "sent": s or 0, "retrying": r or 0,
                          "retries": (a or 0) - (s or 0), "sent_last_hour": h or 0}
                      for d, p, s, r, a, h in db.execute(
@@ -299,6 +313,12 @@ class Journal:
                                     "LIMIT ?", (limit,))]
 
 
+def add_total(db: sqlite3.Connection, name: str, count: int) -> None:
+    if count:
+        db.execute("INSERT INTO totals VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET "
+                   "value = value + excluded.value", (name, count))
+
+
 def queue_output(db: sqlite3.Connection, path: Path, series_uid: str, destinations: list[str],
                  now: float) -> None:
     db.execute("INSERT OR IGNORE INTO outputs VALUES (?, ?, ?)", (str(path), series_uid, now))
@@ -321,8 +341,11 @@ def forwarded(db: sqlite3.Connection, series_uid: str, sending: bool, now: float
                                "series_uid=?", (series_uid,)).fetchone()
     if last is None or pending:
         return None
-    db.execute("UPDATE series SET forwarded_at=? WHERE series_uid=?", (last, series_uid))
-    return last - row[2]
+    # Everything was sent before this slice arrived (it was sent again, or failed): the series
+    # is finished now, not at its last send.
+    finished = last if last >= row[2] else now
+    db.execute("UPDATE series SET forwarded_at=? WHERE series_uid=?", (finished, series_uid))
+    return finished - row[2]
 
 
 def open_journal(spool: Path) -> Journal:

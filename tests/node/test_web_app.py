@@ -51,6 +51,32 @@ def test_a_series_is_forwarded_when_its_last_send_goes_out(tmp_path):
     journal.close()
 
 
+def test_a_slice_sent_again_keeps_counters_rising_and_latency_positive(tmp_path):
+    journal = Journal(tmp_path / "journal.sqlite")
+    journal.received("1.2.1", "9.9", tmp_path / "1.dcm")
+    journal.enhanced("9.9", [tmp_path / "o.dcm"], {}, ["A"], time.time())
+    (send,) = journal.due("A")
+    assert journal.sent(send) >= 0
+    time.sleep(0.05)
+    journal.received("1.2.1", "9.9", tmp_path / "1.dcm")  # the modality sends it again
+    # Enhanced again to the same derived file, already sent: nothing to send, finished now.
+    latency = journal.enhanced("9.9", [tmp_path / "o.dcm"], {}, ["A"], time.time())
+    assert latency is not None and latency >= 0
+    counters = journal.counters()
+    assert (counters["received"], counters["enhanced"]) == (2, 2)  # never down
+    assert journal.overview(since=0)["series"] == {"forwarded": 1}
+    journal.close()
+
+
+def test_a_series_whose_every_instance_failed_is_failed(tmp_path):
+    journal = Journal(tmp_path / "journal.sqlite")
+    journal.received("1.2.1", "9.9", tmp_path / "1.dcm")
+    journal.enhanced("9.9", [], {str(tmp_path / "1.dcm"): "not an image"}, ["A"], time.time())
+    figures = journal.overview(since=0)
+    assert figures["series"] == {"failed": 1} and figures["instances"] == {"failed": 1}
+    journal.close()
+
+
 def test_without_destinations_a_series_finishes_when_enhanced(tmp_path):
     journal = Journal(tmp_path / "journal.sqlite")
     journal.received("1.2.1", "9.9", tmp_path / "1.dcm")
@@ -77,7 +103,7 @@ def test_a_journal_from_before_the_page_gains_its_columns(tmp_path):
     old.commit()
     old.close()
     journal = Journal(path)
-    assert journal.counters()["enhanced"] == 1
+    assert journal.counters()["enhanced"] == 1 and journal.counters()["received"] == 1
     assert journal.series_rows()[0]["forwarded_at"] is None
     journal.close()
 
@@ -102,6 +128,8 @@ def test_http_addresses(text, expected):
 def test_bad_http_addresses_name_the_flag(text):
     with pytest.raises(InputError, match="--http: .* is not HOST:PORT"):
         parse_address(text)
+    with pytest.raises(InputError, match=r"IPv6 address in brackets, e.g. \[::1\]:8080"):
+        parse_address("::1:80")  # not all interfaces on port 1
 
 
 def test_the_token_file_must_be_private_and_long(tmp_path):
@@ -131,9 +159,11 @@ def test_a_page_reachable_from_other_hosts_needs_a_token_and_tls(tmp_path):
 
 
 def test_uids_are_shown_as_hashes():
-    text = hide_uids("incoming/1.2.826.0.1.3680043.8.498.1/1.2.3.4.5.dcm: bad, 3.5 s, v1.2.3")
+    text = hide_uids("incoming/1.2.826.0.1.3680043.8.498.1/1.2.3.4.5.dcm: bad, 3.5 s, v1.2.3, "
+                     "no association with PACS@10.0.0.5:104")
     assert "1.2.826" not in text and "1.2.3.4.5" not in text and "uid " in text
-    assert text.endswith(".dcm: bad, 3.5 s, v1.2.3")  # short dotted numbers stay
+    # Short dotted numbers and addresses stay.
+    assert text.endswith(".dcm: bad, 3.5 s, v1.2.3, no association with PACS@10.0.0.5:104")
 
 
 # -- the application -------------------------------------------------------------------------
@@ -158,7 +188,7 @@ def served(tiny_engine, tmp_path):
 
 
 def client_for(node, **settings) -> TestClient:
-    return TestClient(make_app(node, HttpSettings(**settings)))
+    return TestClient(make_app(node, HttpSettings(**settings)), base_url="http://127.0.0.1:8080")
 
 
 def test_pages_show_the_series_and_its_slices(served):
@@ -195,7 +225,9 @@ def test_no_patient_identifier_is_served_unless_asked(served):
     routes = ["/", "/overview.part", "/overview.json", f"/series/{key}",
               f"/series/{key}/slices.json", "/metrics", "/healthz", "/login"]
     for route in routes:
-        body = client.get(route).content.decode("utf-8", "replace")
+        answer = client.get(route)
+        assert answer.status_code == 200, route
+        body = answer.content.decode("utf-8", "replace")
         assert_no_identifiers(body)
         assert "SeriesInstanceUID" not in body and "1.2.826.0.1" not in body
     shown = client_for(node, show_patient=True)
@@ -236,6 +268,40 @@ def test_with_a_token_every_page_needs_it(served, caplog):
     offsite = client.post("/login", data={"token": TOKEN, "next": "//evil.example/"},
                           follow_redirects=False)
     assert offsite.headers["location"] == "/"
+
+
+def test_errors_on_the_page_name_files_by_hash(served):
+    node, _ = served
+    node.journal.event("refused", f"{node.settings.spool}/incoming/1.2.826.0.1.3680043.8.498.77/"
+                       "1.2.826.0.1.3680043.8.498.78.dcm: not an image")
+    client = client_for(node)
+    (error,) = client.get("/overview.json").json()["errors"]
+    assert error["message"].startswith("incoming/uid ") and "1.2.826" not in error["message"]
+    assert str(node.settings.spool) not in error["message"]
+    assert "1.2.826.0.1.3680043.8.498.78" not in client.get("/").text
+
+
+def test_loopback_answers_its_own_names_only(served):
+    """No login on loopback: a page elsewhere that rebinds its name to 127.0.0.1 is refused."""
+    node, _ = served
+    client = client_for(node)
+    for host in ("127.0.0.1:8080", "localhost:8080", "[::1]:8080"):
+        assert client.get("/healthz", headers={"Host": host}).status_code == 200, host
+    assert client.get("/overview.json", headers={"Host": "evil.example:8080"}).status_code == 400
+
+
+def test_paths_around_the_gate_are_refused(served):
+    node, _ = served
+    client = client_for(node, token=TOKEN)
+    for route in ("/static/../overview.json", "/static/%2e%2e/overview.json", "/login/",
+                  "/login/../overview.json", "/LOGIN", "//overview.json"):
+        answer = client.get(route)
+        assert answer.status_code in (401, 404), (route, answer.status_code)
+        assert b'"instances"' not in answer.content
+    assert client.get("/static/style.css").status_code == 200  # code and style pass
+    huge = client.post("/login", content=b"token=" + b"x" * 10_000,
+                       headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert huge.status_code == 413
 
 
 def test_health_and_metrics_follow_the_journal(served):
@@ -280,5 +346,5 @@ def test_the_page_changes_nothing_in_the_spool(served):
     for route in ["/", "/overview.part", f"/series/{key}", f"/series/{key}/slices.json",
                   f"/series/{key}/slice/0/source", f"/series/{key}/slice/2/enhanced",
                   "/metrics", "/healthz"]:
-        client.get(route)
+        assert client.get(route).status_code == 200, route
     assert state() == before

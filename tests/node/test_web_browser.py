@@ -246,7 +246,7 @@ def test_off_loopback_the_page_needs_a_token_and_tls(tmp_path):
             urllib.request.urlopen(f"http://127.0.0.1:{web}/healthz", timeout=10)
     finally:
         stop(node)
-    assert "401 GET /metrics from 127.0.0.1" in (tmp_path / "b" / "node.log").read_text()
+    assert "401 GET '/metrics' from 127.0.0.1" in (tmp_path / "b" / "node.log").read_text()
 
 
 @pytest.mark.slow

@@ -62,6 +62,8 @@ def parse_address(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep:
         host, port = "127.0.0.1", text
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise InputError(f"--http: {text!r}: write an IPv6 address in brackets, e.g. [::1]:8080")
     host = host.strip("[]")
     if not port.isdigit() or not 0 <= int(port) <= 65535 or (sep and not host):
         raise InputError(f"--http: {text!r} is not HOST:PORT or PORT (e.g. 8080, "

@@ -16,15 +16,18 @@ import statistics
 import time
 from pathlib import Path
 from typing import Any, Optional
-from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
+
+from scanside.errors import InputError
 
 from ..journal import Journal
 from ..metrics import Metrics
@@ -36,7 +39,9 @@ HERE = Path(__file__).parent
 COOKIE = "scanside_session"
 HOUR = 3600.0
 # A DICOM UID in a message or a file name: shown as a short hash, as the series are.
-UID = re.compile(r"(?<!\d)(?<!\d\.)\d+(?:\.\d+){3,}(?!\d|\.\d)")
+# Five parts or more, so that an IPv4 address in a message stays readable.
+UID = re.compile(r"(?<!\d)(?<!\d\.)\d+(?:\.\d+){4,}(?!\d|\.\d)")
+LOGIN_BODY = 4096  # bytes: a token and a return path
 # Window presets (center, width in HU) for CT; "own" is the file's WindowCenter/Width.
 PRESETS = {"brain": (40, 80), "soft tissue": (40, 400), "lung": (-600, 1500),
            "bone": (400, 1800)}
@@ -84,7 +89,7 @@ class Gate:
             await self.app(scope, receive, with_headers)
             return
         client = scope.get("client") or ("?", 0)
-        log.warning("401 %s %s from %s: no valid token", scope["method"], path, client[0])
+        log.warning("401 %s %r from %s: no valid token", scope["method"], path, client[0])
         await self.refusal(request)(scope, receive, with_headers)
 
     def allowed(self, request: Request) -> bool:
@@ -122,20 +127,21 @@ def make_app(node: Any, settings: HttpSettings) -> Starlette:
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     engine = engine_text(node)
 
+    # The routes are plain functions: Starlette runs them in its thread pool, so reading the
+    # journal or decoding a slice never holds up the event loop (nor /healthz and /metrics).
     def overview_context() -> dict[str, Any]:
         return overview(node, reader, spool, engine)
 
-    async def index(request: Request) -> Response:
-        return templates.TemplateResponse(request, "overview.html",
-                                          {**overview_context(), "settings": settings})
+    def index(request: Request) -> Response:
+        return templates.TemplateResponse(request, "overview.html", overview_context())
 
-    async def overview_part(request: Request) -> Response:
+    def overview_part(request: Request) -> Response:
         return templates.TemplateResponse(request, "overview_part.html", overview_context())
 
-    async def overview_json(request: Request) -> Response:
+    def overview_json(request: Request) -> Response:
         return JSONResponse(overview_context())
 
-    async def series_page(request: Request) -> Response:
+    def series_page(request: Request) -> Response:
         view = spool.series(request.path_params["key"])
         if view is None:
             return Response("no such series on this node\n", 404, media_type="text/plain")
@@ -144,7 +150,7 @@ def make_app(node: Any, settings: HttpSettings) -> Starlette:
             "view": view, "layers": layers, "presets": PRESETS,
             "show_patient": settings.show_patient})
 
-    async def slices_json(request: Request) -> Response:
+    def slices_json(request: Request) -> Response:
         view = spool.series(request.path_params["key"])
         if view is None:
             return JSONResponse({"error": "no such series"}, 404)
@@ -153,33 +159,39 @@ def make_app(node: Any, settings: HttpSettings) -> Starlette:
             "presets": PRESETS, "modality": view.modality,
             "slices": [{"layers": sorted(s.layers), "windows": s.windows} for s in view.slices]})
 
-    async def pixels(request: Request) -> Response:
+    def pixels(request: Request) -> Response:
         view = spool.series(request.path_params["key"])
         index, layer = request.path_params["index"], request.path_params["layer"]
         if view is None or not 0 <= index < len(view.slices) or \
                 layer not in view.slices[index].layers:
             return Response("no such slice or layer\n", 404, media_type="text/plain")
         path, frame = view.slices[index].layers[layer]
-        data, dtype, shape = spool.pixels(path, frame)
+        try:
+            data, dtype, shape = spool.pixels(path, frame)
+        except (OSError, InputError):  # gone or unreadable since it was listed
+            return Response("this slice cannot be read now\n", 404, media_type="text/plain")
         return Response(data, media_type="application/octet-stream",
                         headers={"X-Dtype": dtype, "X-Rows": str(shape[0]),
                                  "X-Columns": str(shape[1])})
 
-    async def healthz(request: Request) -> Response:
+    def healthz(request: Request) -> Response:
         report = health(node, reader, spool_dir, settings.min_free_mb)
         return JSONResponse(report, 200 if report["healthy"] else 503)
 
-    async def metrics_route(request: Request) -> Response:
+    def metrics_route(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    async def login_form(request: Request) -> Response:
+    def login_form(request: Request) -> Response:
         target = safe_next(request.query_params.get("next", "/"))
         return templates.TemplateResponse(request, "login.html", {"next": target, "wrong": False})
 
     async def login(request: Request) -> Response:
-        form = parse_qs((await request.body()).decode("utf-8", "replace"))
-        target = safe_next((form.get("next") or ["/"])[0])
-        given = (form.get("token") or [""])[0].strip()
+        length = request.headers.get("content-length", "")
+        if not length.isdigit() or int(length) > LOGIN_BODY:
+            return Response("a login form is a token and a path\n", 413, media_type="text/plain")
+        async with request.form(max_files=0, max_fields=4, max_part_size=LOGIN_BODY) as form:
+            target = safe_next(str(form.get("next") or "/"))
+            given = str(form.get("token") or "").strip()
         if settings.token is None:
             return RedirectResponse(target, 303)
         if not secrets.compare_digest(given.encode(), settings.token.encode()):
@@ -202,7 +214,12 @@ def make_app(node: Any, settings: HttpSettings) -> Starlette:
         Route("/login", login_form, methods=["GET"]), Route("/login", login, methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
-    app = Starlette(routes=routes)
+    middleware = []
+    if settings.loopback:  # no login here: refuse other names, or a web page could rebind
+        # its own name to 127.0.0.1 and read this one from the user's browser
+        middleware.append(Middleware(TrustedHostMiddleware,
+                                     allowed_hosts=["127.0.0.1", "localhost", "[::1]", "::1"]))
+    app = Starlette(routes=routes, middleware=middleware)
     return Gate(app, settings, templates)  # type: ignore[return-value]
 
 
@@ -229,7 +246,7 @@ def overview(node: Any, reader: Journal, spool: Spool, engine: dict[str, str]) -
     rows = []
     for row in reader.series_rows(limit=50):
         state = row["state"]
-        if row["series_uid"] == enhancing:
+        if row["series_uid"] == enhancing and state == "open":  # still open: not yet closed
             state = "enhancing"
         elif state == "open":
             state = "received"
@@ -239,18 +256,19 @@ def overview(node: Any, reader: Journal, spool: Spool, engine: dict[str, str]) -
             state = "failed"
         about = spool.summary(row.pop("first_path"))
         uid = row.pop("series_uid")
-        rows.append({**row, "key": spool.key_of(uid), "state": state, "enhancing": uid == enhancing,
+        rows.append({**row, "key": spool.key_of(uid), "state": state,
+                     "enhancing": state == "enhancing",
                      **about,
                      "arrived": clock(row["first_received"]),
                      "latency_s": (row["forwarded_at"] - row["last_received"])
                      if row["forwarded_at"] else None})
-    if enhancing is not None:  # the node's own state: the journal has no "enhancing"
+    if any(r["enhancing"] for r in rows):  # the node's own state: the journal has none
         waiting = sum(r["instances"] - r["enhanced"] - r["failed"] for r in rows
                       if r["enhancing"])
         instances["enhancing"] = waiting
-        instances["received"] = instances.get("received", 0) - waiting
+        instances["received"] = max(0, instances.get("received", 0) - waiting)
         series["enhancing"] = 1
-        series["received"] = series.get("received", 0) - 1
+        series["received"] = max(0, series.get("received", 0) - 1)
     latencies = figures["last_hour"]["series_latency_s"]
     errors = [{"when": clock(e["at"]), "kind": e["kind"], "message": hide_uids(e["message"].replace(
         f"{node.settings.spool}{os.sep}", ""))} for e in summary["last_errors"]]
@@ -260,7 +278,7 @@ def overview(node: Any, reader: Journal, spool: Spool, engine: dict[str, str]) -
         "instances": {k: instances.get(k, 0) for k in
                       ("received", "enhancing", "enhanced", "failed", "forwarded")},
         "series": {k: series.get(k, 0) for k in
-                   ("received", "enhancing", "enhanced", "forwarded")},
+                   ("received", "enhancing", "enhanced", "failed", "forwarded")},
         "sends": figures["sends"], "retrying": retrying, "errors": errors,
         "last_hour": {
             "slices enhanced": figures["last_hour"]["enhanced"],

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,10 +83,16 @@ class Spool:
     """The journal's series and their files, as the page shows them."""
 
     def __init__(self, journal: Journal, show_patient: bool = False,
-                 cached_values: int = 256) -> None:
+                 cached_values: int = 256, cached_headers: int = 100_000,
+                 view_seconds: float = 1.0) -> None:
+        """``view_seconds``: how long a series' slice list is reused (the viewer asks for it,
+        then for each layer of each slice it shows: one listing of the files serves them)."""
         self.journal, self.show_patient = journal, show_patient
         self.lock = threading.Lock()
-        self.headers: dict[tuple[Path, bool], tuple[int, Any]] = {}
+        self.headers: OrderedDict[tuple[Path, bool], tuple[int, Any]] = OrderedDict()
+        self.cached_headers = cached_headers
+        self.views: dict[str, tuple[float, SeriesView]] = {}
+        self.view_seconds = view_seconds
         self.values: OrderedDict[tuple[Path, int, int], tuple[bytes, str, tuple[int, int]]] = \
             OrderedDict()
         self.cached_values = cached_values
@@ -115,6 +122,8 @@ class Spool:
             header = None
         with self.lock:
             self.headers[(path, received)] = (mtime, header)
+            while len(self.headers) > self.cached_headers:
+                self.headers.popitem(last=False)
         return header
 
     # -- series ----------------------------------------------------------------------------
@@ -148,6 +157,20 @@ class Spool:
         return out
 
     def series(self, key: str) -> Optional[SeriesView]:
+        now = time.monotonic()
+        with self.lock:
+            cached = self.views.get(key)
+        if cached is not None and now - cached[0] < self.view_seconds:
+            return cached[1]
+        view = self.list_series(key)
+        if view is not None:
+            with self.lock:
+                self.views = {k: v for k, v in self.views.items()
+                              if now - v[0] < self.view_seconds}
+                self.views[key] = (now, view)
+        return view
+
+    def list_series(self, key: str) -> Optional[SeriesView]:
         uid = self.uid_of(key)
         if uid is None:
             return None
