@@ -13,13 +13,14 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
 from scanside.errors import InputError
+from scanside.runtime.engines import GpuOptions
 from scanside.runtime.iospec import size_bindings
 from scanside.runtime.sampling import Sampling
 from scanside.runtime.timing import Recorder
@@ -52,6 +53,7 @@ class Settings:
     dicom: Optional[Path] = None  # time DICOM read/write with this file as the input
     threads: Optional[int] = None
     vae_tile: Optional[int] = None  # see Pipeline.vae_tile
+    gpu: GpuOptions = field(default_factory=GpuOptions)  # --cuda-graph, --low-memory
 
     def check(self) -> None:
         if self.repeat < 1 or self.warmup < 0:
@@ -166,7 +168,7 @@ def run_bench(engine_dir: Path, settings: Settings, progress: bool = True) -> di
     settings.check()
     rss_before = machine.peak_rss_bytes()
     pipe = Pipeline.load(engine_dir, settings.backend, threads=settings.threads,
-                         vae_tile=settings.vae_tile)
+                         vae_tile=settings.vae_tile, gpu=settings.gpu)
     on_gpu = pipe.backend.value != "cpu"
     device_before = machine.device_memory_in_use() if on_gpu else None
     size = settings.size or pipe.manifest.height

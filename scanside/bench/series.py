@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from scanside.runtime.engines import GpuOptions
 from scanside.runtime.sampling import Sampling
 
 from .harness import test_image
@@ -43,9 +44,11 @@ def write_series(folder: Path, count: int, size: int, pixel_mm: float = 0.5) -> 
 
 def run_series(engine_dir: Optional[Path], count: int = 100, size: int = 512,
                threads: Optional[int] = None, workers: Optional[int] = None,
-               sampling: Optional[Sampling] = None, **settings: Any) -> dict[str, Any]:
+               sampling: Optional[Sampling] = None, backend: str = "cpu",
+               gpu: Optional[GpuOptions] = None, **settings: Any) -> dict[str, Any]:
     """``workers`` slices at once (default: as ``scanside enhance``), each engine call on
-    ``threads`` (default: the cores split between the workers)."""
+    ``threads`` (default: the cores split between the workers), on ``backend`` with ``gpu``
+    (scanside.runtime.engines.GpuOptions)."""
     from scanside import Pipeline
     from scanside.dicom import enhance_series
     from scanside.runtime.parallel import default_workers, threads_per_worker
@@ -55,7 +58,7 @@ def run_series(engine_dir: Optional[Path], count: int = 100, size: int = 512,
     sampling = Sampling.of(sampling, **settings)
     workers = workers or default_workers()
     threads = threads or threads_per_worker(workers)
-    pipe = Pipeline.load(engine_dir, threads=threads)
+    pipe = Pipeline.load(engine_dir, backend, threads=threads, gpu=gpu or GpuOptions())
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "in"
         source.mkdir()
@@ -69,6 +72,6 @@ def run_series(engine_dir: Optional[Path], count: int = 100, size: int = 512,
         raise RuntimeError(f"bench series: {report.failures[0][0]}: {report.failures[0][1]}")
     return {"slices": count, "size": size, "seconds": seconds,
             "slices_per_second": count / seconds, "seconds_per_slice": seconds / count,
-            "workers": workers, "threads_per_worker": threads,
+            "workers": workers, "threads_per_worker": threads, "backend": pipe.backend.value,
             "engine": str(pipe.engine_dir), "precision": pipe.manifest.precision.value,
             "sampling": pipe.sampling_defaults(**sampling.given()), "machine": machine.describe()}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from scanside.errors import InputError
 
-from .options import add_backend, add_vae_tile, positive_int, strength_arg
+from .options import add_backend, add_vae_tile, gpu_options, positive_int, strength_arg
 
 
 def add_parser(sub: "argparse._SubParsersAction") -> None:
@@ -49,10 +49,10 @@ def cmd_bench_series(args: argparse.Namespace) -> int:
     from scanside.bench.series import run_series
 
     result = run_series(args.engine_dir, args.series, args.size or 512, args.threads,
-                        args.workers)
+                        args.workers, backend=args.backend, gpu=gpu_options(args))
     print(f"{result['slices']} slices of {result['size']}x{result['size']} CT through "
           f"`scanside enhance` (DICOM read, enhance, derived write), {result['precision']} "
-          f"engine, model settings, {result['workers']} worker(s) x "
+          f"engine on {result['backend']}, model settings, {result['workers']} worker(s) x "
           f"{result['threads_per_worker']} thread(s): {result['slices_per_second']:.2f} slices/s, "
           f"{result['seconds_per_slice']:.3f} s per slice ({cpu_label(result['machine']['cpu'])})")
     if args.json:
@@ -75,7 +75,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     settings = Settings(task=Task(args.task), size=args.size, steps=args.steps,
                         strength=args.strength, guidance=args.guidance, scheduler=args.scheduler,
                         backend=args.backend, repeat=args.repeat, warmup=args.warmup,
-                        dicom=args.dicom, threads=args.threads, vae_tile=args.vae_tile)
+                        dicom=args.dicom, threads=args.threads, vae_tile=args.vae_tile,
+                        gpu=gpu_options(args))
     if args.peers and args.model is None:
         raise InputError("--peers: give --model MODEL_DIR, the checkpoint the engine was "
                          "exported from, so the peers run the same weights")

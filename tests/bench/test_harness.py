@@ -156,3 +156,25 @@ def test_passes_are_counted_not_assumed():
     assert passes_per_image([{"loop": [0.1] * 6}], [3]) == 2  # 3 frames, 2 views each
     with pytest.raises(RuntimeError, match="different numbers of passes"):
         passes_per_image([one, {"loop": [0.1, 0.1]}], [1, 1])
+
+
+def test_gpu_flags_reach_the_pipeline(tiny_engine, tmp_path, monkeypatch):
+    """`scanside bench --backend B --cuda-graph` and `--series N --backend B` load the pipeline
+    on B with the graphs: both were dropped before (the series ran on the CPU whatever the
+    backend, and no run captured graphs), which only a GPU run would have shown."""
+    from scanside import Pipeline
+    from scanside.runtime.engines import GpuOptions
+
+    asked = []
+    load = Pipeline.load.__func__
+
+    def recording(cls, engine_dir=None, backend="cpu", *args, **kwargs):
+        asked.append((backend, kwargs.get("gpu")))
+        return load(cls, engine_dir, "cpu", *args, **{**kwargs, "gpu": GpuOptions()})
+
+    monkeypatch.setattr(Pipeline, "load", classmethod(recording))
+    for extra in ([], ["--series", "2", "--size", "64", "--workers", "1"]):
+        asked.clear()
+        assert main(["bench", str(tiny_engine), "--backend", "cuda", "--cuda-graph", "--repeat",
+                     "1", "--warmup", "0", "--steps", "4", "--strength", "0.5", *extra]) == 0
+        assert asked == [("cuda", GpuOptions(cuda_graph=True))], extra
