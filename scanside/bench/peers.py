@@ -31,13 +31,17 @@ def test_image(size: int, seed: int) -> np.ndarray:
     return np.repeat(gray[None, ..., None], 3, axis=3)  # (1, H, W, 3)
 
 
-def timed(call, repeat: int, warmup: int) -> dict:
+def timed(call, repeat: int, warmup: int, sync=lambda: None) -> dict:
+    """``sync``: waits for the device (a GPU's work is asynchronous: without it a run would
+    end when its kernels are queued, not done)."""
     for _ in range(warmup):
         call()
+    sync()
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
         call()
+        sync()
         times.append(time.perf_counter() - start)
     values = np.asarray(times)
     return {"median": float(np.median(values)), "p90": float(np.percentile(values, 90)),
@@ -58,11 +62,21 @@ def run_diffusers(args) -> dict:
 
     cls = (diffusers.StableDiffusionImg2ImgPipeline if args.task == "enhance"
            else diffusers.StableDiffusionPipeline)
-    pipe = cls.from_pretrained(args.model, safety_checker=None, requires_safety_checker=False)
+    dtype = {"fp32": torch.float32, "fp16": torch.float16}[args.dtype]
+    pipe = cls.from_pretrained(args.model, safety_checker=None, requires_safety_checker=False,
+                               torch_dtype=dtype).to(args.device)
     pipe.set_progress_bar_config(disable=True)
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     with torch.inference_mode():
-        total = timed(call_for(pipe, args), args.repeat, args.warmup)
-    return {"name": f"diffusers {version('diffusers')} (torch {torch.__version__})", "total": total}
+        total = timed(call_for(pipe, args), args.repeat, args.warmup,
+                      torch.cuda.synchronize if cuda else (lambda: None))
+    result = {"name": f"diffusers {version('diffusers')} (torch {torch.__version__}, "
+                      f"{args.device}, {args.dtype})", "total": total}
+    if cuda:
+        result["peak_device_memory_bytes"] = torch.cuda.max_memory_allocated()
+    return result
 
 
 def export_optimum(model: Path, out: Path, task: str) -> None:
@@ -101,6 +115,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="diffusers: torch device (cuda on a GPU)")
+    parser.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32", help="diffusers")
     parser.add_argument("--only", choices=["diffusers", "optimum"], action="append")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()

@@ -164,6 +164,32 @@ def test_a_silent_cpu_fallback_of_onnx_runtime_is_refused(monkeypatch, tiny_engi
         adapter.OrtEngine(tiny_engine / component.file, component.spec, Backend.CUDA)
 
 
+def test_gpu_sessions_first_load_cuda_from_the_pip_packages(monkeypatch, tiny_engine):
+    """onnxruntime-gpu finds CUDA and cuDNN in the nvidia-* pip packages only through
+    preload_dlls (the GPU machine has them only there): called once before a GPU session,
+    never for the CPU."""
+    import onnxruntime as ort
+
+    from scanside.runtime.engines import onnxruntime as adapter
+
+    component = read_manifest(tiny_engine).components["text_encoder"]
+    calls = []
+    monkeypatch.setattr(ort, "preload_dlls", lambda: calls.append("preload"), raising=False)
+    adapter.preload_gpu_libraries.cache_clear()
+    adapter.OrtEngine(tiny_engine / component.file, component.spec, Backend.CPU)
+    assert calls == []
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    real = ort.InferenceSession
+    monkeypatch.setattr(ort, "InferenceSession", lambda path, sess_options=None, providers=None:
+                        real(path, sess_options=sess_options, providers=["CPUExecutionProvider"]))
+    for _ in range(2):
+        with pytest.raises(BackendUnavailable):  # this machine has no CUDA: the fallback
+            adapter.OrtEngine(tiny_engine / component.file, component.spec, Backend.CUDA)
+    assert calls == ["preload"]
+    adapter.preload_gpu_libraries.cache_clear()
+
+
 def test_trtexec_script_is_valid_bash_with_one_command_per_component(tiny_engine, tmp_path):
     from scanside.export.tensorrt import trtexec_script
 

@@ -15,6 +15,7 @@ ONNX Runtime's execution-provider documentation.
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Mapping
@@ -121,6 +122,21 @@ def session_options(threads: int | None) -> ort.SessionOptions:
     return options
 
 
+@functools.lru_cache(maxsize=None)
+def preload_gpu_libraries() -> None:
+    """Load CUDA and cuDNN from the nvidia-* pip packages (torch's, or onnxruntime-gpu's own
+    [cuda,cudnn] extras) where they are not on the library path: onnxruntime-gpu >= 1.21's
+    preload_dlls. Without it the CUDA provider does not load on such a machine and the
+    session is refused below (it would otherwise run on the CPU)."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception as exc:  # noqa: BLE001 - the libraries may be on the path anyway
+        log.info("onnxruntime.preload_dlls: %s: %s", type(exc).__name__, exc)
+
+
 class OrtEngine:
     def __init__(self, path: Path, spec: IOSpec, backend: Backend, threads: int | None = None,
                  precision: str = "fp32", cache_dir: Path | None = None,
@@ -133,6 +149,8 @@ class OrtEngine:
                 f"install: {INSTALL.get(backend, '')}; or use --backend cpu")
         self.spec = spec
         self.backend = backend
+        if backend is not Backend.CPU:
+            preload_gpu_libraries()
         options = session_options(threads)
         providers: list = [provider]
         # CUDA graphs need every input and output at a fixed address and shape.
