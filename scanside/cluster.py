@@ -152,7 +152,7 @@ def enhance_archive(paths: Sequence[Path], out_dir: "str | Path", *,
     try:
         import ray
     except ImportError:
-        raise InputError("--ray: Ray is not installed; pip install 'scanside[cluster]'") from None
+        raise InputError("address: Ray is not installed; pip install 'scanside[cluster]'") from None
     from scanside import Pipeline
     from scanside.dicom.series import check_output_dir, run_fingerprint
     from scanside.files import folder_lock, remove_partials
@@ -171,7 +171,7 @@ def enhance_archive(paths: Sequence[Path], out_dir: "str | Path", *,
     pipe = Pipeline.load(engine, backend, max_tile=max_tile)  # for the fingerprint only
     fingerprint = run_fingerprint(pipe, window, sampling)
     if not fingerprint:
-        raise InputError("--ray: the run must be deterministic (no noise function) so that "
+        raise InputError("noise: the run must be deterministic (no noise function) so that "
                          "every node derives the same UIDs")
     report = ArchiveReport()
     started = time.perf_counter()

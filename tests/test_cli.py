@@ -4,6 +4,7 @@ and no output file."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -273,6 +274,17 @@ def test_library_errors_are_told_in_flag_names(tmp_path, capsys):
     assert as_flags("out_dir s3://***@b/run: cannot be written") == \
         "--out s3://***@b/run: cannot be written"
     assert as_flags("/data/a.dcm: not DICOM") == "/data/a.dcm: not DICOM"  # a path stays
+    # The last messages that named flags from inside the library (the house issue's list).
+    assert as_flags("address: Ray is not installed").startswith("--ray: ")
+    assert as_flags("tensorrt: no GPU").startswith("--tensorrt/--trtexec-script: ")
+    assert as_flags("repeat: 0, warmup: 1; need").startswith("--repeat: ")
+    library = Path(__file__).resolve().parents[1] / "scanside"
+    for path in library.rglob("*.py"):
+        if "cli" in path.relative_to(library).parts or path.name == "__main__.py":
+            continue
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"(InputError|OutputError)\(f?\"--", text), \
+            f"{path.relative_to(library)}: a library message opens with a CLI flag"
     image = tmp_path / "a.npy"
     np.save(image, np.zeros((64, 64), np.float32))
     # check_output_dir (scanside.dicom.series) names out_dir; the command says --out.

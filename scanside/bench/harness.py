@@ -57,7 +57,8 @@ class Settings:
 
     def check(self) -> None:
         if self.repeat < 1 or self.warmup < 0:
-            raise InputError(f"--repeat {self.repeat} / --warmup {self.warmup}: need repeat >= 1, warmup >= 0")
+            raise InputError(f"repeat: {self.repeat}, warmup: {self.warmup}; need repeat >= 1 and "
+                             "warmup >= 0")
 
 
 def test_image(size: int, seed: int) -> np.ndarray:

@@ -36,7 +36,8 @@ FLAGS = {"out_dir": "--out", "consistency_px": "--consistency", "noise_factor": 
          "component_precision": "--component-precision", "attention": "--attention",
          "tiny_vae": "--tiny-vae", "trt_compat": "--trt-compat", "opset": "--opset",
          "tiny_vae_parts": "--tiny-vae-parts", "device": "--device", "address": "--ray",
-         "holdout": "--holdout", "lr": "--lr"}
+         "holdout": "--holdout", "lr": "--lr", "tensorrt": "--tensorrt/--trtexec-script",
+         "repeat": "--repeat", "http": "--http", "token_file": "--http-token-file"}
 
 
 # Names of scanside/cli.py (until 0.1.0) that are not the command modules' own functions.

@@ -126,9 +126,9 @@ def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional
     attention = parse_attention(attention)
     layout = parse_int8_layout(int8_activations, int8_weights)
     if attention is Attention.FUSED and trt_compat:
-        raise InputError("--attention fused with --trt-compat: the fused node is ONNX Runtime's "
-                         "own, which TensorRT cannot parse; export TensorRT engines with "
-                         "--attention plain")
+        raise InputError("attention: fused, with trt_compat set: the fused node is ONNX "
+                         "Runtime's own, which TensorRT cannot parse; export TensorRT engines "
+                         "with plain attention")
     precisions = resolve_precisions(precision, component_precision or {})
     ckpt.check_folder(model_dir)
     task = ckpt.read_task(model_dir)  # labels without codes are refused before any export work
@@ -150,8 +150,8 @@ def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional
     noise_level = ckpt.read_noise_level(model_dir)
     conditioning = conditioning_of(shape, model_dir, noise_level)
     if dynamic and any(p is not Precision.FP32 for p in precisions.values()):
-        raise InputError("--precision with --dynamic: reduced precision is calibrated and checked "
-                         "at one static size; export with --height/--width instead")
+        raise InputError("precision: reduced precision with dynamic sizes: it is calibrated and "
+                         "checked at one static size; export at one height and width instead")
     calibration_set = None
     if needs_calibration(precisions):  # before any work: a missing folder fails in a second
         calibration_set = gather(calibration, synthetic_calibration, height, width,

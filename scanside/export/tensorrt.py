@@ -29,7 +29,7 @@ mkdir -p "$ENGINE/tensorrt/trtexec"
 def check_for_tensorrt(engine_dir: Path, manifest: Manifest) -> None:
     reason = unfit_backends(manifest, engine_dir).get(Backend.TENSORRT)
     if reason:
-        raise InputError(f"--tensorrt/--trtexec-script: {reason}")
+        raise InputError(f"tensorrt: {reason}")
 
 
 def trtexec_script(engine_dir: Path, manifest: Manifest, trt_major: int = 10) -> str:

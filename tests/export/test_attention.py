@@ -83,7 +83,7 @@ def test_export_refuses_fused_attention_for_tensorrt(tiny_model, tmp_path, capsy
     assert not (tmp_path / "e").exists()
     with pytest.raises(InputError, match="^attention: 'flash'"):
         export_model(tiny_model, tmp_path / "e", attention="flash")
-    with pytest.raises(InputError, match="--trt-compat"):
+    with pytest.raises(InputError, match="^attention: fused, with trt_compat set"):
         export_model(tiny_model, tmp_path / "e", attention="fused", trt_compat="8.5")
 
 

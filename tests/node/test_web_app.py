@@ -126,7 +126,7 @@ def test_http_addresses(text, expected):
 
 @pytest.mark.parametrize("text", ["", "host:", ":80", "80000", "host:http"])
 def test_bad_http_addresses_name_the_flag(text):
-    with pytest.raises(InputError, match="--http: .* is not HOST:PORT"):
+    with pytest.raises(InputError, match="http: .* is not HOST:PORT"):
         parse_address(text)
     with pytest.raises(InputError, match=r"IPv6 address in brackets, e.g. \[::1\]:8080"):
         parse_address("::1:80")  # not all interfaces on port 1

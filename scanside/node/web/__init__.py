@@ -63,31 +63,31 @@ def parse_address(text: str) -> tuple[str, int]:
     if not sep:
         host, port = "127.0.0.1", text
     if ":" in host and not (host.startswith("[") and host.endswith("]")):
-        raise InputError(f"--http: {text!r}: write an IPv6 address in brackets, e.g. [::1]:8080")
+        raise InputError(f"http: {text!r}: write an IPv6 address in brackets, e.g. [::1]:8080")
     host = host.strip("[]")
     if not port.isdigit() or not 0 <= int(port) <= 65535 or (sep and not host):
-        raise InputError(f"--http: {text!r} is not HOST:PORT or PORT (e.g. 8080, "
+        raise InputError(f"http: {text!r} is not HOST:PORT or PORT (e.g. 8080, "
                          "127.0.0.1:8080, 0.0.0.0:8443)")
     return host, int(port)
 
 
-def read_token(path: Path) -> str:
+def read_token(token_file: Path) -> str:
     """The bearer token: the file's first line, at least MIN_TOKEN characters; a file others
     may read is refused (the token is a password)."""
     try:
-        info = path.stat()
-        token = path.read_text(encoding="utf-8").strip().splitlines()
+        info = token_file.stat()
+        token = token_file.read_text(encoding="utf-8").strip().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or type(exc).__name__
-        raise InputError(f"--http-token-file: {path} cannot be read ({reason}); give a file "
+        raise InputError(f"token_file: {token_file} cannot be read ({reason}); give a file "
                          "holding the token on its first line") from None
     if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise InputError(f"--http-token-file: {path} may be read by others (mode "
-                         f"{stat.S_IMODE(info.st_mode):o}); chmod 600 {path}")
+        raise InputError(f"token_file: {token_file} may be read by others (mode "
+                         f"{stat.S_IMODE(info.st_mode):o}); chmod 600 {token_file}")
     if not token or len(token[0].strip()) < MIN_TOKEN:
-        raise InputError(f"--http-token-file: {path} holds no token of {MIN_TOKEN} characters "
+        raise InputError(f"token_file: {token_file} holds no token of {MIN_TOKEN} characters "
                          "or more; write one, e.g. `python -c 'import secrets; "
-                         f"print(secrets.token_urlsafe(32))' > {path}`")
+                         f"print(secrets.token_urlsafe(32))' > {token_file}`")
     return token[0].strip()
 
 
@@ -99,7 +99,7 @@ def check_access(settings: HttpSettings) -> None:
                                         ("--tls-cert and --tls-key", settings.tls_cert))
                if value is None]
     if missing:
-        raise InputError(f"--http: {settings.host} is not a loopback address, and the page shows "
+        raise InputError(f"http: {settings.host} is not a loopback address, and the page shows "
                          f"patient images: it needs {' and '.join(missing)} (or bind it to "
                          "127.0.0.1 and reach it through an SSH tunnel)")
 
@@ -118,7 +118,7 @@ class WebServer:
             self.socket.bind((settings.host, settings.port))
         except OSError as exc:
             self.socket.close()
-            raise InputError(f"--http: cannot listen on {settings.host}:{settings.port} "
+            raise InputError(f"http: cannot listen on {settings.host}:{settings.port} "
                              f"({exc.strerror}); choose another address or port") from None
         self.port = self.socket.getsockname()[1]
         tls = {}
@@ -137,7 +137,7 @@ class WebServer:
         deadline = time.monotonic() + timeout
         while not self.server.started:
             if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise InputError(f"--http: the web server did not start on {self.url} (see the "
+                raise InputError(f"http: the web server did not start on {self.url} (see the "
                                  "log above)")
             time.sleep(0.02)
         log.warning("scanside node web page on %s", self.url)
@@ -154,7 +154,7 @@ def start_web(node: Any, settings: HttpSettings) -> WebServer:
     try:
         from .app import make_app
     except ImportError as exc:
-        raise InputError(f"--http: {INSTALL} ({exc.name} is missing)") from None
+        raise InputError(f"http: {INSTALL} ({exc.name} is missing)") from None
     server = WebServer(make_app(node, settings), settings)
     server.start()
     return server
