@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from pathlib import Path
+from typing import Iterator
 
 from scanside.errors import InputError
 
@@ -30,20 +32,7 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--tls-cert", type=Path, help="TLS certificate for incoming associations")
     p.add_argument("--tls-key", type=Path, help="its private key")
     p.add_argument("--tls-ca", type=Path, help="CA whose client certificates are required")
-    web = p.add_argument_group("web page (docs/node.md#the-web-page)")
-    web.add_argument("--http", metavar="HOST:PORT",
-                     help="serve the node's page, /healthz and /metrics here (a bare PORT: "
-                          "127.0.0.1); any address but loopback needs --http-token-file and "
-                          "--tls-cert/--tls-key (the DICOM port's pair)")
-    web.add_argument("--http-token-file", type=Path, metavar="FILE",
-                     help="a file (mode 600) whose first line is the token every request must "
-                          "carry (Authorization: Bearer, or the login form's cookie)")
-    web.add_argument("--http-show-patient", action="store_true",
-                     help="show patient name, ID and birth date on the pages (off: series are "
-                          "shown by modality, description, slices, arrival time and a hash)")
-    web.add_argument("--http-min-free", type=float, default=1024.0, metavar="MB",
-                     help="/healthz answers unhealthy below this much free spool space "
-                          "(default 1024 MB)")
+    add_web_options(p, "the DICOM port's pair")
     add_sampling(p, guidance=1.0, strength=True)
     p.set_defaults(func=cmd_serve)
 
@@ -57,6 +46,9 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--stable", type=float, default=2.0, metavar="S",
                    help="a file is complete when its size and time are unchanged for S seconds")
     add_node_options(p)
+    web = add_web_options(p, "for the page only: watch mode has no DICOM port")
+    web.add_argument("--tls-cert", type=Path, help="TLS certificate of the web page")
+    web.add_argument("--tls-key", type=Path, help="its private key")
     add_sampling(p, guidance=1.0, strength=True)
     p.set_defaults(func=cmd_watch)
 
@@ -64,6 +56,26 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--spool", required=True, type=Path)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+
+
+def add_web_options(p: argparse.ArgumentParser, tls: str) -> "argparse._ArgumentGroup":
+    """--http and its access flags (docs/node.md#the-web-page); ``tls``: what --tls-cert and
+    --tls-key are on this command."""
+    web = p.add_argument_group("web page (docs/node.md#the-web-page)")
+    web.add_argument("--http", metavar="HOST:PORT",
+                     help="serve the node's page, /healthz and /metrics here (a bare PORT: "
+                          "127.0.0.1); any address but loopback needs --http-token-file and "
+                          f"--tls-cert/--tls-key ({tls})")
+    web.add_argument("--http-token-file", type=Path, metavar="FILE",
+                     help="a file (mode 600) whose first line is the token every request must "
+                          "carry (Authorization: Bearer, or the login form's cookie)")
+    web.add_argument("--http-show-patient", action="store_true",
+                     help="show patient name, ID and birth date on the pages (off: series are "
+                          "shown by modality, description, slices, arrival time and a hash)")
+    web.add_argument("--http-min-free", type=float, default=1024.0, metavar="MB",
+                     help="/healthz answers unhealthy below this much free spool space "
+                          "(default 1024 MB)")
+    return web
 
 
 def node_settings(args: argparse.Namespace, **extra):
@@ -123,18 +135,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings.workers = workers
     node = Node(settings, pipe, load_segmenter(args))
     node.start()
-    web = None
-    try:
-        if web_settings is not None:
-            from scanside.node.web import start_web
-
-            web = start_web(node, web_settings)
-        run_until_signalled(node.step)
-    finally:
-        if web is not None:
-            web.stop()
-        node.stop()
+    with serving(node, web_settings):
+        try:
+            run_until_signalled(node.step)
+        finally:
+            node.stop()
     return 0
+
+
+@contextlib.contextmanager
+def serving(node, settings) -> Iterator[None]:
+    """The node's web page while the block runs (nothing without --http); a page that cannot
+    start stops the node."""
+    if settings is None:
+        yield
+        return
+    from scanside.node.web import start_web
+
+    try:
+        web = start_web(node, settings)
+    except BaseException:
+        node.stop()
+        raise
+    try:
+        yield
+    finally:
+        web.stop()
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -149,15 +175,20 @@ def cmd_watch(args: argparse.Namespace) -> int:
         inside = args.in_dir.resolve() in [folder.resolve(), *folder.resolve().parents]
         if inside:
             raise InputError(f"{name}: {folder} is inside the watched folder; choose one outside")
+    if args.http is None and (args.tls_cert or args.tls_key):
+        raise InputError("--tls-cert/--tls-key: on watch they secure the web page: give --http "
+                         "too, or leave them out")
+    web_settings = http_settings(args)
     pipe, workers = load_for_slices(args)
     node = Node(node_settings(args, derived=args.out, workers=workers), pipe,
                 load_segmenter(args))
     node.start(listen=False)
     watcher = Watcher(node, args.in_dir, args.stable)
-    try:
-        run_until_signalled(lambda: (watcher.scan(), node.step()))
-    finally:
-        node.stop()
+    with serving(node, web_settings):
+        try:
+            run_until_signalled(lambda: (watcher.scan(), node.step()))
+        finally:
+            node.stop()
     return 0
 
 

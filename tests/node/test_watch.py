@@ -98,3 +98,46 @@ def test_watch_killed_at_twenty_points_takes_every_file_once(tiny_engine, tmp_pa
     uids = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in outputs}
     assert len(uids) == 20
     assert not partial_files(tmp_path)
+
+
+@pytest.mark.slow
+def test_watch_serves_the_page_too(tiny_engine, tmp_path):
+    """`scanside watch --http`: the same page for a drop folder (no destinations: a series is
+    done once enhanced)."""
+    import json
+    import urllib.request
+
+    from scanside.bench.orthanc import free_port
+
+    (tmp_path / "drop").mkdir()
+    port = free_port()
+    log = open(tmp_path / "watch-web.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scanside", "watch", str(tmp_path / "drop"), "--out",
+         str(tmp_path / "out"), "--spool", str(tmp_path / "spool"), "--engine", str(tiny_engine),
+         "--steps", "2", "--strength", "0.5", "--series-idle", "1", "--stable", "0.5",
+         "--http", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+    def overview():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/overview.json", timeout=5) as r:
+                return json.loads(r.read())
+        except OSError:
+            return None
+
+    try:
+        wait_for(overview, 60, "the page")
+        ct_series(tmp_path / "drop", 3, size=32)
+        done = wait_for(lambda: (o := overview()) and o["instances"]["enhanced"] == 3 and o,
+                        120, "3 enhanced instances on the page")
+        (row,) = done["series_rows"]
+        assert (row["instances"], row["outputs"], row["state"]) == (3, 3, "enhanced")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    refused = subprocess.run(
+        [sys.executable, "-m", "scanside", "watch", str(tmp_path / "drop"), "--out",
+         str(tmp_path / "out2"), "--spool", str(tmp_path / "spool2"), "--tls-cert", "c.pem"],
+        capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert refused.returncode == 2 and "give --http too" in refused.stderr
