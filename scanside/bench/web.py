@@ -11,6 +11,7 @@ process: the first request (headers not yet cached) and the median and worst of 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -60,8 +61,11 @@ def fill_spool(spool: Path, instances: int, per_series: int) -> list[str]:
                        "error, done) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
         db.executemany("INSERT INTO outputs VALUES (?, ?, ?)", outputs)
         db.executemany("INSERT INTO sends VALUES (?, ?, ?, ?, ?, ?, ?, ?)", sends)
+        last_of: dict[str, float] = {}
+        for row in rows:  # each series' last arrival
+            last_of[row[1]] = max(row[3], last_of.get(row[1], row[3]))
         for series in series_uids:
-            last = max(r[3] for r in rows if r[1] == series)
+            last = last_of[series]
             db.execute("INSERT INTO series (series_uid, last_received, state, started_at, "
                        "enhanced_at, forwarded_at) VALUES (?, ?, 'enhanced', ?, ?, ?)",
                        (series, last, last + 1, last + 5, last + 6))
@@ -90,11 +94,8 @@ def run_web_bench(instances: int, per_series: int, repeat: int) -> dict[str, Any
         web = start_web(node, HttpSettings(port=0))
         try:
             routes: dict[str, Any] = {}
-            key = None
             for route in ROUTES:
                 routes[route] = timed(web.url.rstrip("/") + route, repeat)
-            import json
-
             with urllib.request.urlopen(web.url + "overview.json") as answer:
                 key = json.loads(answer.read())["series_rows"][0]["key"]
             for route in (f"/series/{key}", f"/series/{key}/slices.json",

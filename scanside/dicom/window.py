@@ -68,6 +68,12 @@ def first_value(value) -> Optional[float]:
         return None
 
 
+def file_window(ds: Dataset) -> Optional[tuple[float, float]]:
+    """The file's own window (its first WindowCenter/Width), or None where it has no usable one."""
+    center, width = first_value(ds.get("WindowCenter")), first_value(ds.get("WindowWidth"))
+    return (center, width) if center is not None and width is not None and width > 0 else None
+
+
 def choose(ds: Dataset, values: np.ndarray, explicit: Optional[Window]) -> Window:
     """The window for one image, by the precedence in the module docstring."""
     if explicit is not None:
@@ -75,8 +81,8 @@ def choose(ds: Dataset, values: np.ndarray, explicit: Optional[Window]) -> Windo
     modality = str(ds.get("Modality", "")).upper()
     if modality in DEFAULT_WINDOWS:
         return Window(*DEFAULT_WINDOWS[modality], "modality default")
-    center, width = first_value(ds.get("WindowCenter")), first_value(ds.get("WindowWidth"))
-    if center is not None and width is not None and width > 0:
-        return Window(center, width, "file VOI")
+    own = file_window(ds)
+    if own is not None:
+        return Window(*own, "file VOI")
     lo, hi = float(values.min()), float(values.max())
     return Window((lo + hi) / 2, max(hi - lo, 1.0), "image range")

@@ -225,12 +225,28 @@ class Journal:
             for destination, state, count in db.execute(
                     "SELECT destination, state, COUNT(*) FROM sends GROUP BY destination, state"):
                 sends.setdefault(destination, {})[state] = count
-            retrying = [{"file": Path(p).name, "destination": d, "attempts": a, "error": e}
-                        for p, d, a, e in db.execute(
-                            "SELECT path, destination, attempts, error FROM sends WHERE "
-                            "state='pending' AND attempts > 0 ORDER BY next_try LIMIT 10")]
         return {"instances": instances, "series": series, "sends": sends,
-                "last_errors": self.last_events(), "retrying": retrying}
+                "last_errors": self.last_events(), "retrying": self.retrying()}
+
+    def retrying(self, limit: int = 10) -> list[dict]:
+        """Sends that failed and wait for their next try, soonest first (file names only)."""
+        with self.lock:
+            return [{"file": Path(p).name, "destination": d, "attempts": a, "error": e}
+                    for p, d, a, e in self.db.execute(
+                        "SELECT path, destination, attempts, error FROM sends WHERE "
+                        "state='pending' AND attempts > 0 ORDER BY next_try LIMIT ?", (limit,))]
+
+    def destinations(self, since: float = 0.0) -> dict[str, dict[str, int]]:
+        """Per destination: files pending (the backlog), sent, retrying (pending after a failed
+        try), retries (failed tries in all) and sent since ``since``."""
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT destination, SUM(state='pending'), SUM(state='sent'), "
+                "SUM(state='pending' AND attempts > 0), SUM(attempts), SUM(sent_at >= ?) "
+                "FROM sends GROUP BY destination", (since,)).fetchall()
+        return {d: {"pending": p or 0, "sent": s or 0, "retrying": r or 0,
+                    "retries": (a or 0) - (s or 0), "sent_since": h or 0}
+                for d, p, s, r, a, h in rows}
 
     # -- reading: the web page and the metrics ---------------------------------------------
     def counters(self) -> dict:
@@ -241,14 +257,9 @@ class Journal:
             db = self.db
             totals = dict(db.execute("SELECT name, value FROM totals"))
             refused = db.execute("SELECT COUNT(*) FROM events WHERE kind='refused'").fetchone()[0]
-            sends = {d: {"sent": sent or 0, "retries": (attempts or 0) - (sent or 0),
-                         "pending": pending or 0}
-                     for d, sent, attempts, pending in db.execute(
-                         "SELECT destination, SUM(state='sent'), SUM(attempts), "
-                         "SUM(state='pending') FROM sends GROUP BY destination")}
             waiting = db.execute("SELECT COUNT(*) FROM series WHERE state='open'").fetchone()[0]
-        return {**{name: totals.get(name, 0) for name in TOTALS}, "refused": refused, "sends": sends,
-                "series_waiting": waiting}
+        return {**{name: totals.get(name, 0) for name in TOTALS}, "refused": refused,
+                "sends": self.destinations(), "series_waiting": waiting}
 
     def overview(self, since: float) -> dict:
         """The web page's overview: instances and series by state (an enhanced instance of a
@@ -265,18 +276,12 @@ class Journal:
                 "THEN 'forwarded' WHEN NOT EXISTS (SELECT 1 FROM instances i WHERE "
                 "i.series_uid = s.series_uid AND i.state != 'failed') THEN 'failed' "
                 "ELSE state END, COUNT(*) FROM series s GROUP BY 1"))
-            sends = {d: {"pending": p or 0, "sent": s or 0, "retrying": r or 0,
-                         "retries": (a or 0) - (s or 0), "sent_last_hour": h or 0}
-                     for d, p, s, r, a, h in db.execute(
-                         "SELECT destination, SUM(state='pending'), SUM(state='sent'), "
-                         "SUM(state='pending' AND attempts > 0), SUM(attempts), "
-                         "SUM(sent_at >= ?) FROM sends GROUP BY destination", (since,))}
             done = dict(db.execute("SELECT state, COUNT(*) FROM instances WHERE done >= ? "
                                    "GROUP BY state", (since,)))
             latencies = [r[0] for r in db.execute(
                 "SELECT forwarded_at - last_received FROM series WHERE forwarded_at >= ? "
                 "ORDER BY 1", (since,))]
-        return {"instances": instances, "series": series, "sends": sends,
+        return {"instances": instances, "series": series, "sends": self.destinations(since),
                 "last_hour": {"enhanced": done.get("enhanced", 0), "failed": done.get("failed", 0),
                               "series_latency_s": latencies}}
 

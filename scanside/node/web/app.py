@@ -240,7 +240,6 @@ def engine_text(node: Any) -> dict[str, str]:
 def overview(node: Any, reader: Journal, spool: Spool, engine: dict[str, str]) -> dict[str, Any]:
     now = time.time()
     figures = reader.overview(now - HOUR)
-    summary = reader.summary()
     enhancing = node.enhancing
     instances, series = dict(figures["instances"]), dict(figures["series"])
     rows = []
@@ -271,9 +270,9 @@ def overview(node: Any, reader: Journal, spool: Spool, engine: dict[str, str]) -
         series["received"] = max(0, series.get("received", 0) - 1)
     latencies = figures["last_hour"]["series_latency_s"]
     errors = [{"when": clock(e["at"]), "kind": e["kind"], "message": hide_uids(e["message"].replace(
-        f"{node.settings.spool}{os.sep}", ""))} for e in summary["last_errors"]]
+        f"{node.settings.spool}{os.sep}", ""))} for e in reader.last_events()]
     retrying = [{**r, "file": hide_uids(r["file"]), "error": hide_uids(r["error"] or "")}
-                for r in summary["retrying"][:5]]
+                for r in reader.retrying(limit=5)]
     return {
         "instances": {k: instances.get(k, 0) for k in
                       ("received", "enhancing", "enhanced", "failed", "forwarded")},
@@ -283,7 +282,7 @@ def overview(node: Any, reader: Journal, spool: Spool, engine: dict[str, str]) -
         "last_hour": {
             "slices enhanced": figures["last_hour"]["enhanced"],
             "slices failed": figures["last_hour"]["failed"],
-            "files sent": sum(d["sent_last_hour"] for d in figures["sends"].values()),
+            "files sent": sum(d["sent_since"] for d in figures["sends"].values()),
             "series finished": len(latencies),
             "series latency, median": seconds(statistics.median(latencies) if latencies else None),
             "series latency, longest": seconds(max(latencies) if latencies else None)},

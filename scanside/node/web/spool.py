@@ -24,6 +24,7 @@ import pydicom
 from scanside.dicom import parse
 from scanside.dicom.read import (frame_count, frame_values, read_header, read_pixels,
                                  slice_position)
+from scanside.dicom.window import file_window
 from scanside.errors import InputError
 
 from ..journal import Journal
@@ -39,24 +40,6 @@ HEADER_TAGS = ("SOPInstanceUID", "SOPClassUID", "ImageType", "SourceImageSequenc
 def series_key(series_uid: str) -> str:
     """A series' name on the page and in its address: a short hash, never the UID itself."""
     return hashlib.sha256(series_uid.encode()).hexdigest()[:12]
-
-
-def first_number(value: Any) -> Optional[float]:
-    """A DS value's first number (WindowCenter may hold several), or None."""
-    try:
-        values = list(value) if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) \
-            else [value]
-        return float(values[0])
-    except (TypeError, ValueError, IndexError):
-        return None
-
-
-def window_of(header: Any) -> Optional[tuple[float, float]]:
-    center = first_number(header.get("WindowCenter"))
-    width = first_number(header.get("WindowWidth"))
-    if center is None or width is None or width <= 0:
-        return None
-    return center, width
 
 
 @dataclass
@@ -191,7 +174,7 @@ class Spool:
             source = str(header.SourceImageSequence[0].ReferencedSOPInstanceUID)
             for frame in range(frame_count(header)):
                 derived.setdefault((source, frame), {})[layer] = (path, frame)
-                own = window_of(header)
+                own = file_window(header)
                 if layer != "enhanced" and own is not None:
                     windows.setdefault((source, frame), {})[layer] = own
         slices = []
@@ -204,7 +187,7 @@ class Spool:
         about = self.described(first) if first is not None else {"modality": "", "description": ""}
         return SeriesView(
             key=key, uid=uid, modality=about.pop("modality"), description=about.pop("description"),
-            slices=slices, window=window_of(first) if first is not None else None, patient=about,
+            slices=slices, window=file_window(first) if first is not None else None, patient=about,
             size=(int(first.Rows), int(first.Columns)) if first is not None else (0, 0))
 
     # -- values ----------------------------------------------------------------------------
