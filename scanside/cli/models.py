@@ -121,6 +121,7 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
                       help="evaluate at most N slices, spread over every series (default 50)")
     site.add_argument("--out", type=Path, metavar="DIR",
                       help="write evaluation.json, evaluation.txt and a PNG panel per noise level")
+    add_bm3d_profile(site)
     synthetic = p.add_argument_group("the synthetic test set (without --on)")
     synthetic.add_argument("--pairs", type=positive_int, default=None, help="pairs (default 100)")
     synthetic.add_argument("--split", choices=["test", "val"], default=None,
@@ -164,8 +165,15 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
                    help="read at most N slices, spread over every series (default: all)")
     p.add_argument("--skip", action="append", choices=["bm3d"],
                    help="leave BM3D out of the card's evaluation")
+    add_bm3d_profile(p)
     p.add_argument("--workers", type=positive_int, default=2, help="processes simulating the scans")
     p.set_defaults(func=cmd_models_adapt)
+
+
+def add_bm3d_profile(p: "argparse.ArgumentParser | argparse._ArgumentGroup") -> None:
+    p.add_argument("--bm3d-profile", choices=["lc", "np"], default=None,
+                   help="BM3D's profile: lc (default), the bm3d package's low-complexity one, "
+                        "~3x faster and within 0.05 dB of np, its normal one")
 
 
 def non_negative_float(text: str) -> float:
@@ -246,7 +254,8 @@ def cmd_models_evaluate(args: argparse.Namespace) -> int:
         return evaluate_on_site(args, sampling)
     site_only = [flag for flag, value in (("--noise", args.noise), ("--compare", args.compare),
                                           ("--lesions", args.lesions), ("--out", args.out),
-                                          ("--max-slices", args.max_slices)) if value]
+                                          ("--max-slices", args.max_slices),
+                                          ("--bm3d-profile", args.bm3d_profile)) if value]
     if site_only:
         raise InputError(f"{', '.join(site_only)}: for a site's own scans; add --on SCANS")
     from scanside.training.evaluate import evaluate, table
@@ -277,7 +286,8 @@ def evaluate_on_site(args: argparse.Namespace, sampling) -> int:
     result = siteeval.evaluate_site(
         scans, args.engine_dir, compare=args.compare, noise=tuple(args.noise or siteeval.NOISE_HU),
         lesions=siteeval.LESIONS_PER_AREA if args.lesions is None else args.lesions,
-        bm3d="bm3d" not in (args.skip or ()), sampling=sampling, seed=args.seed,
+        bm3d="bm3d" not in (args.skip or ()),
+        bm3d_profile=args.bm3d_profile or siteeval.BM3D_PROFILE, sampling=sampling, seed=args.seed,
         workers=args.workers, panels=panels)
     print(siteeval.table(result))
     if args.out:
@@ -293,13 +303,13 @@ def evaluate_on_site(args: argparse.Namespace, sampling) -> int:
 
 
 def cmd_models_adapt(args: argparse.Namespace) -> int:
-    from scanside.training import adapt, site
+    from scanside.training import adapt, site, siteeval
 
     scans = site.read_scans(args.scans, args.max_slices)
     adapt.adapt(scans, args.out, base=args.base, steps=args.steps, seed=args.seed,
                 device=args.device, holdout=adapt.HOLDOUT if args.holdout is None else args.holdout,
                 workers=args.workers, bm3d="bm3d" not in (args.skip or ()),
-                lr=adapt.ADAPT_LR if args.lr is None else args.lr)
+                bm3d_profile=args.bm3d_profile or siteeval.BM3D_PROFILE, lr=adapt.ADAPT_LR if args.lr is None else args.lr)
     print(f"use it: scanside enhance SCANS --engine {args.out} --out OUT; it is derived from "
           "patient images: keep it on site")
     return 0

@@ -279,13 +279,18 @@ def base_settings(base: Path) -> dict[str, Any]:
 def adapt(scans: SiteScans, out: "str | Path", *, base: "str | Path | None" = None,
           steps: Optional[int] = None, seed: int = 0, device: str = "cpu",
           holdout: float = HOLDOUT, workers: int = 2, bm3d: bool = True,
-          lr: float = ADAPT_LR, echo: Callable[[str], None] = print) -> Path:
+          bm3d_profile: str = siteeval.BM3D_PROFILE, lr: float = ADAPT_LR,
+          echo: Callable[[str], None] = print) -> Path:
     """Adapt ``base`` (default: the built-in model) to ``scans``; writes the model folder
-    ``out`` (see the module docstring) and returns it. A full disk raises OutputError (exit 3);
-    the same call resumes."""
+    ``out`` (see the module docstring) and returns it; ``bm3d``/``bm3d_profile``: BM3D in the
+    card's evaluation (siteeval.evaluate_site). A full disk raises OutputError (exit 3); the
+    same call resumes."""
+    from .evaluate import check_bm3d_profile
+
+    check_bm3d_profile(bm3d_profile)
     try:
-        return _adapt(scans, Path(out), base, steps, seed, device, holdout, workers, bm3d, lr,
-                      echo)
+        return _adapt(scans, Path(out), base, steps, seed, device, holdout, workers,
+                      bm3d_profile if bm3d else None, lr, echo)
     except Exception as exc:
         if disk_full(exc):
             raise OutputError(f"{out}: the disk is full ({exc}); free space and run the same "
@@ -313,7 +318,7 @@ def save_json(path: Path, value: Any) -> None:
 
 
 def _adapt(scans: SiteScans, out: Path, base: "str | Path | None", steps: Optional[int],
-           seed: int, device: str, holdout: float, workers: int, bm3d: bool, lr: float,
+           seed: int, device: str, holdout: float, workers: int, bm3d: Optional[str], lr: float,
            echo: Callable[[str], None]) -> Path:
     from scanside.runtime.default import default_checkpoint_dir
 
@@ -388,7 +393,8 @@ def _adapt(scans: SiteScans, out: Path, base: "str | Path | None", steps: Option
              f"{sum(len(s.slices) for s in card_series)} held-out slice(s) ...")
         evaluation = siteeval.evaluate_site(
             SiteScans(card_series, []), compare_with, compare=[engine],
-            bm3d=bm3d, seed=seed + 2, workers=workers, echo=echo, panels=out / "card",
+            bm3d=bm3d is not None, bm3d_profile=bm3d or siteeval.BM3D_PROFILE, seed=seed + 2,
+            workers=workers, echo=echo, panels=out / "card",
             labels=["base" if compare_with else "built-in", "adapted"])
         card["evaluation"] = evaluation
     card["training"]["minutes"] = clock.minutes()

@@ -130,8 +130,10 @@ def square(hu: np.ndarray, multiple: int = 1) -> np.ndarray:
 
 
 def views_for(size: int) -> int:
-    """Projections a ``size``-pixel field needs (~pi/2 per pixel across), at least VIEWS."""
-    return max(VIEWS, int(np.ceil(np.pi / 2 * size)))
+    """Projections a ``size``-pixel field needs (~pi/2 per pixel across), at least VIEWS;
+    an even count, so ``project`` reads each view and the one 90 degrees on from one rotation."""
+    views = max(VIEWS, int(np.ceil(np.pi / 2 * size)))
+    return views + views % 2
 
 
 @dataclass(frozen=True)
@@ -146,14 +148,44 @@ class Projection:
 
 def project(hu: np.ndarray, pixel_cm: float = PIXEL_CM, views: Optional[int] = None) -> Projection:
     """Parallel-beam line integrals of a square HU slice with ``pixel_cm`` pixels."""
-    from skimage.transform import radon
-
     if hu.ndim != 2 or hu.shape[0] != hu.shape[1]:
         raise ValueError(f"project: slice shape {hu.shape} is not square")
     theta = np.linspace(0.0, 180.0, views or views_for(hu.shape[0]), endpoint=False)
     mu = np.clip(MU_WATER * (1 + hu.astype(np.float64) / 1000.0), 0, None)  # 1/cm
-    return Projection(radon(mu, theta=theta, circle=False) * pixel_cm, theta, hu.shape[0],
-                      pixel_cm)
+    return Projection(radon(mu, theta) * pixel_cm, theta, hu.shape[0], pixel_cm)
+
+
+def radon(image: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """scikit-image's ``radon(image, theta, circle=False)``, about twice as fast for an even
+    number of views over 180 degrees: the image rotated for view i, summed along its columns,
+    is view i; summed along its rows, it is view i + views/2 (90 degrees on; a quarter turn
+    about the rotation's centre pixel is exact on the grid). The rotations are most of a
+    simulated scan's time. Other view counts go to scikit-image as they are."""
+    from skimage.transform import radon as skimage_radon, warp
+
+    views = len(theta)
+    half = views // 2
+    if views % 2 or not np.allclose(theta[half:] - theta[:half], 90.0):
+        return skimage_radon(image, theta=theta, circle=False)
+    # scikit-image's padding for circle=False: to the diagonal, centred as it centres it
+    diagonal = np.sqrt(2) * max(image.shape)
+    pad = [int(np.ceil(diagonal - s)) for s in image.shape]
+    before = [(s + p) // 2 - s // 2 for s, p in zip(image.shape, pad)]
+    padded = np.pad(image.astype(np.float64), [(b, p - b) for b, p in zip(before, pad)])
+    side, center = padded.shape[0], padded.shape[0] // 2
+    out = np.zeros((side, views))
+    # view i + half at detector q is the rotated image's row 2 * center - q (out of the
+    # image: 0, the padding), from warp's inverse map for angle + 90 degrees
+    rows = 2 * center - np.arange(side)
+    inside = (rows >= 0) & (rows < side)
+    for i, angle in enumerate(np.deg2rad(theta[:half])):
+        cos_a, sin_a = np.cos(angle), np.sin(angle)
+        matrix = np.array([[cos_a, sin_a, -center * (cos_a + sin_a - 1)],
+                           [-sin_a, cos_a, -center * (cos_a - sin_a - 1)], [0, 0, 1]])
+        rotated = warp(padded, matrix, clip=False)
+        out[:, i] = rotated.sum(0)
+        out[inside, i + half] = rotated.sum(1)[rows[inside]]
+    return out
 
 
 def reconstruct(proj: Projection, incident: float, seed: int, kernel: str = KERNEL) -> np.ndarray:

@@ -45,6 +45,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from scanside.dicom.window import Window
+from scanside.errors import InputError
 from scanside.runtime.sampling import Sampling
 
 from . import ctsim, realct
@@ -297,11 +298,28 @@ def have_bm3d() -> bool:
     return True
 
 
-def bm3d_filter(hu: np.ndarray, factor: float, noise_hu: float) -> np.ndarray:
-    """BM3D on the windowed image with sigma = ``factor`` x the image's noise level (HU)."""
+# The bm3d package's profiles offered: "np", its normal profile (every figure before
+# 2026-12-07), and "lc", its low-complexity one (fewer, smaller block-matching searches): on
+# real 512 px head crops 2.9x faster (1.9 s against 5.5 s on 2 cores) and 0.03 / 0.03 /
+# 0.05 dB under "np" at 20 / 40 / 80 HU, each at its best factor (docs/site.md).
+BM3D_PROFILES = ("np", "lc")
+
+
+def check_bm3d_profile(profile: object) -> str:
+    if profile not in BM3D_PROFILES:
+        raise InputError(f"bm3d_profile: {profile!r} is not one of {', '.join(BM3D_PROFILES)} "
+                         "(np: BM3D's normal profile; lc: its low-complexity one, ~3x faster)")
+    return str(profile)
+
+
+def bm3d_filter(hu: np.ndarray, factor: float, noise_hu: float, profile: str = "np") -> np.ndarray:
+    """BM3D on the windowed image with sigma = ``factor`` x the image's noise level (HU),
+    with the bm3d package's ``profile`` (BM3D_PROFILES)."""
     import bm3d
 
-    return bm3d.bm3d(windowed(hu), sigma_psd=factor * noise_hu)
+    check_bm3d_profile(profile)
+    return bm3d.bm3d(windowed(hu), sigma_psd=factor * noise_hu,
+                     profile=bm3d.BM3DProfileLC() if profile == "lc" else profile)
 
 
 def oracle_noise(low: np.ndarray, reference: np.ndarray) -> float:
@@ -331,6 +349,7 @@ class TunedBM3D:
     nearest its own true noise (in log)."""
 
     factors: tuple[tuple[float, float], ...]
+    profile: str = "np"  # the bm3d package's profile (BM3D_PROFILES)
 
     def factor(self, noise_hu: float) -> float:
         levels = np.array([level for level, _ in self.factors])
@@ -339,10 +358,11 @@ class TunedBM3D:
 
     def __call__(self, hu: np.ndarray, reference: np.ndarray) -> np.ndarray:
         noise = oracle_noise(hu, reference)
-        return bm3d_filter(hu, self.factor(noise), noise)
+        return bm3d_filter(hu, self.factor(noise), noise, self.profile)
 
     def label(self) -> str:
-        return "bm3d (" + "/".join(f"{f:g}" for _, f in self.factors) + " x noise)"
+        return ("bm3d (" + "/".join(f"{f:g}" for _, f in self.factors) + " x noise"
+                + ("" if self.profile == "np" else f", profile {self.profile}") + ")")
 
 
 def tune_bm3d(levels: Sequence[Sequence[Any]], grid: Sequence[float] = BM3D_GRID,

@@ -17,7 +17,7 @@ PSNR, SSIM, the HU bias over the reference's flat soft tissue (``realct.hu_bias`
 contrast kept and lost by radius, and seconds per slice (not the phantoms' false-blob count:
 a real reference's own noise makes hundreds per slice for every method). Methods: the
 low-dose input, the engine (default: the built-in model), each ``--compare`` engine, and BM3D
-when installed, its sigma a factor of the image's true noise tuned per noise level on a few of
+when installed (the bm3d package's low-complexity profile unless ``bm3d_profile="np"``), its sigma a factor of the image's true noise tuned per noise level on a few of
 the evaluated slices themselves (an oracle, which favours BM3D). Overall and per-series tables,
 JSON, and a PNG panel per noise level (input | model | BM3D | reference, soft-tissue window).
 Series appear as ``s01-3fa2c18b`` (site.py), never by a patient attribute, UID or path.
@@ -53,6 +53,10 @@ BM3D_TUNE_SLICES = 2  # slices per noise level BM3D's factor is tuned on
 # Its factors: evaluate.BM3D_GRID less 1.0, which never won on real CT (2.0-2.5 do, at 20-80
 # HU; evaluate.BM3D_GRID's comment): BM3D is most of the evaluation's time.
 BM3D_GRID = (1.5, 2.0, 2.5, 3.0, 3.5)
+# The bm3d package's low-complexity profile: within 0.05 dB of its normal one on real CT at 2.9x
+# the speed (evaluate.BM3D_PROFILES), which brings 50 slices x 3 levels under 15 min on 2 cores;
+# bm3d_profile="np" (--bm3d-profile np) for the normal profile.
+BM3D_PROFILE = "lc"
 METHOD_INPUT = "low-dose input"
 
 
@@ -145,12 +149,13 @@ def map_jobs(function: Callable, jobs: list, workers: int) -> list:
 
 # -- BM3D ---------------------------------------------------------------------------------
 def bm3d_psnr(job: tuple) -> float:
-    low, full, factor = job
-    return evaluate.psnr(full, evaluate.bm3d_filter(low, factor, evaluate.oracle_noise(low, full)))
+    low, full, factor, profile = job
+    return evaluate.psnr(full, evaluate.bm3d_filter(low, factor, evaluate.oracle_noise(low, full),
+                                                    profile))
 
 
 def tune_bm3d(pairs: Sequence[SitePair], noise: Sequence[float],
-              grid: Sequence[float] = BM3D_GRID,
+              grid: Sequence[float] = BM3D_GRID, profile: str = BM3D_PROFILE,
               echo: Callable[[str], None] = print) -> evaluate.TunedBM3D:
     """BM3D's factor per noise level, the best mean PSNR over BM3D_TUNE_SLICES slices spread
     over the evaluated ones (an oracle: the same data it is scored on)."""
@@ -158,13 +163,13 @@ def tune_bm3d(pairs: Sequence[SitePair], noise: Sequence[float],
     for sigma in noise:
         level = [p for p in pairs if p.noise_hu == sigma]
         picks = [level[i] for i in spread(len(level), BM3D_TUNE_SLICES)]
-        scores = [np.mean([bm3d_psnr((p.low, p.full, c)) for p in picks]) for c in grid]
+        scores = [np.mean([bm3d_psnr((p.low, p.full, c, profile)) for p in picks]) for c in grid]
         best = int(np.argmax(scores))
         if best == len(grid) - 1:
             echo(f"BM3D: best factor at {sigma:g} HU is the grid's largest ({grid[-1]:g})")
         measured = round(float(np.mean([p.measured_hu for p in level])), 1)
         factors.append((measured, float(grid[best])))
-    return evaluate.TunedBM3D(tuple(sorted(factors)))
+    return evaluate.TunedBM3D(tuple(sorted(factors)), profile)
 
 
 # -- the evaluation -----------------------------------------------------------------------
@@ -180,13 +185,16 @@ def engine_label(engine_dir: Optional[Path], taken: set[str]) -> str:
 def evaluate_site(scans: SiteScans, engine_dir: Optional[Path] = None, *,
                   compare: Sequence[Path] = (), noise: Sequence[float] = NOISE_HU,
                   lesions: float = LESIONS_PER_AREA, bm3d: bool = True,
+                  bm3d_profile: str = BM3D_PROFILE,
                   sampling: Optional[Sampling] = None, seed: int = 0, workers: int = 2,
                   echo: Callable[[str], None] = print, panels: Optional[Path] = None,
                   labels: Sequence[str] = ()) -> dict[str, Any]:
-    """The figures (see the module docstring) as a JSON-ready dict; ``panels``: a folder
-    for the PNG panels (written atomically, one per noise level); ``labels``: names for the
-    engine and the compared ones, in order (default: "built-in" or the folder's name)."""
+    """The figures (see the module docstring) as a JSON-ready dict; ``bm3d_profile``: the
+    bm3d package's profile (evaluate.BM3D_PROFILES); ``panels``: a folder for the PNG panels
+    (written atomically, one per noise level); ``labels``: names for the engine and the
+    compared ones, in order (default: "built-in" or the folder's name)."""
     sampling = Sampling.of(sampling)
+    evaluate.check_bm3d_profile(bm3d_profile)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     pairs, skipped = simulate(scans, noise, seed=seed, lesions=lesions, workers=workers, echo=echo)
@@ -209,9 +217,10 @@ def evaluate_site(scans: SiteScans, engine_dir: Optional[Path] = None, *,
     model = next(iter(engines))
     factors = None
     if bm3d and evaluate.have_bm3d():
-        echo(f"BM3D: tuning its factor per noise level on {BM3D_TUNE_SLICES} of the slices ...")
+        echo(f"BM3D (profile {bm3d_profile}): tuning its factor per noise level on "
+             f"{BM3D_TUNE_SLICES} of the slices ...")
         tick = time.perf_counter()
-        tuned = tune_bm3d(pairs, noise, echo=echo)
+        tuned = tune_bm3d(pairs, noise, profile=bm3d_profile, echo=echo)
         seconds["bm3d tuning"] = time.perf_counter() - tick
         echo(f"BM3D tuned: {evaluate.factors_text(tuned)}")
         methods["bm3d"] = tuned
@@ -246,7 +255,8 @@ def evaluate_site(scans: SiteScans, engine_dir: Optional[Path] = None, *,
         "data": scans.summary(), "noise_hu": list(noise), "model": model, "engines": engines,
         "lesions": {"per_128px_flat_tissue": lesions, "radius_px": list(LESION_RADIUS_PX),
                     "contrast_hu": list(LESION_CONTRAST_HU), "size_bins_px": [list(b) for b in SIZE_BINS]},
-        "bm3d_factors": factors, "window_hu": list(evaluate.WINDOW),
+        "bm3d_factors": factors, "bm3d_profile": bm3d_profile if factors else None,
+        "window_hu": list(evaluate.WINDOW),
         "region": f"each slice cropped to the object (> {OBJECT_HU:g} HU) + {MARGIN_PX} px",
         "reference": "the slice as its scanner made it, through the chain at 1e7 photons: its "
                      "own noise is kept, so PSNR measures how much of the added dose noise a "
@@ -347,8 +357,8 @@ def table(result: dict[str, Any]) -> str:
         lines.append(f"  {row['series']:<12}{row['noise_hu']:>4g} HU ({row['slices']:>3})  "
                      + "  ".join(f"{row['methods'][n]['psnr_db']:>7.2f}" for n in names))
     if result.get("bm3d_factors"):
-        lines.append("BM3D sigma: " + ", ".join(f"{f:g} x noise at {n:g} HU"
-                                                for n, f in result["bm3d_factors"]))
+        lines.append(f"BM3D (profile {result.get('bm3d_profile') or 'np'}) sigma: " + ", ".join(
+            f"{f:g} x noise at {n:g} HU" for n, f in result["bm3d_factors"]))
     lines.append("seconds: " + ", ".join(f"{k} {v:g}" for k, v in result["seconds"].items()))
     if result["left_out"]:
         counts: dict[str, int] = {}

@@ -99,9 +99,36 @@ def test_bm3d_is_tuned_per_level_when_installed():
     assert len(tuned.factors) == 2
 
 
+def test_bm3d_runs_the_profile_asked_for_and_says_which():
+    pytest.importorskip("bm3d")
+    from scanside.training import evaluate
+
+    pair = siteeval.scan_slice(("s01-x", 0, ctsim.make_phantom(5, 64).hu, 0.8, (40.0,), 1, 0.0))[0]
+    noise = evaluate.oracle_noise(pair.low, pair.full)
+    outputs = {p: evaluate.bm3d_filter(pair.low, 2.5, noise, p) for p in evaluate.BM3D_PROFILES}
+    assert not np.array_equal(outputs["lc"], outputs["np"])  # the profile reaches the library
+    scores = {p: evaluate.psnr(pair.full, out) for p, out in outputs.items()}
+    assert min(scores.values()) > evaluate.psnr(pair.full, pair.low) + 2
+    assert abs(scores["lc"] - scores["np"]) < 1.0
+    tuned = siteeval.tune_bm3d([pair], (40.0,), grid=(2.5,), profile="lc", echo=lambda _: None)
+    assert tuned.profile == "lc" and "profile lc" in tuned.label()
+    assert "profile" not in evaluate.TunedBM3D(tuned.factors).label()  # np, as before
+
+
+def test_an_unknown_bm3d_profile_is_refused_before_any_work(tmp_path):
+    from scanside.errors import InputError
+
+    write_series(tmp_path / "a", (1,), size=64)
+    scans = site.read_scans([tmp_path / "a"])
+    with pytest.raises(InputError, match="bm3d_profile: 'fast' is not one of np, lc"):
+        siteeval.evaluate_site(scans, bm3d_profile="fast", workers=1, echo=lambda _: None)
+
+
 def test_cli_site_flags_need_on_and_synthetic_flags_refuse_it(tmp_path, capsys):
     assert main(["models", "evaluate", "--noise", "20"]) == 2
     assert "--noise: for a site's own scans; add --on SCANS" in capsys.readouterr().err
+    assert main(["models", "evaluate", "--bm3d-profile", "np"]) == 2
+    assert "--bm3d-profile: for a site's own scans" in capsys.readouterr().err
     write_series(tmp_path / "a", (1,), size=64)
     assert main(["models", "evaluate", "--on", str(tmp_path / "a"), "--pairs", "3"]) == 2
     assert "--pairs: for the synthetic test set" in capsys.readouterr().err
