@@ -166,6 +166,9 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--skip", action="append", choices=["bm3d"],
                    help="leave BM3D out of the card's evaluation")
     add_bm3d_profile(p)
+    add_ensemble(p, default=1, help="views the adapted model averages by default (that many "
+                                    "times the time of one; default 1); the card measures both "
+                                    "models at it")
     p.add_argument("--workers", type=positive_int, default=2, help="processes simulating the scans")
     p.set_defaults(func=cmd_models_adapt)
 
@@ -271,7 +274,7 @@ def cmd_models_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-SITE_MAX_SLICES = 50  # evaluate --on's default: 50 slices x 3 levels with BM3D in ~15 min
+SITE_MAX_SLICES = 50  # evaluate --on's default: 50 slices x 3 levels with BM3D in ~10 min (docs/site.md)
 
 
 def evaluate_on_site(args: argparse.Namespace, sampling) -> int:
@@ -309,7 +312,8 @@ def cmd_models_adapt(args: argparse.Namespace) -> int:
     adapt.adapt(scans, args.out, base=args.base, steps=args.steps, seed=args.seed,
                 device=args.device, holdout=adapt.HOLDOUT if args.holdout is None else args.holdout,
                 workers=args.workers, bm3d="bm3d" not in (args.skip or ()),
-                bm3d_profile=args.bm3d_profile or siteeval.BM3D_PROFILE, lr=adapt.ADAPT_LR if args.lr is None else args.lr)
+                bm3d_profile=args.bm3d_profile or siteeval.BM3D_PROFILE, ensemble=args.ensemble,
+                lr=adapt.ADAPT_LR if args.lr is None else args.lr)
     print(f"use it: scanside enhance SCANS --engine {args.out} --out OUT; it is derived from "
           "patient images: keep it on site")
     return 0

@@ -187,12 +187,13 @@ def add_noise_factor(p: argparse.ArgumentParser) -> None:
                         "keeps more texture (default 1)")
 
 
-def add_ensemble(p: argparse.ArgumentParser) -> None:
+def add_ensemble(p: argparse.ArgumentParser, default: Optional[int] = None,
+                 help: str = "average this many rotated/mirrored views, that many times the "
+                             "work (default: the model's own, else 1)") -> None:
     from scanside.runtime.images import ENSEMBLE_VIEWS
 
-    p.add_argument("--ensemble", type=int, choices=sorted(ENSEMBLE_VIEWS), default=None,
-                   help="average this many rotated/mirrored views, that many times the work "
-                        "(default: the model's own, else 1)")
+    p.add_argument("--ensemble", type=int, choices=sorted(ENSEMBLE_VIEWS), default=default,
+                   help=help)
 
 
 def sampling_of(args: argparse.Namespace) -> Sampling:

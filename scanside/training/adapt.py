@@ -279,18 +279,22 @@ def base_settings(base: Path) -> dict[str, Any]:
 def adapt(scans: SiteScans, out: "str | Path", *, base: "str | Path | None" = None,
           steps: Optional[int] = None, seed: int = 0, device: str = "cpu",
           holdout: float = HOLDOUT, workers: int = 2, bm3d: bool = True,
-          bm3d_profile: str = siteeval.BM3D_PROFILE, lr: float = ADAPT_LR,
+          bm3d_profile: str = siteeval.BM3D_PROFILE, lr: float = ADAPT_LR, ensemble: int = 1,
           echo: Callable[[str], None] = print) -> Path:
     """Adapt ``base`` (default: the built-in model) to ``scans``; writes the model folder
     ``out`` (see the module docstring) and returns it; ``bm3d``/``bm3d_profile``: BM3D in the
-    card's evaluation (siteeval.evaluate_site). A full disk raises OutputError (exit 3); the
-    same call resumes."""
+    card's evaluation (siteeval.evaluate_site); ``ensemble``: the views the adapted model
+    averages by default (its manifest's enhance_defaults), and those the card measures both
+    models at. A full disk raises OutputError (exit 3); the same call resumes."""
+    from scanside.runtime.sampling import check_ensemble
+
     from .evaluate import check_bm3d_profile
 
     check_bm3d_profile(bm3d_profile)
+    check_ensemble(ensemble)
     try:
         return _adapt(scans, Path(out), base, steps, seed, device, holdout, workers,
-                      bm3d_profile if bm3d else None, lr, echo)
+                      bm3d_profile if bm3d else None, lr, int(ensemble), echo)
     except Exception as exc:
         if disk_full(exc):
             raise OutputError(f"{out}: the disk is full ({exc}); free space and run the same "
@@ -319,8 +323,10 @@ def save_json(path: Path, value: Any) -> None:
 
 def _adapt(scans: SiteScans, out: Path, base: "str | Path | None", steps: Optional[int],
            seed: int, device: str, holdout: float, workers: int, bm3d: Optional[str], lr: float,
-           echo: Callable[[str], None]) -> Path:
+           ensemble: int, echo: Callable[[str], None]) -> Path:
+    from scanside.export.checkpoint import read_enhance_defaults
     from scanside.runtime.default import default_checkpoint_dir
+    from scanside.runtime.sampling import Sampling
 
     from .recipes import recipe
     from .train import Settings, train_default, use_device
@@ -366,12 +372,16 @@ def _adapt(scans: SiteScans, out: Path, base: "str | Path | None", steps: Option
                            "workers": workers, "scenes": (), "tune_scenes": (),
                            "checkpoint_every": CHECKPOINT_EVERY, "anatomy_lesions": 0.0,
                            "tune_noise_hu": None, "tune_noise_scale": None})
-    check_run(out, plan, scans, train_series, held_series, seed)
+    check_run(out, plan, scans, train_series, held_series, seed, ensemble)
     clock = Clock(out / "train" / "minutes.json", started)
     validation_pairs = held_pairs(SiteScans(held_series, []), VALIDATION_SLICES, seed + 1,
                                   workers, echo)
     validation = HeldOut(out, validation_pairs, echo)
     card = card_record(scans, train_series, held_series, plan, settings, seed, device)
+    card["training"]["ensemble"] = ensemble
+    # The base model's enhancement settings, with the views asked for: a setting of the
+    # model, not of its training (export carries it into the engine's manifest).
+    enhance = {**read_enhance_defaults(base), "ensemble": ensemble}
     trained = out / "train" / "trained.json"  # the checkpoint folder is this plan's, complete
     if trained.is_file() and (out / "checkpoint" / "training.json").is_file():
         echo(f"training: done before ({out / 'checkpoint'})")
@@ -379,7 +389,7 @@ def _adapt(scans: SiteScans, out: Path, base: "str | Path | None", steps: Option
         train_default(out, settings, echo, device,
                       data=SiteData(out, picks, settings, plan, workers, echo),
                       validation=validation, folder="checkpoint",
-                      extra_settings={"provenance": PROVENANCE},
+                      extra_settings={"provenance": PROVENANCE, "enhance": enhance},
                       info={"task": "low-dose CT denoising, adapted to a site's own scans "
                                     "(scanside models adapt)", "adapt": card["training"]})
         save_json(trained, {"steps": plan.steps})
@@ -391,11 +401,13 @@ def _adapt(scans: SiteScans, out: Path, base: "str | Path | None", steps: Option
         card_series = trimmed(held_series, CARD_SLICES)
         echo(f"card: evaluating base and adapted models on "
              f"{sum(len(s.slices) for s in card_series)} held-out slice(s) ...")
+        views = "" if ensemble == 1 else f" ({ensemble} views)"
         evaluation = siteeval.evaluate_site(
             SiteScans(card_series, []), compare_with, compare=[engine],
-            bm3d=bm3d is not None, bm3d_profile=bm3d or siteeval.BM3D_PROFILE, seed=seed + 2,
-            workers=workers, echo=echo, panels=out / "card",
-            labels=["base" if compare_with else "built-in", "adapted"])
+            bm3d=bm3d is not None, bm3d_profile=bm3d or siteeval.BM3D_PROFILE,
+            sampling=Sampling(ensemble=ensemble), seed=seed + 2, workers=workers, echo=echo,
+            panels=out / "card",
+            labels=[("base" if compare_with else "built-in") + views, "adapted" + views])
         card["evaluation"] = evaluation
     card["training"]["minutes"] = clock.minutes()
     write_card(out, card)
@@ -465,11 +477,13 @@ def export_engine(out: Path, echo: Callable[[str], None]) -> Path:
 
 
 def check_run(out: Path, plan: Plan, scans: SiteScans, train_series: list, held_series: list,
-              seed: int) -> None:
-    """A run folder holds one adaptation: the same data split and plan, or an error."""
+              seed: int, ensemble: int = 1) -> None:
+    """A run folder holds one adaptation: the same data split, plan and views, or an error."""
     record = {"plan": asdict(plan), "seed": seed,
               "train": [s.key for s in train_series], "held_out": [s.key for s in held_series],
               "slices": [len(s.slices) for s in scans.series]}
+    if ensemble != 1:  # recorded only then: run folders from before the setting still resume
+        record["ensemble"] = ensemble
     file = out / "train" / "adapt.json"
     if file.is_file() and json.loads(file.read_text()) != json.loads(json.dumps(record)):
         raise InputError(f"{out}: holds an adaptation of other data or settings ({file}); "
@@ -527,6 +541,10 @@ def card_text(card: dict[str, Any]) -> str:
              f"{t['plan']['train_slices']} training slices x {t['plan']['doses']} simulated doses "
              f"({t['noise_hu'][0]:g}-{t['noise_hu'][1]:g} HU) x {t['plan']['per_dose']} patches; "
              f"lesions drawn in: {t['lesions_per_128px']:g} per 128x128 px of flat soft tissue",
+             *([f"- views: {t['ensemble']} rotated/mirrored views averaged by default "
+                f"({t['ensemble']}x the time of one; the held-out evaluation below ran both "
+                "models at it; `--ensemble 1` on enhance for one)"]
+               if t.get("ensemble", 1) != 1 else []),
              f"- chosen checkpoint: step {t.get('chosen_step')} (best mean PSNR on held-out slices"
              + ("; step 0 is the base model's own weights: adapting did not improve on them)"
                 if t.get("chosen_step") == 0 else ")"),

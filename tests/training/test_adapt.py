@@ -208,3 +208,38 @@ def test_the_checkpoint_that_loses_at_any_level_is_not_chosen(tmp_path):
     assert held.chosen_step() == 100
     model = torch.nn.Linear(1, 1)
     assert held.best(model).weight.item() == 100.0
+
+
+@pytest.mark.slow
+def test_the_views_asked_for_become_the_models_default_and_the_cards(tiny_site, capsys):
+    pytest.importorskip("torch")
+    from scanside import Pipeline
+    from scanside.cli import main
+
+    out = tiny_site / "views"
+    args = ["models", "adapt", str(tiny_site / "scans"), "--out", str(out), "--steps", "4",
+            "--holdout", "0.34", "--skip", "bm3d", "--workers", "1", "--ensemble", "2"]
+    assert main(args) == 0
+    capsys.readouterr()
+    pipe = Pipeline.load(out)
+    assert pipe.manifest.enhance_defaults["ensemble"] == 2
+    assert pipe.manifest.enhance_defaults["strength"] == 0.05  # the rest: the base model's own
+    card = json.loads((out / "card.json").read_text())
+    assert card["training"]["ensemble"] == 2
+    assert list(card["evaluation"]["overall"][0]["methods"]) == [
+        "low-dose input", "built-in (2 views)", "adapted (2 views)"]
+    assert all(e["sampling"]["ensemble"] == 2 for e in card["evaluation"]["engines"].values())
+    assert "- views: 2 rotated/mirrored views averaged by default" in (out / "README.md").read_text()
+    # resuming with other views is refused: the model's default would not be what was asked
+    assert main(args[:-1] + ["4"]) == 2
+    assert "holds an adaptation of other data or settings" in capsys.readouterr().err
+
+
+def test_views_that_no_model_takes_are_refused_by_name(tmp_path):
+    from scanside.training.site import SiteScans
+
+    with pytest.raises(InputError, match="ensemble: 3 is not one of"):
+        adapt.adapt(SiteScans([], []), tmp_path / "m", ensemble=3)
+    with pytest.raises(InputError, match="bm3d_profile: 'fast'"):
+        adapt.adapt(SiteScans([], []), tmp_path / "m", bm3d_profile="fast")
+    assert not (tmp_path / "m").exists()
