@@ -13,7 +13,7 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     """`scanside info` on the subcommand parser ``sub``."""
     p = sub.add_parser("info", help="describe an engine directory")
     p.add_argument("engine_dir", type=Path)
-    p.add_argument("--verify", action="store_true", help="re-hash every ONNX file")
+    p.add_argument("--verify", action="store_true", help="re-hash every ONNX file and its external weights")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.set_defaults(func=cmd_info)
 

@@ -18,7 +18,7 @@ from scanside.files import folder_hash
 from scanside.runtime.iospec import size_bindings
 from scanside.runtime.artifacts import (
     COMPONENTS, MANIFEST, TOKENIZER, Attention, Component, Conditioning, Manifest, Precision,
-    onnx_files, sha256_file,
+    content_hash, onnx_files,
 )
 
 from . import affine
@@ -183,7 +183,7 @@ def export_model(model_dir: "str | Path", out: "str | Path", *, height: Optional
             shutil.rmtree(staging, ignore_errors=True)
             raise ParityError(f"{name}: ONNX Runtime differs from torch by {diff:.3g}, above "
                               f"the tolerance {tolerance:.3g}; the export is wrong, not saved")
-        components[name] = Component(name, path.name, sha256_file(path),
+        components[name] = Component(name, path.name, content_hash(path),
                                      sum(f.stat().st_size for f in onnx_files(path)), spec, diff,
                                      tolerance)
     vae_affine, tiny_record = None, None

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from scanside.errors import ScansideError
 from scanside.runtime.artifacts import (
     COMPONENTS, MANIFEST, TOKENIZER, Conditioning, Manifest, Precision, component_files,
-    onnx_files, sha256_file,
+    content_hash, onnx_files,
 )
 
 from . import precision as convert
@@ -240,7 +240,7 @@ def reduce(staging: Path, manifest: Manifest, precisions: Mapping[str, Precision
                                 f"inputs, above {tolerance:.3g}; keep it at higher precision with "
                                 f"--component-precision {name}=fp16 (or fp32)")
         components[name] = dataclasses.replace(
-            manifest.components[name], sha256=sha256_file(dst),
+            manifest.components[name], sha256=content_hash(dst),
             bytes=sum(f.stat().st_size for f in onnx_files(dst)), precision=p,
             parity_max_abs_diff=diff, parity_tolerance=tolerance,
             parity_reference="fp32 onnx, held-out inputs", quantization=how)

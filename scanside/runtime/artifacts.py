@@ -222,6 +222,19 @@ def onnx_files(onnx_file: Path) -> list[Path]:
     return [onnx_file] + ([data_file] if data_file.exists() else [])
 
 
+def content_hash(onnx_file: Path, chunk: int = 1 << 22) -> str:
+    """A component's sha256 as its manifest records it: over the ONNX file, then its external
+    data when it has some. A graph whose weights are external is the same file for any weights
+    of the same shapes, so its hash alone would let two models share derived UIDs and a
+    TensorRT plan. For a file alone this is the file's own sha256, as it always was."""
+    digest = hashlib.sha256()
+    for path in onnx_files(onnx_file):
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def component_files(engine_dir: Path, component: Component) -> list[Path]:
     return onnx_files(engine_dir / component.file)
 
@@ -281,6 +294,10 @@ def check_components(engine_dir: Path, manifest: Manifest, verify: bool) -> None
             raise EngineError(f"{files[0]}: {size} bytes, the manifest says {component.bytes}; "
                               f"the file was changed or truncated; {rebuild_hint(engine_dir)}")
         check_external_data(files[0], engine_dir)
-        if verify and sha256_file(files[0]) != component.sha256:
+        if verify and content_hash(files[0]) != component.sha256:
+            if len(files) > 1 and sha256_file(files[0]) == component.sha256:
+                raise EngineError(f"{files[1]}: the manifest's hash covers {files[0].name} alone "
+                                  "(exported before scanside hashed external weights), so "
+                                  f"these weights cannot be verified; {rebuild_hint(engine_dir)}")
             raise EngineError(f"{files[0]}: content hash differs from the manifest; "
                               f"{rebuild_hint(engine_dir)}")

@@ -79,6 +79,46 @@ def test_same_size_different_content_caught_by_verify(engine_copy):
         read_manifest(engine_copy, verify=True)
 
 
+def with_external_weights(engine_dir, recorded_hash):
+    """The engine's UNet re-saved with its weights in unet.onnx.data, as export saves a large
+    one, and the manifest's hash for it set by ``recorded_hash(onnx_file)``."""
+    onnx = pytest.importorskip("onnx")
+    from scanside.export.precision import save
+
+    unet = engine_dir / "unet.onnx"
+    save(onnx.load(str(unet)), unet, 0)  # 0 bytes: every weight goes to the external file
+    files = [unet, unet.with_name("unet.onnx.data")]
+    assert files[1].is_file()
+    edit_manifest(engine_dir, lambda d: d["components"]["unet"].update(
+        sha256=recorded_hash(unet), bytes=sum(f.stat().st_size for f in files)))
+    return files[1]
+
+
+def test_verify_covers_external_weights(engine_copy):
+    """A graph with external weights is the same file whatever its weights: the hash covers the
+    weights too, so a changed weight file is caught (and two models never share a hash)."""
+    from scanside.runtime.artifacts import content_hash
+
+    weights = with_external_weights(engine_copy, content_hash)
+    read_manifest(engine_copy, verify=True)
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    read_manifest(engine_copy)  # the same size
+    with pytest.raises(EngineError, match="unet.onnx: content hash differs"):
+        read_manifest(engine_copy, verify=True)
+
+
+def test_an_older_manifest_that_hashed_the_graph_alone_says_so(engine_copy):
+    from scanside.runtime.artifacts import sha256_file
+
+    with_external_weights(engine_copy, sha256_file)
+    read_manifest(engine_copy)  # it loads as before
+    with pytest.raises(EngineError, match="unet.onnx.data: the manifest's hash covers unet.onnx "
+                                          "alone .* cannot be verified; rebuild it"):
+        read_manifest(engine_copy, verify=True)
+
+
 def test_garbage_manifest(engine_copy):
     (engine_copy / MANIFEST).write_text("{not json")
     with pytest.raises(EngineError, match="unreadable"):
