@@ -329,7 +329,7 @@ def _adapt(scans: SiteScans, out: Path, base: "str | Path | None", steps: Option
     from scanside.runtime.sampling import Sampling
 
     from .recipes import recipe
-    from .train import Settings, train_default, use_device
+    from .train import ENHANCE, Settings, train_default, use_device
 
     started = time.perf_counter()
     base = Path(base) if base is not None else default_checkpoint_dir()
@@ -379,9 +379,10 @@ def _adapt(scans: SiteScans, out: Path, base: "str | Path | None", steps: Option
     validation = HeldOut(out, validation_pairs, echo)
     card = card_record(scans, train_series, held_series, plan, settings, seed, device)
     card["training"]["ensemble"] = ensemble
-    # The base model's enhancement settings, with the views asked for: a setting of the
-    # model, not of its training (export carries it into the engine's manifest).
-    enhance = {**read_enhance_defaults(base), "ensemble": ensemble}
+    # The base model's enhancement settings (training's own where it has none), with the
+    # views asked for: a setting of the model, not of its training (export carries it into
+    # the engine's manifest).
+    enhance = {**ENHANCE, **read_enhance_defaults(base), "ensemble": ensemble}
     trained = out / "train" / "trained.json"  # the checkpoint folder is this plan's, complete
     if trained.is_file() and (out / "checkpoint" / "training.json").is_file():
         echo(f"training: done before ({out / 'checkpoint'})")

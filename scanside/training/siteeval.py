@@ -17,8 +17,9 @@ PSNR, SSIM, the HU bias over the reference's flat soft tissue (``realct.hu_bias`
 contrast kept and lost by radius, and seconds per slice (not the phantoms' false-blob count:
 a real reference's own noise makes hundreds per slice for every method). Methods: the
 low-dose input, the engine (default: the built-in model), each ``--compare`` engine, and BM3D
-when installed (the bm3d package's low-complexity profile unless ``bm3d_profile="np"``), its sigma a factor of the image's true noise tuned per noise level on a few of
-the evaluated slices themselves (an oracle, which favours BM3D). Overall and per-series tables,
+when installed (the bm3d package's low-complexity profile unless ``bm3d_profile="np"``), its
+sigma a factor of the image's true noise tuned per noise level on a few of the evaluated
+slices themselves (an oracle, which favours BM3D). Overall and per-series tables,
 JSON, and a PNG panel per noise level (input | model | BM3D | reference, soft-tissue window).
 Series appear as ``s01-3fa2c18b`` (site.py), never by a patient attribute, UID or path.
 """
@@ -53,9 +54,9 @@ BM3D_TUNE_SLICES = 2  # slices per noise level BM3D's factor is tuned on
 # Its factors: evaluate.BM3D_GRID less 1.0, which never won on real CT (2.0-2.5 do, at 20-80
 # HU; evaluate.BM3D_GRID's comment): BM3D is most of the evaluation's time.
 BM3D_GRID = (1.5, 2.0, 2.5, 3.0, 3.5)
-# The bm3d package's low-complexity profile: within 0.05 dB of its normal one on real CT at 2.9x
-# the speed (evaluate.BM3D_PROFILES), which brings 50 slices x 3 levels under 15 min on 2 cores;
-# bm3d_profile="np" (--bm3d-profile np) for the normal profile.
+# The bm3d package's low-complexity profile: 0.03-0.07 dB under its normal one on real CT at
+# 2.9x the speed (evaluate.BM3D_PROFILES), which brings 50 slices x 3 levels from 25 to 10 min
+# on 2 cores; bm3d_profile="np" (--bm3d-profile np) for the normal profile.
 BM3D_PROFILE = "lc"
 METHOD_INPUT = "low-dose input"
 
