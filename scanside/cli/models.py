@@ -166,9 +166,9 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--skip", action="append", choices=["bm3d"],
                    help="leave BM3D out of the card's evaluation")
     add_bm3d_profile(p)
-    add_ensemble(p, default=1, help="views the adapted model averages by default (that many "
-                                    "times the time of one; default 1); the card measures both "
-                                    "models at it")
+    add_ensemble(p, help="views the adapted model averages by default (that many times the "
+                         "time of one; default: the base model's own, the built-in's 1); the "
+                         "card measures both models at it")
     p.add_argument("--workers", type=positive_int, default=2, help="processes simulating the scans")
     p.set_defaults(func=cmd_models_adapt)
 
@@ -177,6 +177,11 @@ def add_bm3d_profile(p: "argparse.ArgumentParser | argparse._ArgumentGroup") -> 
     p.add_argument("--bm3d-profile", choices=["lc", "np"], default=None,
                    help="BM3D's profile: lc (default), the bm3d package's low-complexity one, "
                         "~3x faster and 0.03-0.07 dB under np, its normal one, on real CT")
+
+
+def check_bm3d_flags(args: argparse.Namespace) -> None:
+    if args.bm3d_profile and "bm3d" in (args.skip or ()):
+        raise InputError("--bm3d-profile: BM3D is left out (--skip bm3d); drop one of the two")
 
 
 def non_negative_float(text: str) -> float:
@@ -284,6 +289,7 @@ def evaluate_on_site(args: argparse.Namespace, sampling) -> int:
     wrong += [f"--skip {s}" for s in args.skip or () if s != "bm3d"]
     if wrong:
         raise InputError(f"{', '.join(wrong)}: for the synthetic test set, not with --on")
+    check_bm3d_flags(args)
     scans = site.read_scans(args.on, args.max_slices or SITE_MAX_SLICES)
     panels = args.out
     result = siteeval.evaluate_site(
@@ -308,6 +314,7 @@ def evaluate_on_site(args: argparse.Namespace, sampling) -> int:
 def cmd_models_adapt(args: argparse.Namespace) -> int:
     from scanside.training import adapt, site, siteeval
 
+    check_bm3d_flags(args)
     scans = site.read_scans(args.scans, args.max_slices)
     adapt.adapt(scans, args.out, base=args.base, steps=args.steps, seed=args.seed,
                 device=args.device, holdout=adapt.HOLDOUT if args.holdout is None else args.holdout,

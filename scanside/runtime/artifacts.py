@@ -298,6 +298,7 @@ def check_components(engine_dir: Path, manifest: Manifest, verify: bool) -> None
             if len(files) > 1 and sha256_file(files[0]) == component.sha256:
                 raise EngineError(f"{files[1]}: the manifest's hash covers {files[0].name} alone "
                                   "(exported before scanside hashed external weights), so "
-                                  f"these weights cannot be verified; {rebuild_hint(engine_dir)}")
+                                  "these weights cannot be verified; "
+                                  f"{rebuild_hint(engine_dir)} (its derived UIDs then change)")
             raise EngineError(f"{files[0]}: content hash differs from the manifest; "
                               f"{rebuild_hint(engine_dir)}")

@@ -279,22 +279,24 @@ def base_settings(base: Path) -> dict[str, Any]:
 def adapt(scans: SiteScans, out: "str | Path", *, base: "str | Path | None" = None,
           steps: Optional[int] = None, seed: int = 0, device: str = "cpu",
           holdout: float = HOLDOUT, workers: int = 2, bm3d: bool = True,
-          bm3d_profile: str = siteeval.BM3D_PROFILE, lr: float = ADAPT_LR, ensemble: int = 1,
-          echo: Callable[[str], None] = print) -> Path:
+          bm3d_profile: str = siteeval.BM3D_PROFILE, lr: float = ADAPT_LR,
+          ensemble: Optional[int] = None, echo: Callable[[str], None] = print) -> Path:
     """Adapt ``base`` (default: the built-in model) to ``scans``; writes the model folder
     ``out`` (see the module docstring) and returns it; ``bm3d``/``bm3d_profile``: BM3D in the
     card's evaluation (siteeval.evaluate_site); ``ensemble``: the views the adapted model
-    averages by default (its manifest's enhance_defaults), and those the card measures both
-    models at. A full disk raises OutputError (exit 3); the same call resumes."""
+    averages by default (its manifest's enhance_defaults; None: the base model's own), and
+    those the card measures both models at. A full disk raises OutputError (exit 3); the same
+    call resumes."""
     from scanside.runtime.sampling import check_ensemble
 
     from .evaluate import check_bm3d_profile
 
     check_bm3d_profile(bm3d_profile)
-    check_ensemble(ensemble)
+    if ensemble is not None:
+        check_ensemble(ensemble)
     try:
         return _adapt(scans, Path(out), base, steps, seed, device, holdout, workers,
-                      bm3d_profile if bm3d else None, lr, int(ensemble), echo)
+                      bm3d_profile if bm3d else None, lr, ensemble, echo)
     except Exception as exc:
         if disk_full(exc):
             raise OutputError(f"{out}: the disk is full ({exc}); free space and run the same "
@@ -323,7 +325,7 @@ def save_json(path: Path, value: Any) -> None:
 
 def _adapt(scans: SiteScans, out: Path, base: "str | Path | None", steps: Optional[int],
            seed: int, device: str, holdout: float, workers: int, bm3d: Optional[str], lr: float,
-           ensemble: int, echo: Callable[[str], None]) -> Path:
+           ensemble: Optional[int], echo: Callable[[str], None]) -> Path:
     from scanside.export.checkpoint import read_enhance_defaults
     from scanside.runtime.default import default_checkpoint_dir
     from scanside.runtime.sampling import Sampling
@@ -372,6 +374,13 @@ def _adapt(scans: SiteScans, out: Path, base: "str | Path | None", steps: Option
                            "workers": workers, "scenes": (), "tune_scenes": (),
                            "checkpoint_every": CHECKPOINT_EVERY, "anatomy_lesions": 0.0,
                            "tune_noise_hu": None, "tune_noise_scale": None})
+    # The base model's enhancement settings (training's own where it has none), with the
+    # views asked for (default: the base's own): a setting of the model, not of its training
+    # (export carries it into the engine's manifest). Read before any work: a malformed
+    # scanside.json fails now.
+    enhance = {**ENHANCE, **read_enhance_defaults(base)}
+    ensemble = int(enhance["ensemble"] if ensemble is None else ensemble)
+    enhance["ensemble"] = ensemble
     check_run(out, plan, scans, train_series, held_series, seed, ensemble)
     clock = Clock(out / "train" / "minutes.json", started)
     validation_pairs = held_pairs(SiteScans(held_series, []), VALIDATION_SLICES, seed + 1,
@@ -379,10 +388,6 @@ def _adapt(scans: SiteScans, out: Path, base: "str | Path | None", steps: Option
     validation = HeldOut(out, validation_pairs, echo)
     card = card_record(scans, train_series, held_series, plan, settings, seed, device)
     card["training"]["ensemble"] = ensemble
-    # The base model's enhancement settings (training's own where it has none), with the
-    # views asked for: a setting of the model, not of its training (export carries it into
-    # the engine's manifest).
-    enhance = {**ENHANCE, **read_enhance_defaults(base), "ensemble": ensemble}
     trained = out / "train" / "trained.json"  # the checkpoint folder is this plan's, complete
     if trained.is_file() and (out / "checkpoint" / "training.json").is_file():
         echo(f"training: done before ({out / 'checkpoint'})")
@@ -486,9 +491,18 @@ def check_run(out: Path, plan: Plan, scans: SiteScans, train_series: list, held_
     if ensemble != 1:  # recorded only then: run folders from before the setting still resume
         record["ensemble"] = ensemble
     file = out / "train" / "adapt.json"
-    if file.is_file() and json.loads(file.read_text()) != json.loads(json.dumps(record)):
-        raise InputError(f"{out}: holds an adaptation of other data or settings ({file}); "
-                         "resume it with the same scans and options, or choose a new --out")
+    before, now = (json.loads(file.read_text()) if file.is_file() else None,
+                   json.loads(json.dumps(record)))
+    if before is not None and before != now:
+        differ = [key for key in dict.fromkeys([*before, *now]) if before.get(key) != now.get(key)]
+        said = {"seed": "seed", "ensemble": "ensemble (views)", "plan": "plan (steps, doses, split)",
+                "train": "training series", "held_out": "held-out series", "slices": "slices read"}
+        started = "; ".join(f"{said.get(k, k)}: started with {before.get(k, 1)}, now {now.get(k, 1)}"
+                            for k in differ if k in ("seed", "ensemble"))
+        raise InputError(f"{out}: holds an adaptation of other data or settings "
+                         f"({', '.join(said.get(k, k) for k in differ)} differ"
+                         + (f"; {started}" if started else "") + f"; {file}); resume it with the "
+                         "same scans and options, or choose a new out folder")
     save_json(file, record)
 
 

@@ -298,11 +298,12 @@ def have_bm3d() -> bool:
     return True
 
 
-# The bm3d package's profiles offered: "np", its normal profile (every figure before
-# 2026-12-07), and "lc", its low-complexity one (fewer, smaller block-matching searches): on
-# real 512 px head crops 2.9x faster (1.9 s against 5.5 s on 2 cores) and 0.03 / 0.03 /
-# 0.05 dB under "np" at 20 / 40 / 80 HU on 3 slices, each at its best factor, 0.03 / 0.05 /
-# 0.07 dB on 50 (docs/site.md).
+# The bm3d package's profiles offered: "np", its normal profile (the synthetic evaluation's,
+# and every site figure until the site evaluation took "lc"; CHANGELOG), and "lc", its
+# low-complexity one (fewer, smaller block-matching searches): on 3 real 512 px head slices
+# 2.9x faster (1.9 s against 5.5 s on 2 cores) and 0.03 / 0.03 / 0.05 dB under "np" at 20 /
+# 40 / 80 HU, each at its best factor (paired); 0.03 / 0.05 / 0.07 dB between two 50-slice
+# runs whose simulations differed slightly (docs/site.md).
 BM3D_PROFILES = ("np", "lc")
 
 

@@ -55,8 +55,9 @@ BM3D_TUNE_SLICES = 2  # slices per noise level BM3D's factor is tuned on
 # HU; evaluate.BM3D_GRID's comment): BM3D is most of the evaluation's time.
 BM3D_GRID = (1.5, 2.0, 2.5, 3.0, 3.5)
 # The bm3d package's low-complexity profile: 0.03-0.07 dB under its normal one on real CT at
-# 2.9x the speed (evaluate.BM3D_PROFILES), which brings 50 slices x 3 levels from 25 to 10 min
-# on 2 cores; bm3d_profile="np" (--bm3d-profile np) for the normal profile.
+# 2.9x the speed (evaluate.BM3D_PROFILES); with the paired Radon projection (ctsim.radon) it
+# brings 50 slices x 3 levels from 25 to 10 min on 2 cores (BM3D's part from 17 to 5);
+# bm3d_profile="np" (--bm3d-profile np) for the normal profile.
 BM3D_PROFILE = "lc"
 METHOD_INPUT = "low-dose input"
 
@@ -360,6 +361,11 @@ def table(result: dict[str, Any]) -> str:
     if result.get("bm3d_factors"):
         lines.append(f"BM3D (profile {result.get('bm3d_profile') or 'np'}) sigma: " + ", ".join(
             f"{f:g} x noise at {n:g} HU" for n, f in result["bm3d_factors"]))
+        close = close_to_bm3d(result)
+        if close:
+            lines.append(f"within {CLOSE_DB:g} dB of BM3D: {', '.join(close)}; its lc profile "
+                         "runs 0.03-0.07 dB under its normal one: run again with "
+                         "--bm3d-profile np before deciding on this")
     lines.append("seconds: " + ", ".join(f"{k} {v:g}" for k, v in result["seconds"].items()))
     if result["left_out"]:
         counts: dict[str, int] = {}
@@ -367,6 +373,19 @@ def table(result: dict[str, Any]) -> str:
             counts[item["reason"]] = counts.get(item["reason"], 0) + 1
         lines.append("left out: " + "; ".join(f"{n} x {r}" for r, n in counts.items()))
     return "\n".join(lines)
+
+
+CLOSE_DB = 0.1  # a model this near BM3D (lc) may be on the other side of BM3D (np)
+
+
+def close_to_bm3d(result: dict[str, Any]) -> list[str]:
+    """"NAME at N HU" for each model within CLOSE_DB of BM3D's low-complexity profile."""
+    if result.get("bm3d_profile") != "lc":
+        return []
+    return [f"{name} at {row['noise_hu']:g} HU" for row in result["overall"]
+            for name, s in row["methods"].items()
+            if name not in (METHOD_INPUT, "bm3d") and "bm3d" in row["methods"]
+            and abs(s["psnr_db"] - row["methods"]["bm3d"]["psnr_db"]) < CLOSE_DB]
 
 
 def lost_text(summary: dict[str, Any]) -> str:

@@ -232,7 +232,8 @@ def test_the_views_asked_for_become_the_models_default_and_the_cards(tiny_site, 
     assert "- views: 2 rotated/mirrored views averaged by default" in (out / "README.md").read_text()
     # resuming with other views is refused: the model's default would not be what was asked
     assert main(args[:-1] + ["4"]) == 2
-    assert "holds an adaptation of other data or settings" in capsys.readouterr().err
+    assert "ensemble (views) differ; ensemble (views): started with 2, now 4" in \
+        capsys.readouterr().err
 
 
 def test_views_that_no_model_takes_are_refused_by_name(tmp_path):

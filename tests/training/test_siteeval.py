@@ -115,6 +115,18 @@ def test_bm3d_runs_the_profile_asked_for_and_says_which():
     assert "profile" not in evaluate.TunedBM3D(tuned.factors).label()  # np, as before
 
 
+def test_a_model_level_with_fast_bm3d_is_told_to_check_against_the_normal_profile():
+    def result(profile, model_db):
+        row = {"noise_hu": 20.0, "slices": 1, "measured_noise_hu": 20.0, "series": "all",
+               "methods": {name: {"psnr_db": db, "ssim": 0.9} for name, db in (
+                   (siteeval.METHOD_INPUT, 40.0), ("adapted", model_db), ("bm3d", 44.39))}}
+        return {"bm3d_profile": profile, "overall": [row]}
+
+    assert siteeval.close_to_bm3d(result("lc", 44.45)) == ["adapted at 20 HU"]
+    assert siteeval.close_to_bm3d(result("lc", 44.60)) == []  # clear of it
+    assert siteeval.close_to_bm3d(result("np", 44.45)) == []  # the normal profile: no doubt
+
+
 def test_an_unknown_bm3d_profile_is_refused_before_any_work(tmp_path):
     from scanside.errors import InputError
 
@@ -129,6 +141,9 @@ def test_cli_site_flags_need_on_and_synthetic_flags_refuse_it(tmp_path, capsys):
     assert "--noise: for a site's own scans; add --on SCANS" in capsys.readouterr().err
     assert main(["models", "evaluate", "--bm3d-profile", "np"]) == 2
     assert "--bm3d-profile: for a site's own scans" in capsys.readouterr().err
+    assert main(["models", "evaluate", "--on", str(tmp_path), "--skip", "bm3d",
+                 "--bm3d-profile", "np"]) == 2
+    assert "--bm3d-profile: BM3D is left out (--skip bm3d)" in capsys.readouterr().err
     write_series(tmp_path / "a", (1,), size=64)
     assert main(["models", "evaluate", "--on", str(tmp_path / "a"), "--pairs", "3"]) == 2
     assert "--pairs: for the synthetic test set" in capsys.readouterr().err
