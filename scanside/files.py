@@ -152,12 +152,25 @@ def write_image(path: Path, image: np.ndarray, like: np.dtype, overwrite: bool =
         Image.fromarray(pixels).save(tmp, format="PNG")
 
 
+def hash_file_into(digest: "hashlib._Hash", path: Path, chunk: int = 1 << 22) -> None:
+    """Feed ``path``'s bytes to ``digest`` a chunk at a time (engine files run to gigabytes)."""
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+
+
+def files_hash(paths: "list[Path]") -> str:
+    """sha256 over the files' contents, one after the other."""
+    digest = hashlib.sha256()
+    for path in paths:
+        hash_file_into(digest, path)
+    return digest.hexdigest()
+
+
 def folder_hash(path: Path) -> str:
     """sha256 over every file's relative name and content: a checkpoint folder's identity."""
     digest = hashlib.sha256()
     for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
         digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        with open(file, "rb") as f:
-            while block := f.read(1 << 22):
-                digest.update(block)
+        hash_file_into(digest, file)
     return digest.hexdigest()

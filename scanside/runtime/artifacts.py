@@ -7,13 +7,13 @@ mismatch says which command rebuilds the directory instead of failing somewhere 
 from __future__ import annotations
 
 import enum
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from scanside.errors import EngineError
+from scanside.files import files_hash
 from scanside.runtime.onnxfile import check_external_data
 
 from . import noise_level
@@ -208,12 +208,8 @@ def rebuild_hint(engine_dir: Path) -> str:
     return f"rebuild it with `scanside export MODEL_DIR --out {engine_dir}`"
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def sha256_file(path: Path) -> str:
+    return files_hash([path])
 
 
 def onnx_files(onnx_file: Path) -> list[Path]:
@@ -222,17 +218,12 @@ def onnx_files(onnx_file: Path) -> list[Path]:
     return [onnx_file] + ([data_file] if data_file.exists() else [])
 
 
-def content_hash(onnx_file: Path, chunk: int = 1 << 22) -> str:
+def content_hash(onnx_file: Path) -> str:
     """A component's sha256 as its manifest records it: over the ONNX file, then its external
     data when it has some. A graph whose weights are external is the same file for any weights
     of the same shapes, so its hash alone would let two models share derived UIDs and a
     TensorRT plan. For a file alone this is the file's own sha256, as it always was."""
-    digest = hashlib.sha256()
-    for path in onnx_files(onnx_file):
-        with open(path, "rb") as f:
-            while block := f.read(chunk):
-                digest.update(block)
-    return digest.hexdigest()
+    return files_hash(onnx_files(onnx_file))
 
 
 def component_files(engine_dir: Path, component: Component) -> list[Path]:
