@@ -295,8 +295,8 @@ def adapt(scans: SiteScans, out: "str | Path", *, base: "str | Path | None" = No
     if ensemble is not None:
         check_ensemble(ensemble)
     try:
-        return _adapt(scans, Path(out), base, steps, seed, device, holdout, workers,
-                      bm3d_profile if bm3d else None, lr, ensemble, echo)
+        return _adapt(scans, Path(out), base, steps, seed, device, holdout, workers, bm3d,
+                      bm3d_profile, lr, ensemble, echo)
     except Exception as exc:
         if disk_full(exc):
             raise OutputError(f"{out}: the disk is full ({exc}); free space and run the same "
@@ -324,8 +324,9 @@ def save_json(path: Path, value: Any) -> None:
 
 
 def _adapt(scans: SiteScans, out: Path, base: "str | Path | None", steps: Optional[int],
-           seed: int, device: str, holdout: float, workers: int, bm3d: Optional[str], lr: float,
-           ensemble: Optional[int], echo: Callable[[str], None]) -> Path:
+           seed: int, device: str, holdout: float, workers: int, bm3d: bool,
+           bm3d_profile: str, lr: float, ensemble: Optional[int],
+           echo: Callable[[str], None]) -> Path:
     from scanside.export.checkpoint import read_enhance_defaults
     from scanside.runtime.default import default_checkpoint_dir
     from scanside.runtime.sampling import Sampling
@@ -410,7 +411,7 @@ def _adapt(scans: SiteScans, out: Path, base: "str | Path | None", steps: Option
         views = "" if ensemble == 1 else f" ({ensemble} views)"
         evaluation = siteeval.evaluate_site(
             SiteScans(card_series, []), compare_with, compare=[engine],
-            bm3d=bm3d is not None, bm3d_profile=bm3d or siteeval.BM3D_PROFILE,
+            bm3d=bm3d, bm3d_profile=bm3d_profile,
             sampling=Sampling(ensemble=ensemble), seed=seed + 2, workers=workers, echo=echo,
             panels=out / "card",
             labels=[("base" if compare_with else "built-in") + views, "adapted" + views])
